@@ -1,0 +1,56 @@
+"""Column layouts shared by the catalogue, the kernels, storage and alerts.
+
+In memory everything is columnar numpy. Bands are small ints into `BANDS`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BANDS = "ugrizy"
+"""Band names; a band is stored as its index into this string."""
+
+NBANDS = len(BANDS)
+
+DIASOURCE_DTYPE = np.dtype(
+    [
+        ("diaSourceId", "i8"),
+        ("visit", "i8"),  # fov id of the visit that detected it
+        ("diaObjectId", "i8"),  # 0 when it made or matched no Object
+        ("ssObjectId", "i8"),  # 0 unless matched to a moving object
+        ("ra", "f8"),  # deg
+        ("dec", "f8"),  # deg
+        ("raErr", "f4"),  # deg, NaN if not given
+        ("decErr", "f4"),  # deg, NaN if not given
+        ("midpointMjdTai", "f8"),
+        ("band", "i1"),  # index into BANDS
+        ("psfFlux", "f4"),  # nJy
+        ("psfFluxErr", "f4"),  # nJy
+        ("snr", "f4"),  # NaN if not given
+        ("fine", "i8"),  # fine HEALPix NESTED index of (ra, dec)
+    ]
+)
+"""A DIASource in memory (new ones from a file, and the recent ones of each Object)."""
+
+OBJECT_DTYPE = np.dtype(
+    [
+        ("diaObjectId", "i8"),  # = diaSourceId of the DIASource that created it
+        ("ra", "f8"),  # running mean position, deg
+        ("dec", "f8"),
+        ("fine", "i8"),  # fine HEALPix NESTED index of the creating position; never moves
+        ("nDiaSources", "i4"),
+        ("firstMjd", "f8"),
+        ("lastMjd", "f8"),
+        ("psfFluxNdata", "i2", (NBANDS,)),
+        ("psfFluxMean", "f4", (NBANDS,)),  # nJy, running mean per band
+        ("psfFluxM2", "f4", (NBANDS,)),  # Welford sum of squared deviations per band
+        ("isVariable", "?"),
+    ]
+)
+"""An Object in memory: 113 bytes a row."""
+
+
+def band_index(names: np.ndarray) -> np.ndarray:
+    """Map band names (``'u'``..``'y'``) to their index; -1 for an unknown name."""
+    lut = {b: i for i, b in enumerate(BANDS)}
+    return np.array([lut.get(str(n), -1) for n in names], dtype="i1")

@@ -1,0 +1,284 @@
+"""One execution (one visit through the pipeline) as a state machine, free of I/O.
+
+The master feeds it small typed events and carries out the instructions it
+returns. Nothing here sends, sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from framework.config import WaitSpec
+
+
+class Phase(enum.Enum):
+    """Where an execution stands within its current stage."""
+
+    WAITING = "waiting"  # for an event, with a deadline
+    GATED = "gated"  # for its turn in the ordered section
+    PREPROCESS = "preprocess"
+    DISPATCHED = "dispatched"  # process running on the Slices, barrier pending
+    POSTPROCESS = "postprocess"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL = (Phase.DONE, Phase.FAILED)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an execution failed: where, and the error."""
+
+    stage: str
+    hook: str
+    rank: int
+    error: str
+    traceback: str = ""
+
+    def describe(self) -> str:
+        """One line naming stage, hook and rank."""
+        return f"stage {self.stage!r} hook {self.hook} on rank {self.rank}: {self.error}"
+
+
+# Inputs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Begin at the first stage."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class EventArrived:
+    """An event of `type` arrived for this execution."""
+
+    type: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; deadlines are checked."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The ordered section lets this execution in."""
+
+
+@dataclass(frozen=True)
+class PreprocessDone:
+    """The master ran `preprocess` of the current stage."""
+
+
+@dataclass(frozen=True)
+class SliceReplied:
+    """A Slice answered for `stage`; `failure` is set if its hook raised."""
+
+    stage: int
+    slice: int
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class PostprocessDone:
+    """The master ran `postprocess` of the current stage."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class HookFailed:
+    """A master hook of the current stage raised."""
+
+    failure: Failure
+
+
+# Instructions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestEntry:
+    """Ask the ordered section for entry at `stage`."""
+
+    stage: int
+
+
+@dataclass(frozen=True)
+class RunPreprocess:
+    """Run `preprocess` of `stage` on the master."""
+
+    stage: int
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Send `process` of `stage` to every Slice."""
+
+    stage: int
+
+
+@dataclass(frozen=True)
+class RunPostprocess:
+    """Run `postprocess` of `stage` on the master."""
+
+    stage: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The execution ended; `failure` is None when done."""
+
+    failure: Failure | None
+
+
+Instruction = RequestEntry | RunPreprocess | Dispatch | RunPostprocess | Finish
+
+
+@dataclass
+class Execution:
+    """State of one execution.
+
+    Parameters
+    ----------
+    key : int
+        FOV id.
+    stage_names : tuple of str
+        The pipeline's stages, in order.
+    waits : tuple of WaitSpec or None
+        Per stage, the event it first waits for.
+    n_slices : int
+        Slices that answer each barrier.
+    gate : int or None
+        Index of the stage that opens the ordered section.
+    """
+
+    key: int
+    stage_names: tuple[str, ...]
+    waits: tuple[WaitSpec | None, ...]
+    n_slices: int
+    gate: int | None = None
+    stage: int = 0
+    phase: Phase = Phase.WAITING
+    deadline: float | None = None
+    received: set[str] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
+    slice_failures: list[Failure] = field(default_factory=list)
+    failure: Failure | None = None
+    skipped_waits: list[str] = field(default_factory=list)
+
+    @property
+    def stage_name(self) -> str:
+        """Name of the current stage."""
+        return self.stage_names[self.stage]
+
+    @property
+    def terminal(self) -> bool:
+        """True once done or failed."""
+        return self.phase in TERMINAL
+
+    def handle(self, ev: Any) -> list[Instruction]:
+        """Apply one input event; return what the master must do next."""
+        if self.terminal:
+            return []
+        match ev:
+            case Start(now):
+                return self._enter(0, now)
+            case EventArrived(type=t):
+                self.received.add(t)
+                wait = self.waits[self.stage]
+                if self.phase is Phase.WAITING and wait is not None and wait.event == t:
+                    return self._after_wait()
+                return []
+            case Tick(now):
+                if (
+                    self.phase is Phase.WAITING
+                    and self.deadline is not None
+                    and now >= self.deadline
+                ):
+                    return self._timed_out()
+                return []
+            case Admitted():
+                if self.phase is not Phase.GATED:
+                    raise RuntimeError(f"execution {self.key}: admitted while {self.phase.value}")
+                self.phase = Phase.PREPROCESS
+                return [RunPreprocess(self.stage)]
+            case PreprocessDone():
+                self._expect(Phase.PREPROCESS)
+                self.phase = Phase.DISPATCHED
+                self.pending = set(range(self.n_slices))
+                self.slice_failures = []
+                return [Dispatch(self.stage)]
+            case SliceReplied(stage=s, slice=i, failure=f):
+                if s != self.stage or self.phase is not Phase.DISPATCHED or i not in self.pending:
+                    raise RuntimeError(
+                        f"execution {self.key}: unexpected reply from slice {i} for stage {s}"
+                    )
+                self.pending.discard(i)
+                if f is not None:
+                    self.slice_failures.append(f)
+                if self.pending:
+                    return []
+                if self.slice_failures:
+                    return self._fail(min(self.slice_failures, key=lambda x: x.rank))
+                self.phase = Phase.POSTPROCESS
+                return [RunPostprocess(self.stage)]
+            case PostprocessDone(now=now):
+                self._expect(Phase.POSTPROCESS)
+                if self.stage + 1 == len(self.stage_names):
+                    self.phase = Phase.DONE
+                    return [Finish(None)]
+                return self._enter(self.stage + 1, now)
+            case HookFailed(failure=f):
+                return self._fail(f)
+        raise TypeError(f"unknown execution input {ev!r}")
+
+    def _expect(self, phase: Phase) -> None:
+        if self.phase is not phase:
+            raise RuntimeError(
+                f"execution {self.key}: expected {phase.value}, in {self.phase.value}"
+            )
+
+    def _enter(self, stage: int, now: float) -> list[Instruction]:
+        self.stage = stage
+        wait = self.waits[stage]
+        if wait is not None and wait.event not in self.received:
+            self.phase = Phase.WAITING
+            self.deadline = now + wait.timeout
+            return []
+        return self._after_wait()
+
+    def _after_wait(self) -> list[Instruction]:
+        self.deadline = None
+        if self.gate is not None and self.stage == self.gate:
+            self.phase = Phase.GATED
+            return [RequestEntry(self.stage)]
+        self.phase = Phase.PREPROCESS
+        return [RunPreprocess(self.stage)]
+
+    def _timed_out(self) -> list[Instruction]:
+        wait = self.waits[self.stage]
+        assert wait is not None
+        if wait.policy == "continue":
+            self.skipped_waits.append(wait.event)
+            return self._after_wait()
+        return self._fail(
+            Failure(
+                stage=self.stage_name,
+                hook="wait",
+                rank=0,
+                error=f"timed out after {wait.timeout:g} s waiting for {wait.event}",
+            )
+        )
+
+    def _fail(self, failure: Failure) -> list[Instruction]:
+        self.phase = Phase.FAILED
+        self.failure = failure
+        self.deadline = None
+        return [Finish(failure)]

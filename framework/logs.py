@@ -1,0 +1,54 @@
+"""Logging: one file per run directory; every line names the rank and the execution."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from pathlib import Path
+
+LOG_FILE = "nightpipe.log"
+current_execution: contextvars.ContextVar[str] = contextvars.ContextVar("execution", default="-")
+
+
+class _Context(logging.Filter):
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        record.execution = current_execution.get()
+        return True
+
+
+FORMAT = "%(asctime)s rank=%(rank)d exec=%(execution)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(
+    run_dir: Path, rank: int, console_level: int | None = logging.INFO
+) -> logging.Logger:
+    """Log to ``RUN_DIR/nightpipe.log`` (all ranks append) and, on rank 0, to stderr.
+
+    Each rank has its own logger, so ranks running as threads of one process
+    (the in-process transport) still name themselves.
+    """
+    logger = logging.getLogger(f"nightpipe.rank{rank}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    ctx = _Context(rank)
+    fh = logging.FileHandler(Path(run_dir) / LOG_FILE, mode="a")
+    fh.setLevel(logging.INFO)
+    fh.setFormatter(logging.Formatter(FORMAT))
+    fh.addFilter(ctx)
+    logger.addHandler(fh)
+    if console_level is not None and rank == 0:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setLevel(console_level)
+        sh.setFormatter(logging.Formatter(FORMAT))
+        sh.addFilter(ctx)
+        logger.addHandler(sh)
+    return logger

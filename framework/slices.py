@@ -1,0 +1,144 @@
+"""A Slice: a long-lived worker that runs `process` of every stage it is sent."""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from framework.config import PipelineConfig
+from framework.execution import Failure
+from framework.logs import current_execution, setup_logging
+from framework.messages import Bye, Ready, Release, Result, Shutdown, Work
+from framework.stage import ExecutionContext, RankContext
+from framework.status import Board
+from framework.transport import Transport, Waiter
+
+
+class SliceRunner:
+    """Ranks 1..N: take work items in order of arrival, one at a time.
+
+    An exception in a hook is caught, logged and returned with the result; the
+    Slice stays up for the other executions.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        run_dir: Path,
+        transport: Transport,
+        install_signals: bool = True,
+    ) -> None:
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.t = transport
+        self.rank = transport.rank
+        self.index = self.rank - 1
+        self.n_slices = transport.size - 1
+        self.log = setup_logging(self.run_dir, self.rank)
+        self.board = Board(self.rank)
+        self.board.set(state="setup", items_done=0, busy_seconds=0.0)
+        self.stages = [s.build() for s in config.stages]
+        rt = config.runtime
+        self.waiter = Waiter(rt.waiting, rt.min_sleep_ms / 1e3, rt.max_sleep_ms / 1e3)
+        self.clipboards: dict[int, dict[str, Any]] = {}
+        if install_signals:
+            # The master owns shutdown; mpiexec forwards signals to every rank.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def _rctx(self) -> RankContext:
+        return RankContext(self.rank, self.n_slices, self.run_dir, self.log, self.board)
+
+    def _ectx(self, key: int, events: dict[str, Any]) -> ExecutionContext:
+        return ExecutionContext(
+            rank=self.rank,
+            n_slices=self.n_slices,
+            run_dir=self.run_dir,
+            log=self.log,
+            board=self.board,
+            key=key,
+            clipboard=self.clipboards.setdefault(key, {}),
+            events=events,
+        )
+
+    def run(self) -> int:
+        """Serve until told to shut down."""
+        failure = None
+        for stage in self.stages:
+            try:
+                stage.setup(self._rctx())
+            except Exception as exc:
+                failure = Failure(stage.name, "setup", self.rank, repr(exc), traceback.format_exc())
+                self.log.error("%s\n%s", failure.describe(), failure.traceback)
+                break
+        self.board.set(state="idle")
+        self.t.send(0, Ready(self.index, failure, self.board.snapshot()))
+        while True:
+            got = self.t.poll()
+            if got is None:
+                self.waiter.idle()
+                continue
+            self.waiter.busy()
+            _, msg = got
+            match msg:
+                case Work():
+                    self._work(msg)
+                case Release():
+                    self._release(msg)
+                case Shutdown():
+                    self._shutdown()
+                    return 0
+                case _:
+                    self.log.warning("unexpected message %r", msg)
+
+    def _work(self, w: Work) -> None:
+        stage = self.stages[w.stage]
+        token = current_execution.set(str(w.key))
+        self.board.set(state="busy", exec=w.key, stage=stage.name, hook="process")
+        t0 = time.perf_counter()
+        value, failure = None, None
+        try:
+            value = stage.process(self._ectx(w.key, w.events), w.payload)
+        except Exception as exc:
+            failure = Failure(stage.name, "process", self.rank, repr(exc), traceback.format_exc())
+            self.log.error("fov %s: %s\n%s", w.key, failure.describe(), failure.traceback.rstrip())
+            self.board.set(last_error=f"fov {w.key}: {failure.describe()}")
+        finally:
+            current_execution.reset(token)
+        dt = time.perf_counter() - t0
+        self.board.incr("items_done")
+        self.board.set(
+            state="idle",
+            last_seconds=dt,
+            busy_seconds=self.board.values["busy_seconds"] + dt,
+            in_memory_executions=len(self.clipboards),
+        )
+        self.t.send(
+            0, Result(w.key, w.stage, self.index, value, failure, self.board.snapshot(), dt)
+        )
+
+    def _release(self, r: Release) -> None:
+        token = current_execution.set(str(r.key))
+        ctx = self._ectx(r.key, r.events)
+        for stage in self.stages:
+            try:
+                stage.finish(ctx, r.ok)
+            except Exception:
+                self.log.exception("fov %s: stage %r finish failed", r.key, stage.name)
+        current_execution.reset(token)
+        self.clipboards.pop(r.key, None)
+        self.board.set(in_memory_executions=len(self.clipboards))
+
+    def _shutdown(self) -> None:
+        self.board.set(state="stopping")
+        for stage in self.stages:
+            try:
+                stage.shutdown(self._rctx())
+            except Exception:
+                self.log.exception("stage %r shutdown failed", stage.name)
+        self.board.set(state="stopped")
+        self.t.send(0, Bye(self.index, self.board.snapshot()))
+        self.t.close()

@@ -1,0 +1,102 @@
+"""The Stage: the unit of work a pipeline is made of, and the contexts its hooks see."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from events.envelope import Event
+    from framework.status import Board
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """Config of a stage that takes none."""
+
+
+@dataclass
+class Scatter:
+    """A `preprocess` result that gives each Slice its own payload.
+
+    Parameters
+    ----------
+    items : list
+        One payload per Slice, in Slice order.
+    """
+
+    items: list[Any]
+
+
+@dataclass
+class RankContext:
+    """What every hook can see of the process it runs in."""
+
+    rank: int
+    n_slices: int
+    run_dir: Path
+    log: logging.Logger | logging.LoggerAdapter
+    board: Board
+
+
+@dataclass
+class ExecutionContext(RankContext):
+    """What a hook of one execution can see.
+
+    ``key`` is the execution's FOV id; ``clipboard`` is this rank's store for
+    the execution, freed when it ends; ``events`` holds the events received for
+    it, by type.
+    """
+
+    key: int = 0
+    clipboard: dict[str, Any] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)
+
+    @property
+    def slice_index(self) -> int:
+        """This Slice's index, 0..n_slices-1 (the master is -1)."""
+        return self.rank - 1
+
+
+@dataclass
+class MasterContext(ExecutionContext):
+    """Context of `preprocess`, `postprocess` and `finish` on the master."""
+
+    emit: Any = None
+    """``emit(type, body)`` publishes an outbound event for this execution."""
+
+
+class Stage:
+    """Base class of a pipeline stage.
+
+    A subclass sets `ConfigClass` to a dataclass and overrides the hooks it
+    needs. One instance lives on every rank for the whole night.
+    """
+
+    ConfigClass: ClassVar[type] = NoConfig
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    def setup(self, ctx: RankContext) -> None:
+        """Once per rank, before any execution."""
+
+    def preprocess(self, ctx: MasterContext) -> Any:
+        """On the master, serial. Returns the payload for the Slices (or a `Scatter`)."""
+        return None
+
+    def process(self, ctx: ExecutionContext, payload: Any) -> Any:
+        """On every Slice, in parallel. Returns this Slice's result."""
+        return None
+
+    def postprocess(self, ctx: MasterContext, results: list[Any]) -> None:
+        """On the master, after the barrier; `results` holds every Slice's, in Slice order."""
+
+    def finish(self, ctx: ExecutionContext, ok: bool) -> None:
+        """On every rank when the execution ends, done (`ok`) or failed."""
+
+    def shutdown(self, ctx: RankContext) -> None:
+        """Once per rank, at the end of the night."""

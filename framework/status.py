@@ -1,0 +1,91 @@
+"""Status boards: key=value pairs per process, written atomically to one file."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+class Board:
+    """A process's status: a small dict of plain values, like a Hashpipe buffer."""
+
+    def __init__(self, rank: int) -> None:
+        self.values: dict[str, Any] = {"rank": rank, "state": "starting", "started": time.time()}
+
+    def set(self, **values: Any) -> None:
+        """Set keys; `updated` is stamped."""
+        self.values.update(values)
+        self.values["updated"] = time.time()
+
+    def incr(self, key: str, by: int = 1) -> None:
+        """Add to a counter."""
+        self.values[key] = self.values.get(key, 0) + by
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy to send or write."""
+        return dict(self.values)
+
+
+def write_status(run_dir: Path, status: dict[str, Any]) -> None:
+    """Write the combined board to ``RUN_DIR/status.json`` atomically."""
+    path = Path(run_dir) / STATUS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(status, default=str, indent=1))
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """Read the last status written in `run_dir`."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no status yet (is a pipeline running there?)") from None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def format_status(status: dict[str, Any], now: float | None = None) -> str:
+    """A human view of a status file: one block per rank, then executions."""
+    now = time.time() if now is None else now
+    age = now - status.get("time", now)
+    lines = [
+        f"pipeline {status.get('pipeline', '?')}  state={status.get('state', '?')}  "
+        f"written {age:.1f} s ago  pid={status.get('pid', '?')}"
+    ]
+    for key in (
+        "in_flight",
+        "queued_start",
+        "done",
+        "failed",
+        "accepted",
+        "rejected",
+        "rate_per_min",
+    ):
+        if key in status:
+            lines[-1] += f"  {key}={_fmt(status[key])}"
+    for rank, board in sorted(status.get("ranks", {}).items(), key=lambda kv: int(kv[0])):
+        role = "master" if int(rank) == 0 else f"slice {int(rank) - 1}"
+        skip = {"rank", "started", "updated"}
+        pairs = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(board.items()) if k not in skip)
+        seen = now - board.get("updated", now)
+        lines.append(f"  rank {rank} ({role}, {seen:.1f} s ago): {pairs}")
+    execs = status.get("executions", [])
+    if execs:
+        lines.append(f"  executions in flight ({len(execs)}):")
+        for e in execs:
+            lines.append(
+                f"    fov {e['key']}: stage {e['stage']} {e['phase']}"
+                + (f" (waits for {e['waiting_for']})" if e.get("waiting_for") else "")
+                + (f" behind {e['behind']}" if e.get("behind") else "")
+            )
+    return "\n".join(lines)
