@@ -166,7 +166,10 @@ def _stage(entry: dict[str, Any], i: int, where: str, base: Path) -> StageSpec:
     unknown = sorted(set(entry) - {"name", "class", "config", "wait"})
     if unknown:
         raise ConfigError(f"{here} ({entry['name']}): unknown key(s) {unknown}")
-    cls = import_object(entry["class"], base)
+    try:
+        cls = import_object(entry["class"], base)
+    except ConfigError as exc:
+        raise ConfigError(f"{here} ({entry['name']}).class: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise ConfigError(f"{here}: {entry['class']} is not a Stage subclass")
     config = build_dataclass(cls.ConfigClass, dict(entry.get("config", {})), f"{here}.config")

@@ -1,0 +1,127 @@
+"""Launch pipelines under a real mpiexec for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from events.client import Injector
+from events.envelope import Event
+from events.journal import Journal
+
+BIN = Path(sys.executable).parent
+
+
+def mpiexec() -> str:
+    """The mpiexec next to this Python, else the one on PATH."""
+    exe = BIN / "mpiexec"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise RuntimeError("no mpiexec: install MPI (pip install mpich)")
+    return found
+
+
+class MpiPipeline:
+    """A pipeline running under ``mpiexec -n N nightpipe run CONFIG``."""
+
+    def __init__(self, config: Path, run_dir: Path, n: int = 4, args: tuple[str, ...] = ()) -> None:
+        self.run_dir = Path(run_dir)
+        self.cmd = [
+            mpiexec(),
+            "-n",
+            str(n),
+            str(BIN / "nightpipe"),
+            "run",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            *args,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> MpiPipeline:
+        (self.run_dir / "endpoint.json").unlink(missing_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.out = open(self.run_dir / "mpiexec.out", "ab")  # noqa: SIM115 (lives as long as the job)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self.out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        deadline = time.time() + timeout
+        while not (self.run_dir / "endpoint.json").exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pipeline exited {self.proc.returncode}: {self.output()}")
+            if time.time() > deadline:
+                raise TimeoutError(f"pipeline did not start in {timeout} s: {self.output()}")
+            time.sleep(0.05)
+        self.info = json.loads((self.run_dir / "endpoint.json").read_text())
+        self.injector = Injector(self.info["address"], timeout=10)
+        return self
+
+    def output(self) -> str:
+        p = self.run_dir / "mpiexec.out"
+        return p.read_text(errors="replace")[-5000:] if p.exists() else ""
+
+    def send(
+        self, type: str, fov: int | None, body: dict | None = None, id: str | None = None
+    ) -> dict:
+        return self.injector.send(Event.new(type, fov, body or {}, source="test", id=id))
+
+    def send_raw(self, raw) -> dict:
+        return self.injector.send(raw)
+
+    def outcomes(self) -> dict[int, str]:
+        with Journal(self.run_dir / "journal.sqlite") as j:
+            return j.outcomes()
+
+    def wait_outcomes(self, fovs, timeout: float = 60.0) -> dict[int, str]:
+        deadline = time.time() + timeout
+        while True:
+            got = self.outcomes()
+            if all(f in got for f in fovs):
+                return got
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pipeline exited {self.proc.returncode}: {self.output()}")
+            if time.time() > deadline:
+                raise TimeoutError(f"outcomes {got} lack some of {fovs}: {self.output()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Send control.shutdown and wait for the job to end; returns its exit code."""
+        self.send("control.shutdown", None, {"reason": "test done"})
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self.close()
+        return code
+
+    def kill9(self) -> None:
+        """kill -9 the master; mpiexec then takes the whole job down."""
+        os.kill(self.info["pid"], signal.SIGKILL)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "injector", None):
+            self.injector.close()
+            self.injector = None
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if getattr(self, "out", None):
+            self.out.close()
