@@ -13,6 +13,7 @@ the event's JSON.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -93,6 +94,10 @@ class Endpoint:
         list of Request
             Empty if none arrived in time.
         """
+        if 0 < timeout < 1e-3:
+            # zmq polls in whole milliseconds: sleep a sub-millisecond wait instead of spinning
+            time.sleep(timeout)
+            timeout = 0
         if not self._poller.poll(max(0, int(timeout * 1000))):
             return []
         out: list[Request] = []

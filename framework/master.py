@@ -151,7 +151,7 @@ class Master:
                 break
             if busy:
                 self.waiter.busy()
-            elif self.endpoint is None:
+            elif self.endpoint is None or self.waiter.active:
                 self.waiter.idle()
         self._shutdown()
         return 0

@@ -15,7 +15,12 @@ class Board:
     """A process's status: a small dict of plain values, like a Hashpipe buffer."""
 
     def __init__(self, rank: int) -> None:
-        self.values: dict[str, Any] = {"rank": rank, "state": "starting", "started": time.time()}
+        self.values: dict[str, Any] = {
+            "rank": rank,
+            "pid": os.getpid(),
+            "state": "starting",
+            "started": time.time(),
+        }
 
     def set(self, **values: Any) -> None:
         """Set keys; `updated` is stamped."""
@@ -75,7 +80,7 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
             lines[-1] += f"  {key}={_fmt(status[key])}"
     for rank, board in sorted(status.get("ranks", {}).items(), key=lambda kv: int(kv[0])):
         role = "master" if int(rank) == 0 else f"slice {int(rank) - 1}"
-        skip = {"rank", "started", "updated"}
+        skip = {"rank", "started", "updated", "pid"}
         pairs = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(board.items()) if k not in skip)
         seen = now - board.get("updated", now)
         lines.append(f"  rank {rank} ({role}, {seen:.1f} s ago): {pairs}")

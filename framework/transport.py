@@ -7,6 +7,7 @@ receive is non-blocking, so the master never sits on one Slice.
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import time
@@ -89,7 +90,11 @@ class MPITransport:
     def poll(self) -> tuple[int, Any] | None:
         MPI = self._MPI
         self._reap()
-        if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_HEADER, status=self._status):
+        # MPICH's first probe after a sleep only makes progress; the second sees
+        # what that progress delivered (measured: halves the wake-up latency).
+        if self.comm.Iprobe(
+            source=MPI.ANY_SOURCE, tag=TAG_HEADER, status=self._status
+        ) or self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_HEADER, status=self._status):
             src = self._status.Get_source()
             head, sizes = self.comm.recv(source=src, tag=TAG_HEADER)
             bufs = [bytearray(n) for n in sizes]
@@ -188,3 +193,5 @@ class Waiter:
         t = self.next_timeout()
         if t > 0:
             time.sleep(t)
+        else:
+            os.sched_yield()  # spin, but let other ranks sharing this core run
