@@ -98,6 +98,7 @@ class Master:
         self.n_slices = transport.size - 1
         self.log = setup_logging(self.run_dir, 0)
         self.board = Board(0)
+        self.shared: dict[str, Any] = {}
         self.stages = [s.build() for s in config.stages]
         self.journal = Journal(self.run_dir / "journal.sqlite")
         self.dead = DeadLetters(self.run_dir / "deadletter.jsonl")
@@ -157,7 +158,7 @@ class Master:
         return 0
 
     def _ctx(self) -> RankContext:
-        return RankContext(0, self.n_slices, self.run_dir, self.log, self.board)
+        return RankContext(0, self.n_slices, self.run_dir, self.log, self.board, self.shared)
 
     def _setup(self) -> None:
         self.board.set(state="setup")
@@ -415,6 +416,7 @@ class Master:
             run_dir=self.run_dir,
             log=self.log,
             board=self.board,
+            shared=self.shared,
             key=key,
             clipboard=rec.clipboard,
             events=rec.events,

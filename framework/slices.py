@@ -39,6 +39,7 @@ class SliceRunner:
         self.n_slices = transport.size - 1
         self.log = setup_logging(self.run_dir, self.rank)
         self.board = Board(self.rank)
+        self.shared: dict[str, Any] = {}
         self.board.set(state="setup", items_done=0, busy_seconds=0.0)
         self.stages = [s.build() for s in config.stages]
         rt = config.runtime
@@ -50,7 +51,9 @@ class SliceRunner:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def _rctx(self) -> RankContext:
-        return RankContext(self.rank, self.n_slices, self.run_dir, self.log, self.board)
+        return RankContext(
+            self.rank, self.n_slices, self.run_dir, self.log, self.board, self.shared
+        )
 
     def _ectx(self, key: int, events: dict[str, Any]) -> ExecutionContext:
         return ExecutionContext(
@@ -59,6 +62,7 @@ class SliceRunner:
             run_dir=self.run_dir,
             log=self.log,
             board=self.board,
+            shared=self.shared,
             key=key,
             clipboard=self.clipboards.setdefault(key, {}),
             events=events,

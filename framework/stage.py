@@ -39,6 +39,8 @@ class RankContext:
     run_dir: Path
     log: logging.Logger | logging.LoggerAdapter
     board: Board
+    shared: dict[str, Any] = field(default_factory=dict)
+    """State that lives for the night on this rank, shared by its stages."""
 
 
 @dataclass
