@@ -92,6 +92,35 @@ def cmd_inject(args: argparse.Namespace, extra: list[str]) -> int:
     return 1
 
 
+PIPELINES = Path(__file__).parent / "pipelines"
+
+
+def config_path(name: str) -> Path:
+    """A config file, or the name of a pipeline shipped with nightpipe (``association``)."""
+    path = Path(name)
+    if path.suffix != ".toml" and not path.is_file() and (PIPELINES / f"{name}.toml").exists():
+        return PIPELINES / f"{name}.toml"
+    return path
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set stage.key=value`` options as stage config overrides (values as TOML)."""
+    import tomllib
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not (eq and dot and stage and name):
+            raise SystemExit(f"--set {item!r}: expected STAGE.KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(stage, {})[name] = parsed
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline; under ``mpiexec`` each rank takes its role."""
     from framework.config import ConfigError, load_config
@@ -102,8 +131,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.setdefault("runtime", {})["endpoint"] = args.endpoint
     if args.waiting:
         overrides.setdefault("runtime", {})["waiting"] = args.waiting
+    stage_overrides = parse_sets(args.set)
+    if args.db:
+        stage_overrides.setdefault("load", {})["db_url"] = args.db
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(config_path(args.config), overrides, stage_overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -136,10 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a pipeline (under mpiexec -n N)")
-    r.add_argument("config", help="pipeline TOML file")
+    r.add_argument("config", help="pipeline TOML file, or 'association'")
     r.add_argument("--run-dir", default="run", help="journal, database, log, status (default: run)")
     r.add_argument("--endpoint", help="ZeroMQ address to listen on (default from config)")
     r.add_argument("--waiting", choices=("active", "passive"), help="override runtime.waiting")
+    r.add_argument("--db", help="database URL for the load stage (default: SQLite in the run dir)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override a stage's config, e.g. crossmatch.default_radius_arcsec=1.5",
+    )
 
     i = sub.add_parser(
         "inject",

@@ -233,8 +233,16 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline config from a TOML file; `overrides` are merged per table."""
+def load_config(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    stage_overrides: dict[str, dict[str, Any]] | None = None,
+) -> PipelineConfig:
+    """Read a pipeline config from a TOML file.
+
+    `overrides` are merged into top-level tables (``{"runtime": {...}}``),
+    `stage_overrides` into the config of the named stages.
+    """
     path = Path(path).resolve()
     try:
         data = tomllib.loads(path.read_text())
@@ -244,4 +252,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     for table, values in (overrides or {}).items():
         data.setdefault(table, {}).update(values)
+    stages = {s.get("name"): s for s in data.get("stages", [])}
+    for name, values in (stage_overrides or {}).items():
+        if name not in stages:
+            raise ConfigError(f"{path}: no stage named {name!r} to override")
+        stages[name].setdefault("config", {}).update(values)
     return parse_config(data, path)

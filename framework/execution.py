@@ -43,6 +43,11 @@ class Failure:
         return f"stage {self.stage!r} hook {self.hook} on rank {self.rank}: {self.error}"
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``, the form an error takes in logs and outcome events."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 # Inputs ---------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from framework.execution import (
     Execution,
     Failure,
     Finish,
+    describe_exception,
     HookFailed,
     Phase,
     PostprocessDone,
@@ -424,7 +425,7 @@ class Master:
         )
 
     def _hook_failure(self, rec: Running, hook: str, exc: BaseException) -> Failure:
-        f = Failure(rec.machine.stage_name, hook, 0, repr(exc), traceback.format_exc())
+        f = Failure(rec.machine.stage_name, hook, 0, describe_exception(exc), traceback.format_exc())
         self.log.error("fov %s: %s\n%s", rec.machine.key, f.describe(), f.traceback.rstrip())
         return f
 

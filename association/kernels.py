@@ -1,0 +1,338 @@
+"""Compiled kernels of the zone index and the moving-object ellipse match.
+
+The index is a grid of cells: zones of fixed height in dec, each cut into the
+same number of columns in a rotated RA (``(ra - ra0) mod 360``, with ``ra0``
+in the largest RA gap of the data, so a field at RA 0/360 is one compact
+block). Objects are sorted by cell with a two-pass counting sort; ``offsets``
+holds each cell's start. A query visits, zone by zone, the column ranges its
+disc can reach (all columns when the disc holds a pole), prunes on dec and RA
+offsets, then decides with the haversine formula, which is well conditioned
+for tiny angles.
+
+Every kernel either works per query (no shared writes) or per fixed block of
+the input in block order, so results never depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_DEG = np.pi / 180.0
+_PAD_DEG = 1e-9  # slack on search ranges; the haversine test decides
+N_RA_BINS = 3600  # RA histogram used to find the data's largest RA gap
+
+_JIT = {"cache": True, "nogil": True}
+
+
+@nb.njit(**_JIT, inline="always")
+def _wrap180(x):
+    # x reduced to [-180, 180)
+    return x - 360.0 * np.floor((x + 180.0) / 360.0)
+
+
+@nb.njit(**_JIT, inline="always")
+def _wrap360(x):
+    return x - 360.0 * np.floor(x / 360.0)
+
+
+@nb.njit(**_JIT, inline="always")
+def _zone(dec, zone0, inv_h, nz):
+    return min(max(np.int64(np.floor((dec + 90.0) * inv_h) - zone0), 0), nz - 1)
+
+
+@nb.njit(**_JIT, inline="always")
+def _col(ra_rot, ra_lo, inv_w, nc):
+    return min(max(np.int64(np.floor((ra_rot - ra_lo) * inv_w)), 0), nc - 1)
+
+
+@nb.njit(**_JIT)
+def sample_stats(ra, dec, step):
+    """RA histogram (``N_RA_BINS`` bins) and dec min/max of every ``step``-th row.
+
+    Only shapes the index; rows that are not finite or out of range are skipped.
+    """
+    hist = np.zeros(N_RA_BINS, np.int64)
+    dmin = np.inf
+    dmax = -np.inf
+    for i in range(0, ra.size, step):
+        r = ra[i]
+        d = dec[i]
+        if np.isfinite(r) and d >= -90.0 and d <= 90.0:
+            b = np.int64(_wrap360(r) * (N_RA_BINS / 360.0))
+            hist[min(max(b, 0), N_RA_BINS - 1)] += 1
+            dmin = min(dmin, d)
+            dmax = max(dmax, d)
+    return hist, dmin, dmax
+
+
+@nb.njit(**_JIT, parallel=True)
+def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
+    """Counting-sort objects by cell; return the count of invalid positions.
+
+    Fills ``pos`` (a copy of ``ra, dec`` as rows), ``rows`` (input rows in
+    cell order) and ``offsets`` (``ncell + 1`` cell starts); ``keys`` is
+    scratch. Each of ``nt`` threads counts and scatters one fixed block of
+    the input, blocks in order: the sort is stable and its result does not
+    depend on ``nt``. Positions outside the geometry go to the edge cells.
+    """
+    n = ra.size
+    ra0, ra_lo, inv_w, zone0, inv_h = geo[0], geo[1], 1.0 / geo[3], geo[4], 1.0 / geo[5]
+    nz = np.int64(geo[6])
+    nc = np.int64(geo[7])
+    ncell = nz * nc
+    counts = np.zeros((nt, ncell), np.int32)
+    nbad = np.zeros(nt, np.int64)
+    for t in nb.prange(nt):
+        cnt = counts[t]
+        bad = 0
+        for i in range(t * n // nt, (t + 1) * n // nt):
+            r = ra[i]
+            d = dec[i]
+            pos[i, 0] = r
+            pos[i, 1] = d
+            if not (np.isfinite(r) and d >= -90.0 and d <= 90.0):
+                bad += 1
+                r = ra0
+                d = 0.0
+            k = _zone(d, zone0, inv_h, nz) * nc + _col(_wrap360(r - ra0), ra_lo, inv_w, nc)
+            keys[i] = k
+            cnt[k] += 1
+        nbad[t] = bad
+    # cell starts: a prefix sum over (cell, thread), split into nt ranges of cells
+    partial = np.zeros(nt + 1, np.int64)
+    for t in nb.prange(nt):
+        s = 0
+        for c in range(t * ncell // nt, (t + 1) * ncell // nt):
+            for u in range(nt):
+                s += counts[u, c]
+        partial[t + 1] = s
+    for t in range(nt):
+        partial[t + 1] += partial[t]
+    for t in nb.prange(nt):
+        run = partial[t]
+        for c in range(t * ncell // nt, (t + 1) * ncell // nt):
+            offsets[c] = run
+            for u in range(nt):
+                cnt = counts[u, c]
+                counts[u, c] = run
+                run += cnt
+    offsets[ncell] = n
+    for t in nb.prange(nt):
+        nxt = counts[t]
+        for i in range(t * n // nt, (t + 1) * n // nt):
+            k = keys[i]
+            p = nxt[k]
+            nxt[k] = p + 1
+            rows[p] = i
+    return nbad.sum()
+
+
+@nb.njit(**_JIT)
+def _col_ranges(ra, cosd, sin_r, ra0, ra_lo, col_w, nc, pole):
+    # The column ranges (at most two, disjoint, ascending) a disc of radius r
+    # around (ra, dec) can reach, and its RA half-width in degrees (360 when
+    # it reaches every RA).
+    s = sin_r / cosd if cosd > 0.0 else 2.0
+    if pole or s >= 0.5:
+        return 0, nc - 1, 0, -1, 360.0
+    # asin(s) <= tan(asin(s))
+    half = s / np.sqrt(1.0 - s * s) / _DEG * (1.0 + 1e-9) + _PAD_DEG
+    if 2.0 * (half + col_w) >= 360.0:
+        return 0, nc - 1, 0, -1, 360.0
+    inv_w = 1.0 / col_w
+    a = _wrap360(ra - ra0)
+    lo = a - half
+    hi = a + half
+    # [lo, hi] lies in (-180, 540): cut into pieces of [0, 360], low piece first
+    c3, c4 = 0, -1
+    if lo < 0.0:
+        c1, c2 = _col(0.0, ra_lo, inv_w, nc), _col(hi, ra_lo, inv_w, nc)
+        c3, c4 = _col(lo + 360.0, ra_lo, inv_w, nc), _col(360.0, ra_lo, inv_w, nc)
+    elif hi >= 360.0:
+        c1, c2 = _col(0.0, ra_lo, inv_w, nc), _col(hi - 360.0, ra_lo, inv_w, nc)
+        c3, c4 = _col(lo, ra_lo, inv_w, nc), _col(360.0, ra_lo, inv_w, nc)
+    else:
+        c1, c2 = _col(lo, ra_lo, inv_w, nc), _col(hi, ra_lo, inv_w, nc)
+    if c4 >= c3 and c3 <= c2 + 1:
+        return c1, max(c2, c4), 0, -1, half
+    return c1, c2, c3, c4, half
+
+
+@nb.njit(**_JIT, inline="always")
+def _sin(x):
+    # sin, by its series where that is exact to double precision
+    if abs(x) < 1e-3:
+        x2 = x * x
+        return x * (1.0 - x2 * (1.0 / 6.0) * (1.0 - x2 * (1.0 / 20.0)))
+    return np.sin(x)
+
+
+@nb.njit(**_JIT, inline="always")
+def _cos_near(cosd, sind, x, dec2):
+    # cos(dec2) where dec2 = dec + x (x in radians, dec2 in degrees)
+    if abs(x) < 1e-3:
+        x2 = x * x
+        return cosd * (1.0 - x2 * 0.5 * (1.0 - x2 * (1.0 / 12.0))) - sind * _sin(x)
+    return np.cos(_DEG * dec2)
+
+
+@nb.njit(**_JIT)
+def _scan(qra, qdec, r, geo, pos, rows, ids, offsets, nearest, out_row, out_hav, start, cap):
+    # Visit every object within r deg of (qra, qdec). Pairs: write the first
+    # `cap` (row, haversine) from `start` and return how many there are.
+    # Nearest: return the row with the smallest haversine, then smallest id
+    # (-1 if none), its haversine in out_hav[start].
+    ra0, ra_lo, col_w, zone0, inv_h = geo[0], geo[1], geo[3], geo[4], 1.0 / geo[5]
+    nz = np.int64(geo[6])
+    nc = np.int64(geo[7])
+    rpad = r * (1.0 + 1e-9) + _PAD_DEG
+    z1 = _zone(qdec - rpad, zone0, inv_h, nz)
+    z2 = _zone(qdec + rpad, zone0, inv_h, nz)
+    cosd = np.cos(_DEG * qdec)
+    sind = np.sin(_DEG * qdec)
+    pole = qdec + rpad >= 90.0 or qdec - rpad <= -90.0
+    c1, c2, c3, c4, half = _col_ranges(qra, cosd, np.sin(_DEG * rpad), ra0, ra_lo, col_w, nc, pole)
+    hr = _sin(0.5 * _DEG * r)
+    hav_r = hr * hr
+    found = 0
+    best = -1
+    best_hav = np.inf
+    for z in range(z1, z2 + 1):
+        for piece in range(2):
+            if piece == 0:
+                p1 = offsets[z * nc + c1]
+                p2 = offsets[z * nc + c2 + 1]
+            elif c4 >= c3:
+                p1 = offsets[z * nc + c3]
+                p2 = offsets[z * nc + c4 + 1]
+            else:
+                break
+            for p in range(p1, p2):
+                row = rows[p]
+                od = pos[row, 1]
+                ddec = od - qdec
+                if abs(ddec) > rpad:
+                    continue
+                dra = _wrap180(pos[row, 0] - qra)
+                if abs(dra) > half:
+                    continue
+                sd = _sin(0.5 * _DEG * ddec)
+                sa = _sin(0.5 * _DEG * dra)
+                h = sd * sd + cosd * _cos_near(cosd, sind, _DEG * ddec, od) * sa * sa
+                if h > hav_r:
+                    continue
+                if nearest:
+                    if h < best_hav or (h == best_hav and ids[row] < ids[best]):
+                        best = row
+                        best_hav = h
+                elif found < cap:
+                    out_row[start + found] = row
+                    out_hav[start + found] = h
+                found += 1
+    if nearest:
+        out_hav[start] = best_hav
+        return best
+    return found
+
+
+@nb.njit(**_JIT, inline="always")
+def _hav_to_arcsec(h):
+    return 2.0 * np.arcsin(np.sqrt(min(max(h, 0.0), 1.0))) / _DEG * 3600.0
+
+
+_PAIRS_PER_QUERY = 4  # pairs each query may keep from the first pass
+
+
+@nb.njit(**_JIT, parallel=True)
+def query_pairs(qra, qdec, r, geo, pos, rows, ids, offsets):
+    """All (query, row, distance arcsec) within ``r`` deg, sorted by (query, row)."""
+    m = qra.size
+    cap = _PAIRS_PER_QUERY
+    buf_row = np.empty(m * cap, np.int64)
+    buf_hav = np.empty(m * cap, np.float64)
+    counts = np.empty(m + 1, np.int64)
+    counts[0] = 0
+    for q in nb.prange(m):
+        counts[q + 1] = _scan(
+            qra[q], qdec[q], r, geo, pos, rows, ids, offsets, False, buf_row, buf_hav, q * cap, cap
+        )
+    for q in range(m):
+        counts[q + 1] += counts[q]
+    total = counts[m]
+    qidx = np.empty(total, np.int64)
+    orow = np.empty(total, np.int64)
+    dist = np.empty(total, np.float64)
+    for q in nb.prange(m):
+        s = counts[q]
+        e = counts[q + 1]
+        if e - s > cap:  # more than the first pass kept: scan again
+            _scan(qra[q], qdec[q], r, geo, pos, rows, ids, offsets, False, orow, dist, s, e - s)
+        else:
+            for i in range(e - s):
+                orow[s + i] = buf_row[q * cap + i]
+                dist[s + i] = buf_hav[q * cap + i]
+        for i in range(s + 1, e):  # insertion sort of this query's few rows
+            rv = orow[i]
+            hv = dist[i]
+            j = i - 1
+            while j >= s and orow[j] > rv:
+                orow[j + 1] = orow[j]
+                dist[j + 1] = dist[j]
+                j -= 1
+            orow[j + 1] = rv
+            dist[j + 1] = hv
+        for i in range(s, e):
+            qidx[i] = q
+            dist[i] = _hav_to_arcsec(dist[i])
+    return qidx, orow, dist
+
+
+@nb.njit(**_JIT, parallel=True)
+def query_nearest(qra, qdec, r, geo, pos, rows, ids, offsets):
+    """Nearest row within ``r`` deg per query (-1 if none; ties to the smaller id)."""
+    m = qra.size
+    orow = np.empty(m, np.int64)
+    dist = np.empty(m, np.float64)
+    none = np.empty(0, np.int64)
+    for q in nb.prange(m):
+        best = _scan(qra[q], qdec[q], r, geo, pos, rows, ids, offsets, True, none, dist, q, 0)
+        orow[q] = best
+        dist[q] = _hav_to_arcsec(dist[q]) if best >= 0 else np.nan
+    return orow, dist
+
+
+@nb.njit(**_JIT, parallel=True)
+def inside_ellipse(pred_idx, src_idx, pra, pdec, a, b, pa, sra, sdec):
+    """Whether each (prediction, source) pair lies inside the prediction's ellipse.
+
+    Gnomonic projection at the prediction (xi east, eta north, radians); the
+    ellipse has semi-axes ``a``, ``b`` (radians) and its major axis at position
+    angle ``pa`` (deg, north through east).
+    """
+    n = pred_idx.size
+    out = np.empty(n, np.bool_)
+    for k in nb.prange(n):
+        i = pred_idx[k]
+        j = src_idx[k]
+        d0 = _DEG * pdec[i]
+        d1 = _DEG * sdec[j]
+        da = _DEG * _wrap180(sra[j] - pra[i])
+        sin_d0 = np.sin(d0)
+        cos_d0 = np.cos(d0)
+        cos_d1 = np.cos(d1)
+        sh = np.sin(0.5 * da)
+        one_minus_cos_da = 2.0 * sh * sh
+        cos_c = sin_d0 * np.sin(d1) + cos_d0 * cos_d1 * np.cos(da)
+        if cos_c <= 0.0:
+            out[k] = False
+            continue
+        xi = cos_d1 * np.sin(da) / cos_c
+        # cos d0 sin d1 - sin d0 cos d1 cos da, without cancellation
+        eta = (np.sin(d1 - d0) + sin_d0 * cos_d1 * one_minus_cos_da) / cos_c
+        sp = np.sin(_DEG * pa[i])
+        cp = np.cos(_DEG * pa[i])
+        u = (xi * sp + eta * cp) / a[i]
+        v = (xi * cp - eta * sp) / b[i]
+        out[k] = u * u + v * v <= 1.0
+    return out

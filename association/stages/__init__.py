@@ -1,0 +1,1 @@
+"""The association pipeline's stages: load, crossmatch, moving, update, store."""

@@ -1,0 +1,78 @@
+"""Moving objects: NightMOPS's predicted ellipses against the flagged DIASources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from association.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
+from association.inputs import read_predictions
+from events.types import PREDICTIONS_READY
+from framework.stage import MasterContext, Stage
+
+
+@dataclass(frozen=True)
+class MovingConfig:
+    """Ellipse scaling: 1-sigma axes times `scale`, clamped to [min, max] arcsec."""
+
+    scale: float = 3.0
+    min_axis_arcsec: float = 0.5
+    max_axis_arcsec: float = 60.0
+
+
+def read_visit_predictions(paths: list[str]) -> np.ndarray:
+    """Every predictions file of a visit, concatenated."""
+    from association.inputs import PREDICTION_DTYPE
+
+    parts = [read_predictions(p) for p in paths]
+    return np.concatenate(parts) if parts else np.empty(0, PREDICTION_DTYPE)
+
+
+class MovingStage(Stage):
+    """Waits for ``nightmops.predictions_ready``; conclusive matches leave alerting.
+
+    A match is conclusive when a prediction's scaled ellipse holds exactly one
+    flagged DIASource and that DIASource lies in no other ellipse. Such a
+    DIASource becomes a moving-object match: it raises no alert and neither
+    updates nor creates an Object. The matching is small (hundreds of
+    ellipses against the flagged sources) and runs on the master.
+    """
+
+    ConfigClass = MovingConfig
+
+    def preprocess(self, ctx: MasterContext) -> Any:
+        ctx.clipboard["moving"] = (np.empty(0, np.int64), np.empty(0, np.int64))
+        if ctx.clipboard["stored"]:
+            return None
+        ev = ctx.events.get(PREDICTIONS_READY)
+        if ev is None:
+            ctx.log.warning("fov %s: no predictions came; no moving-object matching", ctx.key)
+            return None
+        preds = read_visit_predictions(list(ev.body["paths"]))
+        sources = ctx.clipboard["sources"]
+        cand = np.flatnonzero(ctx.clipboard["flagged"])
+        c = self.config
+        p_idx, s_idx = ellipse_pairs(
+            preds["ra"],
+            preds["dec"],
+            preds["semiMajorAxis"],
+            preds["semiMinorAxis"],
+            preds["positionAngle"],
+            sources["ra"][cand],
+            sources["dec"][cand],
+            EllipseConfig(c.scale, c.min_axis_arcsec, c.max_axis_arcsec),
+        )
+        p_idx, s_idx = conclusive_matches(p_idx, s_idx, len(preds), len(cand))
+        rows = cand[s_idx]
+        sources["ssObjectId"][rows] = preds["ssObjectId"][p_idx]
+        sources["diaObjectId"][rows] = 0
+        ctx.clipboard["moving"] = (preds["ssObjectId"][p_idx], sources["diaSourceId"][rows])
+        ctx.log.info(
+            "fov %s: %d predictions, %d conclusive moving-object matches",
+            ctx.key,
+            len(preds),
+            len(rows),
+        )
+        return None

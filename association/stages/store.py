@@ -1,0 +1,104 @@
+"""Store: the visit's rows in one transaction, its alerts in one Avro file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from association import db
+from association.alerts import build_alert, write_alerts
+from association.state import state_of
+from association.store import VisitRecord, store_visit
+from events.types import ALERTS_READY, NEXT_VISIT
+from framework.stage import MasterContext, Stage
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where alert files go, relative to the run directory."""
+
+    alerts_dir: str = "alerts"
+
+
+def build_alerts(sources: np.ndarray, objects: np.ndarray, recent: np.ndarray) -> list[dict]:
+    """One packet per DIASource still in alerting (no moving-object match).
+
+    ``alertId`` is the diaSourceId, so a visit's alerts are the same on every run.
+    """
+    alerting = sources[sources["ssObjectId"] == 0]
+    obj_at = np.searchsorted(objects["diaObjectId"], alerting["diaObjectId"])
+    lo = np.searchsorted(recent["diaObjectId"], alerting["diaObjectId"], side="left")
+    hi = np.searchsorted(recent["diaObjectId"], alerting["diaObjectId"], side="right")
+    return [
+        build_alert(int(src["diaSourceId"]), src, objects[obj_at[i]], recent[lo[i] : hi[i]])
+        for i, src in enumerate(alerting)
+    ]
+
+
+class StoreStage(Stage):
+    """Writes the visit in one transaction, then publishes ``association.alerts_ready``.
+
+    The alert file is written first (atomically), then the database
+    transaction commits: a visit is done only once its Store has committed.
+    Storing a visit again leaves the same rows.
+    """
+
+    ConfigClass = StoreConfig
+
+    def preprocess(self, ctx: MasterContext) -> Any:
+        st = state_of(ctx)
+        out_dir = Path(ctx.run_dir) / self.config.alerts_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"visit_{ctx.key}.avro"
+        if ctx.clipboard["stored"]:
+            with st.engine.connect() as conn:
+                row = conn.execute(select(db.visits).where(db.visits.c.visit == ctx.key)).one()
+            counts = (row.n_alerts, row.n_sources, row.n_new_objects, row.n_moving)
+        else:
+            sources = ctx.clipboard["sources"]
+            alerts = build_alerts(sources, ctx.clipboard["objects"], ctx.clipboard["recent"])
+            write_alerts(path, alerts)
+            ss_ids, src_ids = ctx.clipboard["moving"]
+            nv = ctx.events[NEXT_VISIT].body
+            record = VisitRecord(
+                visit=ctx.key,
+                mjd=float(nv["mjd"]),
+                ra=float(nv["ra"]),
+                dec=float(nv["dec"]),
+                filter=str(nv["filter"]),
+                n_sources=len(sources),
+                n_alerts=len(alerts),
+                n_new_objects=ctx.clipboard["n_new"],
+                n_moving=len(src_ids),
+            )
+            store_visit(
+                st.engine,
+                record,
+                sources,
+                ctx.clipboard["objects"],
+                moving=(np.full(len(src_ids), ctx.key), ss_ids, src_ids),
+                alerts=(
+                    np.array([a["alertId"] for a in alerts], np.int64),
+                    np.array([a["diaSource"]["diaSourceId"] for a in alerts], np.int64),
+                    np.array([a["diaObject"]["diaObjectId"] for a in alerts], np.int64),
+                ),
+            )
+            counts = (len(alerts), len(sources), ctx.clipboard["n_new"], len(src_ids))
+        ctx.emit(
+            ALERTS_READY,
+            {
+                "path": str(path),
+                "n_alerts": counts[0],
+                "n_sources": counts[1],
+                "n_new_objects": counts[2],
+                "n_moving": counts[3],
+            },
+        )
+        ctx.clipboard["counts"] = dict(
+            zip(("alerts", "sources", "new_objects", "moving"), counts, strict=True)
+        )
+        return None

@@ -1,0 +1,87 @@
+"""Update: every Slice applies the visit's associations to the chunks it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from association.state import state_of
+from framework.stage import ExecutionContext, MasterContext, Stage
+
+
+@dataclass
+class Changes:
+    """A Slice's changed Objects in the chunks it owns, and their recent DIASources."""
+
+    objects: np.ndarray
+    recent: np.ndarray
+
+
+class UpdateStage(Stage):
+    """Matched Objects are updated; unmatched DIASources (not movers) make new Objects.
+
+    The master sends the same update list to every Slice, and each applies it
+    to every copy it holds (owned or margin), with the same arithmetic, so
+    the copies stay identical. Each Slice returns the rows of the Objects it
+    owns, so every changed Object is stored once. The changes stay in an open
+    transaction on each Slice until the visit ends: committed when it is done,
+    rolled back when it fails.
+    """
+
+    def preprocess(self, ctx: MasterContext) -> Any:
+        if ctx.clipboard["stored"]:
+            return None
+        sources = ctx.clipboard["sources"]
+        moving = sources["ssObjectId"] != 0
+        matched = (sources["diaObjectId"] != 0) & ~moving
+        new = (sources["diaObjectId"] == 0) & ~moving
+        ctx.clipboard["n_new"] = int(new.sum())
+        return sources[matched], sources[new]
+
+    def process(self, ctx: ExecutionContext, payload: Any) -> Changes | None:
+        if payload is None:
+            return None
+        matched, new = payload
+        cat = state_of(ctx).catalogue
+        assert cat is not None
+        txn = cat.begin(ctx.key)
+        ctx.clipboard["txn"] = txn
+        txn.associate(matched)
+        txn.create(new)
+        changed = txn.changed(ctx.clipboard["owned"])
+        recent = cat.recent_for(changed["diaObjectId"])
+        return Changes(changed, recent[recent["visit"] != ctx.key])
+
+    def postprocess(self, ctx: MasterContext, results: list[Changes | None]) -> None:
+        if ctx.clipboard["stored"]:
+            return
+        objects = np.concatenate([r.objects for r in results])
+        recent = np.concatenate([r.recent for r in results])
+        objects = objects[np.argsort(objects["diaObjectId"], kind="stable")]
+        ids = objects["diaObjectId"]
+        if np.any(ids[1:] == ids[:-1]):
+            raise RuntimeError(f"fov {ctx.key}: an Object was returned by two Slices")
+        sources = ctx.clipboard["sources"]
+        new = (sources["diaObjectId"] == 0) & (sources["ssObjectId"] == 0)
+        sources["diaObjectId"][new] = sources["diaSourceId"][new]
+        missing = np.setdiff1d(sources["diaObjectId"][sources["ssObjectId"] == 0], ids)
+        if missing.size:
+            raise RuntimeError(
+                f"fov {ctx.key}: {missing.size} Object(s) not held by any Slice, e.g. {missing[0]}"
+            )
+        ctx.clipboard["objects"] = objects
+        ctx.clipboard["recent"] = recent[
+            np.lexsort((recent["midpointMjdTai"], recent["diaObjectId"]))
+        ]
+
+    def finish(self, ctx: ExecutionContext, ok: bool) -> None:
+        txn = ctx.clipboard.get("txn")
+        if txn is None or not txn.open:
+            return
+        if ok:
+            txn.commit()
+        else:
+            txn.rollback()
+            ctx.log.info("fov %s: catalogue changes rolled back", ctx.key)

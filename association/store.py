@@ -1,0 +1,300 @@
+"""Writing a visit's results to the database, and reading the catalogue back.
+
+A NaN float is stored as NULL (SQLite cannot store NaN) and read back as NaN,
+the same on every database.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sqlalchemy import Connection, Engine, Table, select
+
+from association import db
+from association.schema import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
+
+MOVING_DTYPE = np.dtype([("visit", "i8"), ("ssObjectId", "i8"), ("diaSourceId", "i8")])
+"""A moving-object match: a predicted moving object taken for a DIASource."""
+
+ALERT_DTYPE = np.dtype([("alertId", "i8"), ("diaSourceId", "i8"), ("diaObjectId", "i8")])
+"""The record of an alert sent."""
+
+BULK_CHUNK = 50_000
+"""Rows per executemany in the bulk loads."""
+
+VOLATILE_COLUMNS = {"visits": ("stored_at",)}
+"""Columns that differ between two runs doing the same work; `table_rows` skips them."""
+
+_BAND_LETTERS = np.array(list(BANDS))
+
+
+@dataclass
+class VisitRecord:
+    """The ``visits`` row of a visit."""
+
+    visit: int
+    mjd: float
+    ra: float
+    dec: float
+    filter: str
+    n_sources: int
+    n_alerts: int
+    n_new_objects: int
+    n_moving: int
+
+
+def store_visit(
+    engine: Engine,
+    record: VisitRecord,
+    diasources: np.ndarray,
+    objects: np.ndarray,
+    moving: np.ndarray | Sequence[np.ndarray] | None = None,
+    alerts: np.ndarray | Sequence[np.ndarray] | None = None,
+) -> None:
+    """Write one visit in one transaction; storing it again leaves the same rows.
+
+    Parameters
+    ----------
+    engine : Engine
+        The database, made by `association.db.create_schema`.
+    record : VisitRecord
+        The visit's row.
+    diasources : ndarray of DIASOURCE_DTYPE
+        The visit's DIASources; all must have ``visit == record.visit``.
+    objects : ndarray of OBJECT_DTYPE
+        New and updated Objects, full rows; upserted by diaObjectId.
+    moving : MOVING_DTYPE array or (visit, ssObjectId, diaSourceId) arrays
+        The visit's moving-object matches.
+    alerts : ALERT_DTYPE array or (alertId, diaSourceId, diaObjectId) arrays
+        The visit's alerts.
+    """
+    visit = int(record.visit)
+    moving = _records(moving, MOVING_DTYPE)
+    alerts = _records(alerts, ALERT_DTYPE)
+    _check_visit(diasources["visit"], visit, "diasources")
+    _check_visit(moving["visit"], visit, "moving")
+    visit_row = {**asdict(record), "stored_at": time.time()}
+    with engine.begin() as conn:
+        for table in (db.diasources, db.moving_matches, db.alerts, db.visits):
+            conn.execute(table.delete().where(table.c.visit == visit))
+        _executemany(conn, _insert_sql(conn, db.diasources), diasource_rows(diasources))
+        _executemany(conn, _upsert_objects_sql(conn), object_rows(objects))
+        _executemany(conn, _insert_sql(conn, db.moving_matches), _plain_rows(moving))
+        _executemany(
+            conn,
+            _insert_sql(conn, db.alerts),
+            _plain_rows(alerts, visit=visit, names=[c.name for c in db.alerts.columns]),
+        )
+        conn.execute(db.visits.insert().values(**visit_row))
+
+
+def visit_stored(engine: Engine, visit: int) -> bool:
+    """Whether the Store of ``visit`` has committed."""
+    with engine.connect() as conn:
+        found = conn.execute(select(db.visits.c.visit).where(db.visits.c.visit == int(visit)))
+        return found.first() is not None
+
+
+def load_objects(engine: Engine, lo: int, hi: int, *, native: bool = True) -> np.ndarray:
+    """The Objects with ``lo <= fine < hi``, ordered by diaObjectId.
+
+    ``native=False`` reads through the database driver even for SQLite files
+    (see `association.db.fetch_columns`).
+    """
+    kinds = {c.name: _kind(c.name) for c in db.objects.columns}
+    sql = (
+        f"SELECT {', '.join(_q(engine, n) for n in kinds)} FROM objects "
+        f"WHERE {_q(engine, 'fine')} >= ? AND {_q(engine, 'fine')} < ?"
+    )
+    cols = db.fetch_columns(engine, sql, (int(lo), int(hi)), kinds, native=native)
+    out = np.empty(len(cols["diaObjectId"]), dtype=OBJECT_DTYPE)
+    for name, values in cols.items():
+        if name in OBJECT_DTYPE.names:
+            out[name] = values
+        else:
+            band, field = name.split("_", 1)
+            out[field][:, BANDS.index(band)] = values
+    return out[np.argsort(out["diaObjectId"], kind="stable")]
+
+
+def load_recent_diasources(
+    engine: Engine, lo: int, hi: int, per_object: int = 10, *, native: bool = True
+) -> np.ndarray:
+    """The latest DIASources of the Objects with ``lo <= fine < hi``.
+
+    A DIASource is chosen by its Object's fine index, not its own. At most
+    ``per_object`` per Object, the latest by midpointMjdTai (ties: larger
+    diaSourceId); sorted by (diaObjectId, midpointMjdTai, diaSourceId).
+    """
+    if per_object <= 0:
+        return np.empty(0, dtype=DIASOURCE_DTYPE)
+    kinds = {name: _kind(name) for name in DIASOURCE_DTYPE.names}
+    q = functools.partial(_q, engine)
+    band = " ".join(f"WHEN '{b}' THEN {i}" for i, b in enumerate(BANDS))
+    inner = ", ".join(f"d.{q(n)}" for n in kinds)
+    outer = ", ".join(
+        f"CASE s.{q(n)} {band} ELSE -1 END" if n == "band" else f"s.{q(n)}" for n in kinds
+    )
+    oid, mjd, sid = q("diaObjectId"), q("midpointMjdTai"), q("diaSourceId")
+    sql = (
+        f"SELECT {outer} FROM ("
+        f"SELECT {inner}, ROW_NUMBER() OVER "
+        f"(PARTITION BY d.{oid} ORDER BY d.{mjd} DESC, d.{sid} DESC) AS rn "
+        f"FROM diasources d JOIN objects o ON o.{oid} = d.{oid} "
+        f"WHERE o.{q('fine')} >= ? AND o.{q('fine')} < ?) s WHERE s.rn <= ?"
+    )
+    cols = db.fetch_columns(engine, sql, (int(lo), int(hi), int(per_object)), kinds, native=native)
+    out = np.empty(len(cols["diaSourceId"]), dtype=DIASOURCE_DTYPE)
+    for name, values in cols.items():
+        out[name] = values
+    return out[np.lexsort((out["diaSourceId"], out["midpointMjdTai"], out["diaObjectId"]))]
+
+
+def bulk_load_objects(engine: Engine, objects: np.ndarray, chunk: int = BULK_CHUNK) -> None:
+    """Insert a starting catalogue of Objects (new ids only) in one transaction."""
+    order = np.lexsort((objects["diaObjectId"], objects["fine"]))  # the clustering order
+    _bulk(engine, db.objects, objects[order], object_rows, chunk)
+
+
+def bulk_load_diasources(engine: Engine, diasources: np.ndarray, chunk: int = BULK_CHUNK) -> None:
+    """Insert past DIASources (new ids only) in one transaction."""
+    order = np.lexsort((diasources["diaSourceId"], diasources["diaObjectId"]))
+    _bulk(engine, db.diasources, diasources[order], diasource_rows, chunk)
+
+
+def table_rows(engine: Engine, *, volatile: bool = False) -> dict[str, set[tuple]]:
+    """Every table's rows as a set of tuples, NaN as None, to compare databases.
+
+    Columns in `VOLATILE_COLUMNS` (the store time) are left out unless
+    ``volatile``.
+    """
+    out = {}
+    with engine.connect() as conn:
+        for table in db.metadata.sorted_tables:
+            skip = () if volatile else VOLATILE_COLUMNS.get(table.name, ())
+            cols = [c for c in table.columns if c.name not in skip]
+            rows = conn.execute(select(*cols)).all()
+            out[table.name] = {tuple(_nan_none(v) for v in row) for row in rows}
+    return out
+
+
+def object_rows(objects: np.ndarray) -> list[tuple]:
+    """Objects as tuples in the column order of the ``objects`` table."""
+    cols = []
+    for c in db.objects.columns:
+        if c.name in OBJECT_DTYPE.names:
+            cols.append(_pylist(objects[c.name]))
+        else:
+            band, field = c.name.split("_", 1)
+            cols.append(_pylist(objects[field][:, BANDS.index(band)]))
+    return list(zip(*cols, strict=True))
+
+
+def diasource_rows(diasources: np.ndarray) -> list[tuple]:
+    """DIASources as tuples in the column order of the ``diasources`` table."""
+    band = diasources["band"]
+    bad = np.flatnonzero((band < 0) | (band >= len(BANDS)))
+    if bad.size:
+        raise ValueError(f"diasources row {bad[0]}: band index {band[bad[0]]} not in 0..5")
+    cols = []
+    for c in db.diasources.columns:
+        if c.name == "band":
+            cols.append(_BAND_LETTERS[band].tolist())
+        else:
+            cols.append(_pylist(diasources[c.name]))
+    return list(zip(*cols, strict=True))
+
+
+def _bulk(engine: Engine, table: Table, rows: np.ndarray, convert, chunk: int) -> None:
+    with engine.begin() as conn:
+        sql = _insert_sql(conn, table)
+        for start in range(0, len(rows), chunk):
+            _executemany(conn, sql, convert(rows[start : start + chunk]))
+
+
+def _records(x: np.ndarray | Sequence[np.ndarray] | None, dtype: np.dtype) -> np.ndarray:
+    """A structured array of ``dtype`` from one, from a tuple of columns, or None."""
+    if x is None:
+        return np.empty(0, dtype=dtype)
+    if isinstance(x, np.ndarray) and x.dtype.names:
+        out = np.empty(len(x), dtype=dtype)
+        for name in dtype.names:
+            out[name] = x[name]
+        return out
+    if len(x) != len(dtype.names):
+        raise ValueError(f"expected arrays {dtype.names}, got {len(x)} arrays")
+    out = np.empty(len(x[0]), dtype=dtype)
+    for name, col in zip(dtype.names, x, strict=True):
+        out[name] = col
+    return out
+
+
+def _check_visit(visits: np.ndarray, visit: int, what: str) -> None:
+    bad = np.flatnonzero(visits != visit)
+    if bad.size:
+        raise ValueError(f"{what} row {bad[0]}: visit {visits[bad[0]]}, storing visit {visit}")
+
+
+def _plain_rows(
+    rec: np.ndarray, visit: int | None = None, names: list[str] | None = None
+) -> list[tuple]:
+    """Rows of an integer record array, in ``names`` order (``visit`` filled in)."""
+    names = names or list(rec.dtype.names)
+    cols = [
+        [visit] * len(rec) if n == "visit" and n not in rec.dtype.names else rec[n].tolist()
+        for n in names
+    ]
+    return list(zip(*cols, strict=True))
+
+
+def _executemany(conn: Connection, sql: str, rows: list[tuple]) -> None:
+    if rows:
+        conn.exec_driver_sql(sql, rows)
+
+
+def _insert_sql(conn: Connection, table: Table) -> str:
+    names = [c.name for c in table.columns]
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cols = ", ".join(_q(conn, n) for n in names)
+    return f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join([mark] * len(names))})"
+
+
+def _upsert_objects_sql(conn: Connection) -> str:
+    key = "diaObjectId"
+    sets = ", ".join(
+        f"{_q(conn, c.name)} = excluded.{_q(conn, c.name)}"
+        for c in db.objects.columns
+        if c.name != key
+    )
+    return f"{_insert_sql(conn, db.objects)} ON CONFLICT ({_q(conn, key)}) DO UPDATE SET {sets}"
+
+
+def _q(bind: Engine | Connection, name: str) -> str:
+    return bind.dialect.identifier_preparer.quote(name)
+
+
+def _kind(name: str) -> str:
+    """``"f"`` for a float column of the objects or diasources tables, else ``"i"``."""
+    column = db.objects.columns.get(name)
+    if column is None:
+        column = db.diasources.columns[name]
+    return "f" if column.type.python_type is float else "i"
+
+
+def _pylist(values: np.ndarray) -> list:
+    """Python values of a column, NaN as None."""
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            out = values.astype(object)
+            out[nan] = None
+            return out.tolist()
+    return values.tolist()
+
+
+def _nan_none(v):
+    return None if isinstance(v, float) and v != v else v

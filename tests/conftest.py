@@ -1,0 +1,41 @@
+"""Shared fixtures: databases for the storage tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from association.db import create_schema, make_engine
+from tests.pgserver import PgServer, PgServerError
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session; fails if it cannot start."""
+    try:
+        server = PgServer()
+        server.start()
+    except PgServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_server: PgServer) -> str:
+    """``postgresql+psycopg://`` URL of an empty database on the throwaway server."""
+    return pg_server.url
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A SQLite engine on ``tmp_path/nightpipe.sqlite`` with the schema created."""
+    engine = make_engine(None, tmp_path)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
