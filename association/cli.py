@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from association.commands import COMMANDS
 from events.envelope import Event
 from events.types import BODY_SPECS, KNOWN_TYPES, is_control
 
@@ -131,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.setdefault("runtime", {})["endpoint"] = args.endpoint
     if args.waiting:
         overrides.setdefault("runtime", {})["waiting"] = args.waiting
+    if args.max_in_flight:
+        overrides.setdefault("pipeline", {})["max_in_flight"] = args.max_in_flight
     stage_overrides = parse_sets(args.set)
     if args.db:
         stage_overrides.setdefault("load", {})["db_url"] = args.db
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--endpoint", help="ZeroMQ address to listen on (default from config)")
     r.add_argument("--waiting", choices=("active", "passive"), help="override runtime.waiting")
     r.add_argument("--db", help="database URL for the load stage (default: SQLite in the run dir)")
+    r.add_argument("--max-in-flight", type=int, help="override [pipeline] max_in_flight")
     r.add_argument(
         "--set",
         action="append",
@@ -200,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", nargs="?", default="run")
     s.add_argument("--watch", action="store_true", help="keep printing it")
     s.add_argument("--interval", type=float, default=1.0)
+    for add, _ in COMMANDS.values():
+        add(sub)
     return p
 
 
@@ -212,5 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        code = {"run": cmd_run, "status": cmd_status}[args.command](args)
+        handlers = {"run": cmd_run, "status": cmd_status}
+        handlers.update({name: cmd for name, (_, cmd) in COMMANDS.items()})
+        code = handlers[args.command](args)
     raise SystemExit(code)

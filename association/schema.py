@@ -52,5 +52,6 @@ OBJECT_DTYPE = np.dtype(
 
 def band_index(names: np.ndarray) -> np.ndarray:
     """Map band names (``'u'``..``'y'``) to their index; -1 for an unknown name."""
-    lut = {b: i for i, b in enumerate(BANDS)}
-    return np.array([lut.get(str(n), -1) for n in names], dtype="i1")
+    uniq, inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
+    lut = np.array([BANDS.index(u) if len(u) == 1 and u in BANDS else -1 for u in uniq], "i1")
+    return lut[inverse.ravel()] if len(uniq) else np.empty(0, "i1")

@@ -1,0 +1,222 @@
+"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from association.opsim import BUNDLED_DB
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("--speed must be > 0 or 'max'")
+    return value
+
+
+def _sim_config(args: argparse.Namespace) -> Any:
+    from association.simulate import SimConfig
+
+    values: dict[str, Any] = {"seed": args.seed}
+    if args.density is not None:
+        values["density_static_per_deg2"] = args.density
+    for item in args.sim:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--sim {item!r}: expected KEY=VALUE")
+        values[key] = tomllib.loads(f"v = {value}")["v"]
+    names = {f.name for f in dataclasses.fields(SimConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise SystemExit(f"--sim: unknown setting(s) {unknown}; known: {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return SimConfig(**values)
+
+
+def add_simulate(sub: Any) -> None:
+    """``nightpipe simulate``."""
+    p = sub.add_parser("simulate", help="simulate a night with truth into a night archive")
+    p.add_argument("out", help="archive directory to write")
+    p.add_argument("--cadence", default=str(BUNDLED_DB), help="OpSim SQLite file")
+    p.add_argument("--night", type=float, default=60217.5, help="night start MJD (x.5)")
+    p.add_argument("--visits", type=int, help="at most this many visits")
+    p.add_argument("--region", help="RA,DEC,RADIUS in degrees: only visits there")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--density", type=float, help="static Objects per square degree")
+    p.add_argument(
+        "--sim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any SimConfig setting, e.g. movers_per_deg2=20",
+    )
+    p.add_argument("--overwrite", action="store_true")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate a night archive."""
+    from association.simulate import simulate
+
+    region = tuple(float(x) for x in args.region.split(",")) if args.region else None
+    t0 = time.time()
+    m = simulate(
+        args.cadence,
+        args.out,
+        args.night,
+        _sim_config(args),
+        region,
+        args.visits,
+        overwrite=args.overwrite,
+    )
+    c = m["counts"]
+    print(
+        f"{args.out}: {c['visits']} visits, {c['diasources']} DIASources, "
+        f"{c['objects_preloaded']} preloaded Objects, {c['movers']} movers "
+        f"({time.time() - t0:.1f} s)"
+    )
+    return 0
+
+
+def add_replay(sub: Any) -> None:
+    """``nightpipe replay``."""
+    p = sub.add_parser("replay", help="play a night archive into a pipeline")
+    p.add_argument("archive")
+    p.add_argument(
+        "--speed",
+        type=_speed,
+        default=None,
+        help="divide the event spacing by this; 'max' (default) sends at once",
+    )
+    p.add_argument("--run-dir", default="run")
+    p.add_argument("--ranks", type=int, default=3, help="ranks of the pipeline it starts")
+    p.add_argument("--address", help="send into the running pipeline listening there")
+    p.add_argument("--db", help="database URL (default: SQLite in the run dir)")
+    p.add_argument("--config", default="association", help="pipeline config it starts")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the results with the archive's truth and print the report",
+    )
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--max-in-flight", type=int, help="cap on visits in flight")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay an archive; resumes when the run directory holds an earlier attempt."""
+    from association.replay import Replayer, ReplayError, ReplayOptions
+
+    opts = ReplayOptions(
+        archive=Path(args.archive),
+        run_dir=Path(args.run_dir),
+        speed=args.speed,
+        ranks=args.ranks,
+        address=args.address,
+        db_url=args.db,
+        config=args.config,
+        sets=args.set,
+        timeout=args.timeout,
+        max_in_flight=args.max_in_flight,
+    )
+    try:
+        summary = Replayer(opts).run()
+    except ReplayError as exc:
+        print(f"replay failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"replayed {summary['visits']} visits: {summary['done']} done, {summary['failed']} failed, "
+        f"{summary['wall_seconds']:.1f} s, {summary['visits_per_minute']:.1f} visits/min"
+    )
+    if args.check:
+        return _print_report(Path(args.run_dir), Path(args.archive), plots=False, check=True)
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _print_report(run_dir: Path, archive: Path | None, plots: bool, check: bool = False) -> int:
+    from association import report
+
+    rep = report.build_report(run_dir, archive)
+    print(report.format_report(rep))
+    if plots:
+        for p in report.write_plots(run_dir, rep, run_dir / "report"):
+            print(f"plot: {p}")
+    (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=str))
+    print(f"report: {run_dir / 'report.json'}")
+    return 0
+
+
+def add_demo(sub: Any) -> None:
+    """``nightpipe demo``."""
+    p = sub.add_parser("demo", help="simulate and replay a small night, then report")
+    p.add_argument("--dir", default="demo-night", help="where the archive and the run go")
+    p.add_argument("--visits", type=int, default=50)
+    p.add_argument("--ranks", type=int, default=3)
+    p.add_argument("--seed", type=int, default=1)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate ~50 visits of the real cadence, replay them at full speed, report."""
+    from association.replay import Replayer, ReplayError, ReplayOptions
+    from association.simulate import SimConfig, simulate
+
+    base = Path(args.dir).resolve()
+    archive, run_dir = base / "archive", base / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.time()
+    print(f"demo: simulating {args.visits} visits of night 60217.5 into {archive}", flush=True)
+    simulate(
+        BUNDLED_DB, archive, 60217.5, SimConfig(seed=args.seed), None, args.visits, overwrite=True
+    )
+    print(f"demo: replaying into a {args.ranks}-rank pipeline on SQLite in {run_dir}", flush=True)
+    opts = ReplayOptions(archive=archive, run_dir=run_dir, speed=None, ranks=args.ranks)
+    try:
+        summary = Replayer(opts).run()
+    except ReplayError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"demo: {summary['done']} of {summary['visits']} visits done in "
+        f"{summary['wall_seconds']:.1f} s ({summary['visits_per_minute']:.0f} visits/min)\n"
+    )
+    code = _print_report(run_dir, archive, plots=True)
+    print(f"demo: finished in {time.time() - t0:.1f} s")
+    return code if summary["failed"] == 0 else 1
+
+
+def add_report(sub: Any) -> None:
+    """``nightpipe report``."""
+    p = sub.add_parser("report", help="figures, quality and plots of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--archive", help="night archive with the truth (default: the replayed one)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the report of a run."""
+    from association import report
+
+    run_dir = Path(args.run_dir)
+    archive = Path(args.archive) if args.archive else None
+    if args.json:
+        print(json.dumps(report.build_report(run_dir, archive), indent=1, default=str))
+        return 0
+    return _print_report(run_dir, archive, plots=not args.no_plots)
+
+
+COMMANDS = {
+    "simulate": (add_simulate, cmd_simulate),
+    "replay": (add_replay, cmd_replay),
+    "demo": (add_demo, cmd_demo),
+    "report": (add_report, cmd_report),
+}

@@ -1,0 +1,292 @@
+"""Replay a night archive into a pipeline, keeping its event spacing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from association.db import make_engine
+from association.preload import preload
+from events.archive import Archive
+from events.client import Injector
+from events.envelope import Event
+from events.journal import Journal
+from events.types import NEXT_VISIT, SHUTDOWN
+
+REPLAY_FILE = "replay.json"
+SEND_LOG = "replay_sends.jsonl"
+
+
+class ReplayError(RuntimeError):
+    """The replay could not go on; the message says why."""
+
+
+@dataclass
+class ReplayOptions:
+    """How to replay.
+
+    Parameters
+    ----------
+    archive : Path
+        The night archive.
+    run_dir : Path
+        The pipeline's run directory (journal, database, log, status).
+    speed : float or None
+        Event spacing is divided by this; None sends as fast as possible.
+    ranks : int
+        MPI ranks of a pipeline the replay starts (master + Slices).
+    address : str or None
+        Send into the pipeline listening there instead of starting one.
+    db_url : str or None
+        Database of the pipeline; SQLite in the run directory by default.
+    config : str
+        Pipeline config (file or shipped name) of a pipeline the replay starts.
+    sets : list of str
+        ``STAGE.KEY=VALUE`` overrides for that pipeline.
+    timeout : float
+        Seconds to wait for the last visit after the last event.
+    max_in_flight : int or None
+        Override the pipeline's cap on visits in flight.
+    """
+
+    archive: Path
+    run_dir: Path
+    speed: float | None = None
+    ranks: int = 3
+    address: str | None = None
+    db_url: str | None = None
+    config: str = "association"
+    sets: list[str] = dataclasses.field(default_factory=list)
+    timeout: float = 600.0
+    max_in_flight: int | None = None
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python, else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        raise ReplayError("no mpiexec found: install MPI (pip install mpich)")
+    return found
+
+
+class Progress:
+    """Visits done out of the total, the rate and the ETA, on one refreshed line."""
+
+    def __init__(self, total: int, out: TextIO = sys.stderr, every: float = 2.0) -> None:
+        self.total = total
+        self.out = out
+        self.every = every
+        self.t0 = time.time()
+        self._next = 0.0
+
+    def line(self, sent: int, n_events: int, done: int, failed: int) -> str:
+        """The progress line."""
+        elapsed = time.time() - self.t0
+        finished = done + failed
+        rate = 60.0 * finished / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - finished) / (rate / 60.0) if rate > 0 else float("nan")
+        return (
+            f"replay: events {sent}/{n_events} | visits {finished}/{self.total} "
+            f"({failed} failed) | {rate:.1f} visits/min | elapsed {elapsed:.0f} s | ETA {eta:.0f} s"
+        )
+
+    def show(self, sent: int, n_events: int, done: int, failed: int, force: bool = False) -> None:
+        """Print the line if it is time to."""
+        now = time.time()
+        if force or now >= self._next:
+            self._next = now + self.every
+            print(self.line(sent, n_events, done, failed), file=self.out, flush=True)
+
+
+class Replayer:
+    """Starts (or attaches to) a pipeline and plays an archive into it."""
+
+    def __init__(self, opts: ReplayOptions) -> None:
+        self.opts = opts
+        self.run_dir = Path(opts.run_dir).resolve()
+        self.archive = Archive(opts.archive)
+        self.events = self.archive.events()
+        self.visits = sorted({e.fov_id for e in self.events if e.type == NEXT_VISIT})
+        self.proc: subprocess.Popen | None = None
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _record(self, **extra: Any) -> None:
+        path = self.run_dir / REPLAY_FILE
+        info = json.loads(path.read_text()) if path.exists() else {}
+        info.update(extra)
+        path.write_text(json.dumps(info, indent=1))
+
+    def preload(self) -> int:
+        """Load the archive's starting catalogue into the pipeline's database."""
+        files = self.archive.files
+        objects = files.get("catalogue_objects")
+        if not objects:
+            return 0
+        engine = make_engine(self.opts.db_url, self.run_dir)
+        try:
+            return preload(engine, objects, files.get("catalogue_diasources"))
+        finally:
+            engine.dispose()
+
+    def start_pipeline(self) -> str:
+        """Start ``mpiexec -n RANKS nightpipe run`` on the run directory; its address."""
+        endpoint = self.run_dir / "endpoint.json"
+        endpoint.unlink(missing_ok=True)
+        cmd = [
+            mpiexec(),
+            "-n",
+            str(self.opts.ranks),
+            str(Path(sys.executable).parent / "nightpipe"),
+            "run",
+            self.opts.config,
+            "--run-dir",
+            str(self.run_dir),
+        ]
+        if self.opts.db_url:
+            cmd += ["--db", self.opts.db_url]
+        for s in self.opts.sets:
+            cmd += ["--set", s]
+        if self.opts.max_in_flight:
+            cmd += ["--max-in-flight", str(self.opts.max_in_flight)]
+        log = open(self.run_dir / "pipeline.out", "ab")  # noqa: SIM115 (kept for the job's life)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while not endpoint.exists():
+            if self.proc.poll() is not None:
+                raise ReplayError(
+                    f"the pipeline exited with {self.proc.returncode} before it was up; "
+                    f"see {self.run_dir / 'pipeline.out'} and {self.run_dir / 'nightpipe.log'}"
+                )
+            if time.time() > deadline:
+                raise ReplayError("the pipeline did not come up within 120 s")
+            time.sleep(0.05)
+        return json.loads(endpoint.read_text())["address"]
+
+    # -- playing ---------------------------------------------------------------
+
+    def _already_journaled(self) -> set[str]:
+        path = self.run_dir / "journal.sqlite"
+        if not path.exists():
+            return set()
+        with Journal(path) as j:
+            return {r[0] for r in j._query("SELECT id FROM events WHERE direction='in'", ())}
+
+    def _outcomes(self) -> dict[int, str]:
+        with Journal(self.run_dir / "journal.sqlite") as j:
+            return j.outcomes()
+
+    def play(self, address: str, progress: Progress) -> dict[str, Any]:
+        """Send every event on the scaled schedule, then wait for every visit."""
+        skip = self._already_journaled()
+        base = self.events[0].time if self.events else 0.0
+        speed = self.opts.speed
+        sent = len([e for e in self.events if e.id in skip])
+        rejected = []
+        log_path = self.run_dir / SEND_LOG
+        with Injector(address, timeout=30) as inj, log_path.open("a") as log:
+            t0 = time.perf_counter() + 0.05
+            for ev in self.events:
+                if ev.id in skip:
+                    continue
+                due = 0.0 if speed is None else (ev.time - base) / speed
+                if speed is not None:
+                    _sleep_until(t0 + due)
+                actual = time.perf_counter() - t0
+                reply = inj.send(dataclasses.replace(ev, time=time.time()))
+                sent += 1
+                if not reply.get("ok"):
+                    rejected.append({"id": ev.id, "error": reply.get("error")})
+                log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise ReplayError(f"the pipeline died (exit {self.proc.returncode})")
+                if sent % 50 == 0:
+                    out = self._outcomes()
+                    done = sum(v == "done" for v in out.values())
+                    progress.show(sent, len(self.events), done, len(out) - done)
+        deadline = time.time() + self.opts.timeout
+        while True:
+            out = self._outcomes()
+            finished = [v for v in self.visits if v in out]
+            done = sum(out[v] == "done" for v in finished)
+            progress.show(sent, len(self.events), done, len(finished) - done)
+            if len(finished) == len(self.visits):
+                break
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ReplayError(f"the pipeline died (exit {self.proc.returncode})")
+            if time.time() > deadline:
+                raise ReplayError(
+                    f"{len(self.visits) - len(finished)} visit(s) unfinished "
+                    f"{self.opts.timeout:g} s after the last event"
+                )
+            time.sleep(0.2)
+        progress.show(sent, len(self.events), done, len(finished) - done, force=True)
+        return {"sent": sent, "rejected": rejected, "done": done, "failed": len(finished) - done}
+
+    def stop_pipeline(self, address: str) -> int:
+        """Shut down the pipeline this replay started; its exit code."""
+        assert self.proc is not None
+        with Injector(address, timeout=30) as inj:
+            inj.send(Event.new(SHUTDOWN, None, {"reason": "replay finished"}, source="replay"))
+        return self.proc.wait(300)
+
+    def run(self) -> dict[str, Any]:
+        """Preload, start or attach, play, wait, stop; returns a summary."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._record(
+            archive=str(Path(self.opts.archive).resolve()),
+            db_url=self.opts.db_url,
+            ranks=self.opts.ranks,
+            speed="max" if self.opts.speed is None else self.opts.speed,
+            started=time.time(),
+            finished=None,
+        )
+        t0 = time.time()
+        n = self.preload()
+        preload_s = time.time() - t0
+        address = self.opts.address or self.start_pipeline()
+        progress = Progress(len(self.visits))
+        try:
+            summary = self.play(address, progress)
+            if self.proc is not None:
+                code = self.stop_pipeline(address)
+                if code != 0:
+                    raise ReplayError(f"the pipeline exited with {code}")
+        finally:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+        wall = time.time() - t0
+        summary.update(
+            visits=len(self.visits),
+            preloaded_objects=n,
+            preload_seconds=preload_s,
+            wall_seconds=wall,
+            visits_per_minute=60.0 * len(self.visits) / max(wall - preload_s, 1e-9),
+        )
+        self._record(finished=time.time(), summary=summary)
+        return summary
+
+
+def _sleep_until(t: float) -> None:
+    """Sleep until perf_counter reaches `t`, spinning the last millisecond."""
+    while True:
+        left = t - time.perf_counter()
+        if left <= 0:
+            return
+        if left > 2e-3:
+            time.sleep(left - 1e-3)
+        else:
+            os.sched_yield()
