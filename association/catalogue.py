@@ -354,15 +354,16 @@ def _new_objects(src: np.ndarray, variable_min: int) -> np.ndarray:
 
 
 def _append(
-    buf: np.ndarray, ids: np.ndarray, n: int, rows: np.ndarray, row_ids: np.ndarray
+    buf: np.ndarray, ids: np.ndarray, n: int, rows: np.ndarray, row_ids: np.ndarray, spare: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``rows`` at ``buf[n:]`` (and ``row_ids`` at ``ids[n:]``), growing into new arrays.
+    """Write ``rows`` at ``buf[n:]`` (and ``row_ids`` at ``ids[n:]``).
 
-    Rows ``[0, n)`` are never written, so a transaction's saved references stay valid.
+    When full, both move to new arrays with ``spare`` free rows. Rows ``[0, n)``
+    are never written, so a transaction's saved references stay valid.
     """
     k = len(rows)
     if n + k > len(buf):
-        capacity = n + k + max(k, n // 16)
+        capacity = n + k + spare
         grown, grown_ids = np.empty(capacity, buf.dtype), np.empty(capacity, _I8)
         _raw(grown)[:n] = _raw(buf)[:n]
         grown_ids[:n] = ids[:n]
@@ -384,17 +385,27 @@ class Chunk:
     def __init__(self, chunk: int, objects: np.ndarray, recent: np.ndarray, keep: int) -> None:
         self.chunk = chunk
         self._keep = keep
-        self._buf = objects
-        self._ids = np.ascontiguousarray(objects["diaObjectId"])
+        # Spare object capacity (1/32 to 1/16) and the pending limit (1/8 to 1/4 of the
+        # base) vary by chunk, so that neighbouring chunks, fed alike by the same
+        # visits, do not all grow or merge in the same visit.
+        self._spread = (chunk * 2654435761) % 64
         self._n = len(objects)
+        self._buf, self._ids = _append(
+            np.empty(0, OBJECT_DTYPE),
+            np.empty(0, _I8),
+            0,
+            objects,
+            objects["diaObjectId"],
+            self._object_spare(),
+        )
         self._base = _readonly(recent)
         self._base_ids = _readonly(np.ascontiguousarray(recent["diaObjectId"]))
         self._pend = np.empty(0, DIASOURCE_DTYPE)
         self._pend_ids = np.empty(0, _I8)
         self._pn = 0
-        # pending rows are merged at 1/8 to 1/4 of the base, varying by chunk so that
-        # chunks fed alike by the same visits do not all merge in the same visit
-        self._share = 8 + (chunk * 2654435761) % 8
+
+    def _object_spare(self) -> int:
+        return 16 + self._n * (32 + self._spread // 2) // 1024
 
     @property
     def objects(self) -> np.ndarray:
@@ -455,7 +466,8 @@ class Chunk:
         n = self._n
         new_ids = np.ascontiguousarray(rows["diaObjectId"])
         if n == 0 or new_ids[0] > self._ids[n - 1]:
-            self._buf, self._ids = _append(self._buf, self._ids, n, rows, new_ids)
+            spare = self._object_spare()
+            self._buf, self._ids = _append(self._buf, self._ids, n, rows, new_ids, spare)
         else:
             at = np.searchsorted(self._ids[:n], new_ids)
             self._buf = _insert(self._buf[:n], at, rows)
@@ -464,11 +476,12 @@ class Chunk:
 
     def _add_recent(self, rows: np.ndarray) -> None:
         """Append DIASources (any order) to the pending part; merge it into the base when full."""
+        spare = max(256, self._pn // 4)
         self._pend, self._pend_ids = _append(
-            self._pend, self._pend_ids, self._pn, rows, rows["diaObjectId"]
+            self._pend, self._pend_ids, self._pn, rows, rows["diaObjectId"], spare
         )
         self._pn += len(rows)
-        if self._pn > max(_PENDING_MIN, len(self._base) * self._share // 64):
+        if self._pn > max(_PENDING_MIN, len(self._base) * (128 + 2 * self._spread) // 1024):
             self._compact()
 
     def _compact(self) -> None:
@@ -699,6 +712,11 @@ def _as_sources(sources: np.ndarray) -> np.ndarray:
 
 class Catalogue:
     """The chunks a Slice holds, with LRU eviction, pinning and per-visit transactions.
+
+    A visit on a Slice: ``pin(visit, chunks)``, ``put`` each of ``missing(chunks)``,
+    ``gather(chunks)`` for the zone index; then ``begin(visit)``, ``associate``,
+    ``create``, ``changed(owned)`` for Store, ``commit()``; finally ``unpin(visit)``.
+    Pin before ``put`` so that loading one chunk cannot evict another of the visit.
 
     Parameters
     ----------

@@ -195,23 +195,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_report(sub: Any) -> None:
     """``nightpipe report``."""
-    p = sub.add_parser("report", help="figures, quality and plots of a run")
-    p.add_argument("run_dir")
-    p.add_argument("--archive", help="night archive with the truth (default: the replayed one)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--no-plots", action="store_true")
+    from association import report
+
+    report.add_arguments(sub.add_parser("report", help="figures, quality and plots of a run"))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the report of a run."""
     from association import report
 
-    run_dir = Path(args.run_dir)
-    archive = Path(args.archive) if args.archive else None
-    if args.json:
-        print(json.dumps(report.build_report(run_dir, archive), indent=1, default=str))
-        return 0
-    return _print_report(run_dir, archive, plots=not args.no_plots)
+    return report.run(args)
 
 
 COMMANDS = {

@@ -242,27 +242,47 @@ _sqlite3_column_int64 = None
 _sqlite3_column_double = None
 
 
-def _step_rows(stmt, is_float, slot, out_i, out_f, start):  # pragma: no cover - numba
-    """Step ``stmt`` filling rows ``start``.. of the outputs; return (rows, last rc)."""
+_KINDS = ("i8", "i4", "i2", "i1", "f8", "f4")
+"""Column kinds `fetch_columns` returns; the kernel knows them by position."""
+
+
+def _step_rows(stmt, code, slot, i8, i4, i2, i1, f8, f4, start):  # pragma: no cover - numba
+    """Step ``stmt``, filling rows ``start``.. of the outputs; return (rows, last rc).
+
+    Column ``c`` goes to row ``slot[c]`` of the output of its kind ``code[c]``
+    (an index into `_KINDS`). NULL floats become NaN.
+    """
     n = start
-    cap = out_i.shape[1]
+    cap = i8.shape[1]
     while n < cap:
         rc = _sqlite3_step(stmt)
         if rc != _SQLITE_ROW:
             return n, rc
-        for c in range(is_float.shape[0]):
-            if not is_float[c]:
-                out_i[slot[c], n] = _sqlite3_column_int64(stmt, c)
-            elif _sqlite3_column_type(stmt, c) == _SQLITE_NULL:
-                out_f[slot[c], n] = np.nan
+        for c in range(code.shape[0]):
+            k, s = code[c], slot[c]
+            if k == 0:
+                i8[s, n] = _sqlite3_column_int64(stmt, c)
+            elif k == 1:
+                i4[s, n] = _sqlite3_column_int64(stmt, c)
+            elif k == 2:
+                i2[s, n] = _sqlite3_column_int64(stmt, c)
+            elif k == 3:
+                i1[s, n] = _sqlite3_column_int64(stmt, c)
             else:
-                out_f[slot[c], n] = _sqlite3_column_double(stmt, c)
+                if _sqlite3_column_type(stmt, c) == _SQLITE_NULL:
+                    v = np.nan
+                else:
+                    v = _sqlite3_column_double(stmt, c)
+                if k == 4:
+                    f8[s, n] = v
+                else:
+                    f4[s, n] = v
         n += 1
     return n, _SQLITE_ROW
 
 
 class _NativeReader:
-    """Runs one SELECT on a SQLite file through the C API and a numba loop."""
+    """Runs a SELECT on a SQLite file through the C API and a numba loop."""
 
     def __init__(self, lib: ctypes.CDLL, kernel) -> None:
         self.lib = lib
@@ -280,14 +300,37 @@ class _NativeReader:
         lib.sqlite3_close_v2.argtypes = [p]
 
     def fetch(
-        self, path: str, sql: str, params: Sequence[int | float], kinds: dict[str, str]
+        self,
+        path: str,
+        sql: str,
+        params: Sequence[int | float],
+        kinds: dict[str, str],
+        presize: bool,
     ) -> dict[str, np.ndarray]:
         lib = self.lib
-        db, stmt = ctypes.c_void_p(), ctypes.c_void_p()
+        db = ctypes.c_void_p()
         try:
             rc = lib.sqlite3_open_v2(path.encode(), ctypes.byref(db), _SQLITE_OPEN_READWRITE, None)
             self._check(rc, db, path)
             lib.sqlite3_busy_timeout(db, 60_000)
+            n = 1 << 16
+            if presize:
+                # One read transaction: the count and the rows see the same snapshot.
+                self._run(db, path, "BEGIN", ())
+                (count,) = self._run(db, path, f"SELECT count(*) FROM ({sql})", params, ["i8"])
+                n = int(count[0])
+            cols = self._run(db, path, sql, params, list(kinds.values()), n)
+            return dict(zip(kinds, cols, strict=True))
+        finally:
+            lib.sqlite3_close_v2(db)  # also ends the read transaction
+
+    def _run(
+        self, db, path: str, sql: str, params: Sequence, kinds: Sequence[str] = (), n: int = 0
+    ) -> list[np.ndarray]:
+        """Run ``sql``; return its columns, of ``kinds``, room made for ``n`` rows."""
+        lib = self.lib
+        stmt = ctypes.c_void_p()
+        try:
             rc = lib.sqlite3_prepare_v2(db, sql.encode(), -1, ctypes.byref(stmt), None)
             self._check(rc, db, path)
             if lib.sqlite3_column_count(stmt) != len(kinds):
@@ -301,32 +344,26 @@ class _NativeReader:
                 else:
                     rc = lib.sqlite3_bind_int64(stmt, i, int(value))
                 self._check(rc, db, path)
-            return self._run(stmt, db, path, kinds)
+            return self._step_all(stmt, db, path, kinds, n)
         finally:
             lib.sqlite3_finalize(stmt)
-            lib.sqlite3_close_v2(db)
 
-    def _run(self, stmt, db, path: str, kinds: dict[str, str]) -> dict[str, np.ndarray]:
-        is_float = np.array([k == "f" for k in kinds.values()], dtype=np.bool_)
-        slot = np.empty(len(kinds), dtype=np.int64)
-        slot[is_float] = np.arange(is_float.sum())
-        slot[~is_float] = np.arange((~is_float).sum())
-        cap, n = 1 << 16, 0
-        out_i = np.empty(((~is_float).sum(), cap), dtype=np.int64)
-        out_f = np.empty((is_float.sum(), cap), dtype=np.float64)
+    def _step_all(self, stmt, db, path: str, kinds: Sequence[str], n_expected: int):
+        code = np.array([_KINDS.index(k) for k in kinds], dtype=np.int64)
+        slot = np.zeros(len(kinds), dtype=np.int64)
+        for k in range(len(_KINDS)):
+            slot[code == k] = np.arange((code == k).sum())
+        cap, n = n_expected + 1, 0  # room to see the end without growing
+        outs = [np.empty(((code == k).sum(), cap), dtype=t) for k, t in enumerate(_KINDS)]
         while True:
-            n, rc = self.kernel(stmt.value, is_float, slot, out_i, out_f, n)
+            n, rc = self.kernel(stmt.value, code, slot, *outs, n)
             if rc == _SQLITE_DONE:
                 break
             if rc != _SQLITE_ROW:
                 self._check(rc, db, path)
-            cap *= 2
-            out_i = _grow(out_i, n, cap)
-            out_f = _grow(out_f, n, cap)
-        return {
-            name: (out_f if f else out_i)[s, :n]
-            for name, f, s in zip(kinds, is_float, slot, strict=True)
-        }
+            cap = 2 * cap + 1024
+            outs = [_grow(out, n, cap) for out in outs]
+        return [outs[k][s, :n] for k, s in zip(code, slot, strict=True)]
 
     def _check(self, rc: int, db, path: str) -> None:
         if rc != 0:
@@ -391,6 +428,7 @@ def fetch_columns(
     kinds: dict[str, str],
     *,
     native: bool = True,
+    presize: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run one SELECT and return its result as numpy columns.
 
@@ -404,23 +442,31 @@ def fetch_columns(
     params : sequence of int or float
         The parameters in order.
     kinds : dict
-        Output name -> ``"i"`` (int64; the column must not be NULL) or ``"f"``
-        (float64, NULL read as NaN), in the order of the SELECT list.
+        Output name -> numpy type, in the order of the SELECT list: ``"i8"``
+        (or ``"i"``), ``"i4"``, ``"i2"``, ``"i1"`` (the column must not be
+        NULL), ``"f8"`` (or ``"f"``), ``"f4"`` (NULL read as NaN).
     native : bool
         Read SQLite files through the C API (fast); False forces the
         database driver's cursor, as for every other database.
+    presize : bool
+        Natively, count the rows first to fill the columns without regrowing
+        them; worth it unless the query is much dearer than a range scan.
 
     Returns
     -------
     dict of str to ndarray
     """
+    kinds = {name: {"i": "i8", "f": "f8"}.get(k, k) for name, k in kinds.items()}
+    unknown = set(kinds.values()) - set(_KINDS)
+    if unknown:
+        raise ValueError(f"column kinds {sorted(unknown)} not among {_KINDS}")
     path = _sqlite_file(engine) if native else None
     reader = _native_reader() if path else None
     if reader is not None:
-        return reader.fetch(path, sql, params, kinds)
+        return reader.fetch(path, sql, params, kinds, presize)
     if engine.dialect.paramstyle != "qmark":
         sql = sql.replace("?", "%s")
-    dtype = np.dtype([(name, "f8" if k == "f" else "i8") for name, k in kinds.items()])
+    dtype = np.dtype(list(kinds.items()))
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()

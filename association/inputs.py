@@ -156,10 +156,9 @@ def read_diasources(
         )
 
     out = np.zeros(n, dtype=DIASOURCE_DTYPE)
-    for name in ("diaSourceId", "ra", "dec", "midpointMjdTai", "psfFlux", "psfFluxErr"):
-        out[name] = cols[name]
-    for name in ("raErr", "decErr", "snr"):
-        out[name] = cols[name]
+    for col in _DIASOURCE_COLUMNS:
+        if col.name != "band":
+            out[col.name] = cols[col.name]
     out["band"] = band
     out["visit"] = visit
     if n:

@@ -23,6 +23,10 @@ _PAD_DEG = 1e-9  # slack on search ranges; the haversine test decides
 N_RA_BINS = 3600  # RA histogram used to find the data's largest RA gap
 
 _JIT = {"cache": True, "nogil": True}
+# A packed row: the input row in the low 47 bits, and in the 16 above the object's
+# dec within its zone (1/65536ths of the height), to prune without a lookup.
+_CODE_SHIFT = 47
+_ROW_MASK = (1 << _CODE_SHIFT) - 1
 
 
 @nb.njit(**_JIT, inline="always")
@@ -39,6 +43,13 @@ def _wrap360(x):
 @nb.njit(**_JIT, inline="always")
 def _zone(dec, zone0, inv_h, nz):
     return min(max(np.int64(np.floor((dec + 90.0) * inv_h) - zone0), 0), nz - 1)
+
+
+@nb.njit(**_JIT, inline="always")
+def _zcode(dec, zone0, inv_h, z):
+    # where dec lies in zone z, in 1/65536ths of its height (clamped)
+    f = ((dec + 90.0) * inv_h - (zone0 + z)) * 65536.0
+    return np.int64(np.floor(min(max(f, -1.0), 65536.0)))
 
 
 @nb.njit(**_JIT, inline="always")
@@ -70,11 +81,12 @@ def sample_stats(ra, dec, step):
 def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
     """Counting-sort objects by cell; return the count of invalid positions.
 
-    Fills ``pos`` (a copy of ``ra, dec`` as rows), ``rows`` (input rows in
-    cell order) and ``offsets`` (``ncell + 1`` cell starts); ``keys`` is
-    scratch. Each of ``nt`` threads counts and scatters one fixed block of
-    the input, blocks in order: the sort is stable and its result does not
-    depend on ``nt``. Positions outside the geometry go to the edge cells.
+    Fills ``pos`` (a copy of ``ra, dec`` as rows, input order), ``rows``
+    (input rows in cell order) and ``offsets`` (``ncell + 1`` cell starts);
+    ``keys`` is scratch. Each of ``nt`` threads counts and scatters one fixed
+    block of the input, blocks in order: the sort is stable and its result
+    does not depend on ``nt``. Positions outside the geometry go to the edge
+    cells.
     """
     n = ra.size
     ra0, ra_lo, inv_w, zone0, inv_h = geo[0], geo[1], 1.0 / geo[3], geo[4], 1.0 / geo[5]
@@ -95,8 +107,10 @@ def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
                 bad += 1
                 r = ra0
                 d = 0.0
-            k = _zone(d, zone0, inv_h, nz) * nc + _col(_wrap360(r - ra0), ra_lo, inv_w, nc)
-            keys[i] = k
+            z = _zone(d, zone0, inv_h, nz)
+            k = z * nc + _col(_wrap360(r - ra0), ra_lo, inv_w, nc)
+            code = min(max(_zcode(d, zone0, inv_h, z), 0), 65535)
+            keys[i] = k | (code << _CODE_SHIFT)
             cnt[k] += 1
         nbad[t] = bad
     # cell starts: a prefix sum over (cell, thread), split into nt ranges of cells
@@ -121,10 +135,11 @@ def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
     for t in nb.prange(nt):
         nxt = counts[t]
         for i in range(t * n // nt, (t + 1) * n // nt):
-            k = keys[i]
+            key = keys[i]
+            k = key & _ROW_MASK
             p = nxt[k]
             nxt[k] = p + 1
-            rows[p] = i
+            rows[p] = (key & ~_ROW_MASK) | i
     return nbad.sum()
 
 
@@ -199,6 +214,8 @@ def _scan(qra, qdec, r, geo, pos, rows, ids, offsets, nearest, out_row, out_hav,
     best = -1
     best_hav = np.inf
     for z in range(z1, z2 + 1):
+        code_lo = _zcode(qdec - rpad, zone0, inv_h, z) - 1
+        code_hi = _zcode(qdec + rpad, zone0, inv_h, z) + 1
         for piece in range(2):
             if piece == 0:
                 p1 = offsets[z * nc + c1]
@@ -209,7 +226,11 @@ def _scan(qra, qdec, r, geo, pos, rows, ids, offsets, nearest, out_row, out_hav,
             else:
                 break
             for p in range(p1, p2):
-                row = rows[p]
+                packed = rows[p]
+                code = packed >> _CODE_SHIFT
+                if code < code_lo or code > code_hi:
+                    continue
+                row = packed & _ROW_MASK
                 od = pos[row, 1]
                 ddec = od - qdec
                 if abs(ddec) > rpad:

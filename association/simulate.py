@@ -46,6 +46,8 @@ PATCH_ORDER = 6
 """HEALPix order of the patches the catalogue is generated in (0.84 deg^2)."""
 FINE_ORDER = 20
 SOURCE_ID_BASE = 2**40
+HISTORY_VISIT = -1
+"""Visit id of the starting catalogue's earlier DIASources: never a real visit (OpSim's start at 0)."""
 """The night's diaSourceIds are SOURCE_ID_BASE + observationId * 2**20 + row."""
 MJD_UNIX_EPOCH = 40587.0
 
@@ -326,6 +328,7 @@ def _patch_catalogue(
     hra, hdec = _offset_en(ra[owner], dec[owner], *rng.normal(0.0, sigma, (2, m)))
 
     hist = np.zeros(m, DIASOURCE_DTYPE)
+    hist["visit"] = HISTORY_VISIT
     hist["diaSourceId"] = patch * 2**_PATCH_ID_SHIFT + 1 + np.arange(m)
     obj_id = hist["diaSourceId"][first]
     hist["diaObjectId"] = obj_id[owner]
@@ -783,7 +786,7 @@ def simulate(
         "time": "MJD (TAI) in tables; event times unix s = (mjd - 40587) * 86400",
         "raErr": "on-sky 1-sigma error along RA (of ra*cos(dec)), deg",
         "visit_midpoint": "observationStartMJD + visitTime / 2",
-        "catalogue_visit": "earlier DIASources have visit 0 (not in this cadence)",
+        "catalogue_visit": f"earlier DIASources have visit {HISTORY_VISIT} (no visit of this cadence)",
     }
     return out.write_manifest(
         source=source,

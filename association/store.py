@@ -105,20 +105,26 @@ def load_objects(engine: Engine, lo: int, hi: int, *, native: bool = True) -> np
     ``native=False`` reads through the database driver even for SQLite files
     (see `association.db.fetch_columns`).
     """
-    kinds = {c.name: _kind(c.name) for c in db.objects.columns}
+    kinds = {c.name: _kind(OBJECT_DTYPE[_object_field(c.name)[0]].base) for c in db.objects.columns}
     sql = (
         f"SELECT {', '.join(_q(engine, n) for n in kinds)} FROM objects "
         f"WHERE {_q(engine, 'fine')} >= ? AND {_q(engine, 'fine')} < ?"
     )
     cols = db.fetch_columns(engine, sql, (int(lo), int(hi)), kinds, native=native)
-    out = np.empty(len(cols["diaObjectId"]), dtype=OBJECT_DTYPE)
+    order = np.argsort(cols["diaObjectId"], kind="stable")
+    out = np.empty(len(order), dtype=OBJECT_DTYPE)
+    # Reorder column by column through one reused buffer per type: much faster
+    # than reordering the 113-byte records, and fresh memory is slow to touch.
+    buffers: dict[np.dtype, np.ndarray] = {}
     for name, values in cols.items():
-        if name in OBJECT_DTYPE.names:
-            out[name] = values
+        buf = buffers.setdefault(values.dtype, np.empty(len(order), dtype=values.dtype))
+        np.take(values, order, out=buf)
+        field, band = _object_field(name)
+        if band is None:
+            out[field] = buf
         else:
-            band, field = name.split("_", 1)
-            out[field][:, BANDS.index(band)] = values
-    return out[np.argsort(out["diaObjectId"], kind="stable")]
+            out[field][:, band] = buf
+    return out
 
 
 def load_recent_diasources(
@@ -132,7 +138,7 @@ def load_recent_diasources(
     """
     if per_object <= 0:
         return np.empty(0, dtype=DIASOURCE_DTYPE)
-    kinds = {name: _kind(name) for name in DIASOURCE_DTYPE.names}
+    kinds = {name: _kind(DIASOURCE_DTYPE[name]) for name in DIASOURCE_DTYPE.names}
     q = functools.partial(_q, engine)
     band = " ".join(f"WHEN '{b}' THEN {i}" for i, b in enumerate(BANDS))
     inner = ", ".join(f"d.{q(n)}" for n in kinds)
@@ -147,7 +153,8 @@ def load_recent_diasources(
         f"FROM diasources d JOIN objects o ON o.{oid} = d.{oid} "
         f"WHERE o.{q('fine')} >= ? AND o.{q('fine')} < ?) s WHERE s.rn <= ?"
     )
-    cols = db.fetch_columns(engine, sql, (int(lo), int(hi), int(per_object)), kinds, native=native)
+    params = (int(lo), int(hi), int(per_object))
+    cols = db.fetch_columns(engine, sql, params, kinds, native=native, presize=False)
     out = np.empty(len(cols["diaSourceId"]), dtype=DIASOURCE_DTYPE)
     for name, values in cols.items():
         out[name] = values
@@ -186,11 +193,8 @@ def object_rows(objects: np.ndarray) -> list[tuple]:
     """Objects as tuples in the column order of the ``objects`` table."""
     cols = []
     for c in db.objects.columns:
-        if c.name in OBJECT_DTYPE.names:
-            cols.append(_pylist(objects[c.name]))
-        else:
-            band, field = c.name.split("_", 1)
-            cols.append(_pylist(objects[field][:, BANDS.index(band)]))
+        field, band = _object_field(c.name)
+        cols.append(_pylist(objects[field] if band is None else objects[field][:, band]))
     return list(zip(*cols, strict=True))
 
 
@@ -277,12 +281,20 @@ def _q(bind: Engine | Connection, name: str) -> str:
     return bind.dialect.identifier_preparer.quote(name)
 
 
-def _kind(name: str) -> str:
-    """``"f"`` for a float column of the objects or diasources tables, else ``"i"``."""
-    column = db.objects.columns.get(name)
-    if column is None:
-        column = db.diasources.columns[name]
-    return "f" if column.type.python_type is float else "i"
+def _kind(dtype: np.dtype) -> str:
+    """The `association.db.fetch_columns` kind that reads into ``dtype``."""
+    return "i1" if dtype.kind == "b" else f"{dtype.kind}{dtype.itemsize}"
+
+
+def _object_field(column: str) -> tuple[str, int | None]:
+    """The OBJECT_DTYPE field of an objects-table column, and its band index or None.
+
+    ``r_psfFluxMean`` -> (``psfFluxMean``, 2); ``ra`` -> (``ra``, None).
+    """
+    if column in OBJECT_DTYPE.names:
+        return column, None
+    band, field = column.split("_", 1)
+    return field, BANDS.index(band)
 
 
 def _pylist(values: np.ndarray) -> list:

@@ -21,8 +21,8 @@ class ZoneIndex:
     """Objects sorted by (zone, RA column) cell, with a directory of cell offsets.
 
     Build with `ZoneIndex.build`. ``pos`` (n, 2: ra, dec) and ``ids`` are
-    copies of the input; ``rows`` lists input rows cell by cell and
-    ``offsets[c]:offsets[c + 1]`` is cell ``c``'s part of it.
+    copies of the input, in input order; ``rows`` lists input rows cell by
+    cell and ``offsets[c]:offsets[c + 1]`` is cell ``c``'s part of it.
     """
 
     pos: np.ndarray
@@ -75,8 +75,8 @@ class ZoneIndex:
         hist, dmin, dmax = kernels.sample_stats(ra, dec, max(1, n // _SAMPLE))
         geo = _geometry(n, hist, float(dmin), float(dmax), zone_height_deg)
         pos = np.empty((n, 2), np.float64)
-        keys = np.empty(n, np.int32)
-        rows = np.empty(n, np.int32)
+        keys = np.empty(n, np.int64)
+        rows = np.empty(n, np.int64)
         offsets = np.empty(int(geo[6]) * int(geo[7]) + 1, np.int64)
         nt = numba.get_num_threads()
         bad = kernels.build_cells(ra, dec, geo, nt, pos, keys, rows, offsets)

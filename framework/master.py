@@ -26,7 +26,6 @@ from framework.execution import (
     Execution,
     Failure,
     Finish,
-    describe_exception,
     HookFailed,
     Phase,
     PostprocessDone,
@@ -37,6 +36,7 @@ from framework.execution import (
     SliceReplied,
     Start,
     Tick,
+    describe_exception,
 )
 from framework.logs import current_execution, setup_logging
 from framework.messages import Bye, Ready, Release, Result, Shutdown, Work
@@ -425,7 +425,9 @@ class Master:
         )
 
     def _hook_failure(self, rec: Running, hook: str, exc: BaseException) -> Failure:
-        f = Failure(rec.machine.stage_name, hook, 0, describe_exception(exc), traceback.format_exc())
+        f = Failure(
+            rec.machine.stage_name, hook, 0, describe_exception(exc), traceback.format_exc()
+        )
         self.log.error("fov %s: %s\n%s", rec.machine.key, f.describe(), f.traceback.rstrip())
         return f
 

@@ -75,7 +75,9 @@ class SliceRunner:
             try:
                 stage.setup(self._rctx())
             except Exception as exc:
-                failure = Failure(stage.name, "setup", self.rank, describe_exception(exc), traceback.format_exc())
+                failure = Failure(
+                    stage.name, "setup", self.rank, describe_exception(exc), traceback.format_exc()
+                )
                 self.log.error("%s\n%s", failure.describe(), failure.traceback)
                 break
         self.board.set(state="idle")
@@ -107,7 +109,9 @@ class SliceRunner:
         try:
             value = stage.process(self._ectx(w.key, w.events), w.payload)
         except Exception as exc:
-            failure = Failure(stage.name, "process", self.rank, describe_exception(exc), traceback.format_exc())
+            failure = Failure(
+                stage.name, "process", self.rank, describe_exception(exc), traceback.format_exc()
+            )
             self.log.error("fov %s: %s\n%s", w.key, failure.describe(), failure.traceback.rstrip())
             self.board.set(last_error=f"fov {w.key}: {failure.describe()}")
         finally:

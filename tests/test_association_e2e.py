@@ -51,7 +51,7 @@ def test_night_end_to_end(archive, reference):
     rows = db_rows(run)
     t = truth(archive)
     # every DIASource of the night stored once, with its association
-    stored = {r[0]: r for r in rows["diasources"] if r[1] != 0}  # visit 0: preloaded history
+    stored = {r[0]: r for r in rows["diasources"] if r[1] != -1}  # -1: preloaded history
     assert set(stored) == set(t["diaSourceId"].tolist())
     cols = ["diaSourceId", "visit", "diaObjectId", "ssObjectId"]
     got = {sid: dict(zip(cols, r[:4], strict=True)) for sid, r in stored.items()}
@@ -206,7 +206,8 @@ def test_bad_files_fail_only_their_visit(archive, tmp_path):
         assert f"visit_{v}_diasources.parquet" in body["error"]
     assert "column 'psfFlux'" in failed[v_column]["error"]
     assert "column 'dec', row 3" in failed[v_nan]["error"]
-    assert "column 'diaSourceId', row 2" in failed[v_dup]["error"]
+    assert "column 'diaSourceId', row 7: duplicate value" in failed[v_dup]["error"]
+    assert "already in row 2" in failed[v_dup]["error"]
     assert "BadInputError" in failed[v_missing]["error"]
     rows = db_rows(tmp_path / "run")
     empty_row = next(r for r in rows["visits"] if r[0] == v_empty)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, update
@@ -205,3 +207,19 @@ def test_store_rejects_other_visits_rows(sqlite_engine):
     with pytest.raises(ValueError, match="diasources row 3: visit 4"):
         store_visit(sqlite_engine, record, sources, objects, moving, alerts)
     assert not visit_stored(sqlite_engine, 5)
+
+
+def test_fetch_columns_kinds(engine):
+    bulk_load_objects(engine, make_objects(np.random.default_rng(4), np.arange(1, 6), np.arange(5)))
+    sql = 'SELECT "diaObjectId", "u_psfFluxMean", "nDiaSources" FROM objects WHERE fine >= ?'
+    cols = db.fetch_columns(engine, sql, (0,), {"id": "i", "mean": "f4", "n": "i2"})
+    assert [cols[k].dtype for k in ("id", "mean", "n")] == [np.int64, np.float32, np.int16]
+    assert sorted(cols["id"]) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="kinds"):
+        db.fetch_columns(engine, sql, (0,), {"id": "u8", "mean": "f", "n": "i"})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_native_reader_available():
+    # Without it SQLite loads fall back to the ~3x slower driver path.
+    assert db._native_reader() is not None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
-from association.catalogue import CatalogueConfig
+from association.catalogue import CatalogueConfig, warm_up
 from association.state import new_state, state_of
 from association.store import load_objects, load_recent_diasources, visit_stored
 from association.visit import fov_of
@@ -79,6 +81,9 @@ class LoadStage(Stage):
         cat = None
         if ctx.rank > 0:
             cat = CatalogueConfig(c.catalogue_mb, c.recent_per_object, c.variable_min_sources)
+            # The Slices share the cores: each runs its compiled kernels on its share.
+            numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))
+            warm_up()
         st = new_state(
             ctx,
             db_url=c.db_url,
@@ -126,7 +131,12 @@ class LoadStage(Stage):
         ctx.clipboard["owned"] = owned
         ctx.clipboard["held"] = need
         stats = cat.stats()
-        ctx.board.set(catalogue_objects=stats["n_objects"], catalogue_mb=cat.nbytes / 1e6)
+        ctx.board.set(
+            catalogue_objects=stats["n_objects"],
+            catalogue_mb=cat.nbytes / 1e6,
+            bytes_per_object=cat.bytes_per_object(),
+            evictions=stats["evictions"],
+        )
         return LoadResult(
             chunks_loaded=len(missing),
             chunks_cached=len(need) - len(missing),

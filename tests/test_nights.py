@@ -1,0 +1,96 @@
+"""Nights: replay timing, kill -9 and resume, quality on a real-cadence night, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from events.journal import Journal
+from tests.nights import db_rows, make_archive, replay
+
+pytestmark = pytest.mark.mpi
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pole(tmp_path_factory) -> Path:
+    return make_archive(tmp_path_factory.mktemp("pole") / "archive")
+
+
+@pytest.fixture(scope="module")
+def pole_reference(pole, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("pole-ref") / "run"
+    assert replay(pole, run, ranks=3)["failed"] == 0
+    return run
+
+
+def test_replay_keeps_the_scaled_schedule(tmp_path):
+    archive = make_archive(tmp_path / "a", max_visits=6)
+    events = [json.loads(x) for x in (archive / "events.jsonl").read_text().splitlines()]
+    span = events[-1]["time"] - events[0]["time"]
+    speed = span / 3.0  # the night's first 6 visits in about 3 s
+    summary = replay(archive, tmp_path / "run", ranks=3, speed=speed)
+    assert summary["failed"] == 0
+    sends = [
+        json.loads(x) for x in (tmp_path / "run" / "replay_sends.jsonl").read_text().splitlines()
+    ]
+    assert len(sends) == len(events)
+    due = {e["id"]: (e["time"] - events[0]["time"]) / speed for e in events}
+    late = [abs(s["sent"] - due[s["id"]]) for s in sends]
+    assert max(late) <= 0.050, f"worst deviation {max(late) * 1e3:.1f} ms"
+    assert max(s["due"] for s in sends) > 2.5  # the spacing was kept, not collapsed
+
+
+def _replay_cmd(archive: Path, run: Path) -> list[str]:
+    return [str(BIN / "nightpipe"), "replay", str(archive), "--run-dir", str(run), "--speed", "max"]
+
+
+@pytest.mark.parametrize("kill_after", [0, 5, 12])
+def test_kill9_during_replay_then_resume(pole, pole_reference, tmp_path, kill_after):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _replay_cmd(pole, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    endpoint = run / "endpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if endpoint.exists() and (run / "journal.sqlite").exists():
+            with Journal(run / "journal.sqlite") as j:
+                if len(j.outcomes()) >= kill_after and j.count(direction="in") > 0:
+                    break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.02)
+    master = json.loads(endpoint.read_text())["pid"]
+    os.kill(master, signal.SIGKILL)  # the whole job goes down with its master
+    proc.wait(60)
+    assert proc.returncode != 0
+    with Journal(run / "journal.sqlite") as j:
+        done_before = len(j.outcomes())
+    visits = _visits(pole)
+    assert done_before < visits
+    again = subprocess.run(_replay_cmd(pole, run), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    with Journal(run / "journal.sqlite") as j:
+        outcomes = j.outcomes()
+        per_visit = j._query(
+            "SELECT fov_id, COUNT(*) FROM events WHERE direction='out' "
+            "AND type LIKE 'association.visit_%' GROUP BY fov_id",
+            (),
+        )
+    assert len(outcomes) == visits and set(outcomes.values()) == {"done"}
+    assert all(n == 1 for _, n in per_visit)  # each visit's outcome exactly once
+    assert db_rows(run) == db_rows(pole_reference)
+
+
+def _visits(archive: Path) -> int:
+    lines = (archive / "events.jsonl").read_text().splitlines()
+    return len({json.loads(x)["fov_id"] for x in lines})
