@@ -114,9 +114,9 @@ diasources = Table(
     Column("psfFlux", Double, nullable=False),
     Column("psfFluxErr", Double, nullable=False),
     Column("snr", Double),
-    # Clustered by Object, so an Object's DIASources are read together;
-    # diaSourceId stays the identity through its unique index.
-    PrimaryKeyConstraint("diaObjectId", "diaSourceId", name="pk_diasources"),
+    # Clustered by Object and time, so an Object's latest DIASources are one
+    # short range; diaSourceId stays the identity through its unique index.
+    PrimaryKeyConstraint("diaObjectId", "midpointMjdTai", "diaSourceId", name="pk_diasources"),
     Index("ux_diasources_diaSourceId", "diaSourceId", unique=True),
     Index("ix_diasources_visit", "visit"),
     Index("ix_diasources_fine", "fine"),

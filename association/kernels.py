@@ -3,8 +3,10 @@
 The index is a grid of cells: zones of fixed height in dec, each cut into the
 same number of columns in a rotated RA (``(ra - ra0) mod 360``, with ``ra0``
 in the largest RA gap of the data, so a field at RA 0/360 is one compact
-block). Objects are sorted by cell with a two-pass counting sort; ``offsets``
-holds each cell's start. A query visits, zone by zone, the column ranges its
+block). A counting sort (count, prefix sum, scatter) lists the objects cell by
+cell; ``offsets`` holds each cell's start. Each listed row also carries the
+object's dec within its zone, so a query skips most candidates without
+touching their positions. A query visits, zone by zone, the column ranges its
 disc can reach (all columns when the disc holds a pole), prunes on dec and RA
 offsets, then decides with the haversine formula, which is well conditioned
 for tiny angles.
@@ -113,24 +115,13 @@ def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
             keys[i] = k | (code << _CODE_SHIFT)
             cnt[k] += 1
         nbad[t] = bad
-    # cell starts: a prefix sum over (cell, thread), split into nt ranges of cells
-    partial = np.zeros(nt + 1, np.int64)
-    for t in nb.prange(nt):
-        s = 0
-        for c in range(t * ncell // nt, (t + 1) * ncell // nt):
-            for u in range(nt):
-                s += counts[u, c]
-        partial[t + 1] = s
-    for t in range(nt):
-        partial[t + 1] += partial[t]
-    for t in nb.prange(nt):
-        run = partial[t]
-        for c in range(t * ncell // nt, (t + 1) * ncell // nt):
-            offsets[c] = run
-            for u in range(nt):
-                cnt = counts[u, c]
-                counts[u, c] = run
-                run += cnt
+    run = 0  # cell starts, and each thread's start within each cell
+    for c in range(ncell):
+        offsets[c] = run
+        for t in range(nt):
+            here = counts[t, c]
+            counts[t, c] = run
+            run += here
     offsets[ncell] = n
     for t in nb.prange(nt):
         nxt = counts[t]

@@ -141,24 +141,31 @@ def load_recent_diasources(
     kinds = {name: _kind(DIASOURCE_DTYPE[name]) for name in DIASOURCE_DTYPE.names}
     q = functools.partial(_q, engine)
     band = " ".join(f"WHEN '{b}' THEN {i}" for i, b in enumerate(BANDS))
-    inner = ", ".join(f"d.{q(n)}" for n in kinds)
-    outer = ", ".join(
-        f"CASE s.{q(n)} {band} ELSE -1 END" if n == "band" else f"s.{q(n)}" for n in kinds
+    cols = ", ".join(
+        f"CASE d.{q(n)} {band} ELSE -1 END" if n == "band" else f"d.{q(n)}" for n in kinds
     )
-    oid, mjd, sid = q("diaObjectId"), q("midpointMjdTai"), q("diaSourceId")
+    oid, mjd = q("diaObjectId"), q("midpointMjdTai")
+    # Per Object, the time of its per_object-th latest DIASource: a short walk
+    # down the (diaObjectId, midpointMjdTai, ...) key, no sort of all rows.
+    nth = (
+        f"SELECT d2.{mjd} FROM diasources d2 WHERE d2.{oid} = o.{oid} "
+        f"ORDER BY d2.{mjd} DESC LIMIT 1 OFFSET ?"
+    )
     sql = (
-        f"SELECT {outer} FROM ("
-        f"SELECT {inner}, ROW_NUMBER() OVER "
-        f"(PARTITION BY d.{oid} ORDER BY d.{mjd} DESC, d.{sid} DESC) AS rn "
-        f"FROM diasources d JOIN objects o ON o.{oid} = d.{oid} "
-        f"WHERE o.{q('fine')} >= ? AND o.{q('fine')} < ?) s WHERE s.rn <= ?"
+        f"SELECT {cols} FROM objects o JOIN diasources d ON d.{oid} = o.{oid} "
+        f"WHERE o.{q('fine')} >= ? AND o.{q('fine')} < ? "
+        f"AND d.{mjd} >= COALESCE(({nth}), -1e308)"
     )
-    params = (int(lo), int(hi), int(per_object))
-    cols = db.fetch_columns(engine, sql, params, kinds, native=native, presize=False)
-    out = np.empty(len(cols["diaSourceId"]), dtype=DIASOURCE_DTYPE)
-    for name, values in cols.items():
+    params = (int(lo), int(hi), int(per_object) - 1)
+    found = db.fetch_columns(engine, sql, params, kinds, native=native, presize=False)
+    out = np.empty(len(found["diaSourceId"]), dtype=DIASOURCE_DTYPE)
+    for name, values in found.items():
         out[name] = values
-    return out[np.lexsort((out["diaSourceId"], out["midpointMjdTai"], out["diaObjectId"]))]
+    out = out[np.lexsort((out["diaSourceId"], out["midpointMjdTai"], out["diaObjectId"]))]
+    # Ties at the cut may let in a few more: keep the last per_object of each.
+    ids = out["diaObjectId"]
+    group_end = np.searchsorted(ids, ids, side="right")
+    return out[group_end - np.arange(len(ids)) <= per_object]
 
 
 def bulk_load_objects(engine: Engine, objects: np.ndarray, chunk: int = BULK_CHUNK) -> None:

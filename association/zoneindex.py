@@ -9,7 +9,7 @@ import numpy as np
 
 from association import kernels
 
-OCCUPANCY = 2
+OCCUPANCY = 8
 """Mean objects per index cell that the build aims for."""
 
 _SAMPLE = 1 << 16  # rows sampled to shape the index

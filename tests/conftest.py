@@ -39,3 +39,22 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     create_schema(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pole_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated night near the south pole: 18 visits across RA 0, revisits, movers."""
+    from tests.nights import make_archive
+
+    return make_archive(tmp_path_factory.mktemp("pole") / "archive")
+
+
+@pytest.fixture(scope="session")
+def pole_reference(pole_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That night replayed under mpiexec, 2 Slices, SQLite: the run others compare with."""
+    from tests.nights import replay
+
+    run = tmp_path_factory.mktemp("pole-ref") / "run"
+    summary = replay(pole_archive, run, ranks=3)
+    assert summary["failed"] == 0, summary
+    return run

@@ -20,7 +20,7 @@ from association.alerts import alert_schema, read_alerts
 from association.visit import fov_resources
 from events.archive import Archive
 from events.journal import Journal
-from tests.nights import copy_archive, db_rows, make_archive, replay, truth
+from tests.nights import copy_archive, db_rows, replay, truth
 
 pytestmark = pytest.mark.mpi
 
@@ -28,16 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def archive(tmp_path_factory) -> Path:
-    return make_archive(tmp_path_factory.mktemp("night") / "pole")
+def archive(pole_archive) -> Path:
+    return pole_archive
 
 
 @pytest.fixture(scope="session")
-def reference(archive, tmp_path_factory) -> tuple[Path, dict]:
-    """The night on SQLite with 2 Slices (3 ranks): the run others compare with."""
-    run = tmp_path_factory.mktemp("ref") / "run"
-    summary = replay(archive, run, ranks=3)
-    return run, summary
+def reference(pole_reference) -> tuple[Path, dict]:
+    summary = json.loads((pole_reference / "replay.json").read_text())["summary"]
+    return pole_reference, summary
 
 
 def _visits(archive: Path) -> list[int]:
@@ -166,7 +164,12 @@ def _failures(run: Path) -> dict[int, dict]:
     return {f: json.loads(js)["body"] for f, js in rows}
 
 
-def test_bad_files_fail_only_their_visit(archive, tmp_path):
+def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
+    """Bad files fail their visit at read; a failure after the update is rolled back.
+
+    Either way nothing of the visit is stored and the other visits end exactly as
+    in the same night without the failed visits.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -179,6 +182,7 @@ def test_bad_files_fail_only_their_visit(archive, tmp_path):
         visits[11],
         visits[14],
     )
+    victim = visits[4]  # fails in a stage after update, before store
 
     def path(v: int) -> Path:
         return bad / "data" / f"visit_{v}_diasources.parquet"
@@ -197,32 +201,6 @@ def test_bad_files_fail_only_their_visit(archive, tmp_path):
     t = pq.read_table(path(v_empty))
     pq.write_table(t.slice(0, 0), path(v_empty))
 
-    summary = replay(bad, tmp_path / "run", ranks=3)
-    failed = _failures(tmp_path / "run")
-    assert set(failed) == {v_missing, v_column, v_nan, v_dup}
-    assert summary["done"] == len(visits) - 4
-    for v, body in failed.items():
-        assert body["stage"] == "crossmatch" and body["hook"] == "preprocess"
-        assert f"visit_{v}_diasources.parquet" in body["error"]
-    assert "column 'psfFlux'" in failed[v_column]["error"]
-    assert "column 'dec', row 3" in failed[v_nan]["error"]
-    assert "column 'diaSourceId', row 7: duplicate value" in failed[v_dup]["error"]
-    assert "already in row 2" in failed[v_dup]["error"]
-    assert "BadInputError" in failed[v_missing]["error"]
-    rows = db_rows(tmp_path / "run")
-    empty_row = next(r for r in rows["visits"] if r[0] == v_empty)
-    assert empty_row[5:7] == (0, 0)  # no sources, no alerts: fine
-    assert read_alerts(tmp_path / "run" / "alerts" / f"visit_{v_empty}.avro") == []
-    # nothing of a failed visit is stored, and the others are exactly as without them
-    ref = copy_archive(bad, tmp_path / "ref")
-    _drop_visits(ref, {v_missing, v_column, v_nan, v_dup})
-    assert replay(ref, tmp_path / "refrun", ranks=3)["failed"] == 0
-    assert rows == db_rows(tmp_path / "refrun")
-
-
-def test_visit_failing_after_update_is_rolled_back(archive, tmp_path):
-    visits = _visits(archive)
-    victim = visits[4]
     text = (ROOT / "association" / "pipelines" / "association.toml").read_text()
     boom = (
         '[[stages]]\nname = "boom"\n'
@@ -233,13 +211,28 @@ def test_visit_failing_after_update_is_rolled_back(archive, tmp_path):
     cfg = tmp_path / "boom.toml"
     cfg.write_text(text)
     assert [s["name"] for s in tomllib.loads(text)["stages"]][-2:] == ["boom", "store"]
-    summary = replay(archive, tmp_path / "run", ranks=3, config=str(cfg))
+
+    summary = replay(bad, tmp_path / "run", ranks=3, config=str(cfg))
     failed = _failures(tmp_path / "run")
-    assert set(failed) == {victim} and summary["failed"] == 1
+    assert set(failed) == {v_missing, v_column, v_nan, v_dup, victim}
+    assert summary["done"] == len(visits) - 5
+    for v in (v_missing, v_column, v_nan, v_dup):
+        assert failed[v]["stage"] == "crossmatch" and failed[v]["hook"] == "preprocess"
+        assert f"visit_{v}_diasources.parquet" in failed[v]["error"]
+    assert "column 'psfFlux'" in failed[v_column]["error"]
+    assert "column 'dec', row 3" in failed[v_nan]["error"]
+    assert "column 'diaSourceId', row 7: duplicate value" in failed[v_dup]["error"]
+    assert "already in row 2" in failed[v_dup]["error"]
+    assert "BadInputError" in failed[v_missing]["error"]
     assert (failed[victim]["stage"], failed[victim]["hook"]) == ("boom", "process")
     log = (tmp_path / "run" / "nightpipe.log").read_text()
     assert f"exec={victim} INFO" in log and "catalogue changes rolled back" in log
-    ref = copy_archive(archive, tmp_path / "ref")
-    _drop_visits(ref, {victim})
+    rows = db_rows(tmp_path / "run")
+    empty_row = next(r for r in rows["visits"] if r[0] == v_empty)
+    assert empty_row[5:7] == (0, 0)  # no sources, no alerts: fine
+    assert read_alerts(tmp_path / "run" / "alerts" / f"visit_{v_empty}.avro") == []
+    # nothing of a failed visit is stored, and the others are exactly as without them
+    ref = copy_archive(bad, tmp_path / "ref")
+    _drop_visits(ref, {v_missing, v_column, v_nan, v_dup, victim})
     assert replay(ref, tmp_path / "refrun", ranks=3)["failed"] == 0
-    assert db_rows(tmp_path / "run") == db_rows(tmp_path / "refrun")
+    assert rows == db_rows(tmp_path / "refrun")

@@ -262,6 +262,10 @@ def test_bad_arguments_are_refused(tmp_path):
     assert not path.exists()
 
 
+def test_warm_up_runs():
+    avro_alerts.warm_up()
+
+
 def test_a_changed_schema_is_refused(tmp_path, monkeypatch):
     schema = json.loads(avro_alerts.SCHEMA_PATH.read_text())
     schema["fields"][1]["type"]["fields"][3]["type"] = "float"  # ra: double -> float

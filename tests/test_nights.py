@@ -22,15 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pole(tmp_path_factory) -> Path:
-    return make_archive(tmp_path_factory.mktemp("pole") / "archive")
-
-
-@pytest.fixture(scope="module")
-def pole_reference(pole, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("pole-ref") / "run"
-    assert replay(pole, run, ranks=3)["failed"] == 0
-    return run
+def pole(pole_archive) -> Path:
+    return pole_archive
 
 
 def test_replay_keeps_the_scaled_schedule(tmp_path):
@@ -54,29 +47,36 @@ def _replay_cmd(archive: Path, run: Path) -> list[str]:
     return [str(BIN / "nightpipe"), "replay", str(archive), "--run-dir", str(run), "--speed", "max"]
 
 
-@pytest.mark.parametrize("kill_after", [0, 5, 12])
-def test_kill9_during_replay_then_resume(pole, pole_reference, tmp_path, kill_after):
-    run = tmp_path / "run"
-    proc = subprocess.Popen(
-        _replay_cmd(pole, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+def _kill_when(run: Path, proc: subprocess.Popen, outcomes: int) -> int:
+    """kill -9 the master once `outcomes` visits have ended; how many had."""
     endpoint = run / "endpoint.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         if endpoint.exists() and (run / "journal.sqlite").exists():
             with Journal(run / "journal.sqlite") as j:
-                if len(j.outcomes()) >= kill_after and j.count(direction="in") > 0:
+                if len(j.outcomes()) >= outcomes and j.count(direction="in") > 0:
                     break
         assert proc.poll() is None, proc.stdout.read().decode()
         time.sleep(0.02)
-    master = json.loads(endpoint.read_text())["pid"]
-    os.kill(master, signal.SIGKILL)  # the whole job goes down with its master
+    os.kill(json.loads(endpoint.read_text())["pid"], signal.SIGKILL)  # the job goes down with it
     proc.wait(60)
     assert proc.returncode != 0
+    endpoint.unlink()
     with Journal(run / "journal.sqlite") as j:
-        done_before = len(j.outcomes())
+        return len(j.outcomes())
+
+
+def test_kill9_during_replay_then_resume(pole, pole_reference, tmp_path):
+    """Killed right after start, then mid-night, then near the end; each time resumed."""
+    run = tmp_path / "run"
     visits = _visits(pole)
-    assert done_before < visits
+    seen = []
+    for kill_after in (0, 6, 13):
+        proc = subprocess.Popen(
+            _replay_cmd(pole, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        seen.append(_kill_when(run, proc, kill_after))
+    assert seen[-1] < visits
     again = subprocess.run(_replay_cmd(pole, run), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     with Journal(run / "journal.sqlite") as j:

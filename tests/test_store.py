@@ -221,5 +221,5 @@ def test_fetch_columns_kinds(engine):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_native_reader_available():
-    # Without it SQLite loads fall back to the ~3x slower driver path.
+    # Without it SQLite loads fall back to the much slower driver path.
     assert db._native_reader() is not None

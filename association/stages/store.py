@@ -10,11 +10,12 @@ import numpy as np
 from sqlalchemy import select
 
 from association import db
-from association.alerts import build_alert, write_alerts
+from association.alerts import write_visit_alerts
+from association.avro_alerts import warm_up as avro_warm_up
 from association.state import state_of
 from association.store import VisitRecord, store_visit
 from events.types import ALERTS_READY, NEXT_VISIT
-from framework.stage import MasterContext, Stage
+from framework.stage import MasterContext, RankContext, Stage
 
 
 @dataclass(frozen=True)
@@ -22,21 +23,6 @@ class StoreConfig:
     """Where alert files go, relative to the run directory."""
 
     alerts_dir: str = "alerts"
-
-
-def build_alerts(sources: np.ndarray, objects: np.ndarray, recent: np.ndarray) -> list[dict]:
-    """One packet per DIASource still in alerting (no moving-object match).
-
-    ``alertId`` is the diaSourceId, so a visit's alerts are the same on every run.
-    """
-    alerting = sources[sources["ssObjectId"] == 0]
-    obj_at = np.searchsorted(objects["diaObjectId"], alerting["diaObjectId"])
-    lo = np.searchsorted(recent["diaObjectId"], alerting["diaObjectId"], side="left")
-    hi = np.searchsorted(recent["diaObjectId"], alerting["diaObjectId"], side="right")
-    return [
-        build_alert(int(src["diaSourceId"]), src, objects[obj_at[i]], recent[lo[i] : hi[i]])
-        for i, src in enumerate(alerting)
-    ]
 
 
 class StoreStage(Stage):
@@ -49,6 +35,10 @@ class StoreStage(Stage):
 
     ConfigClass = StoreConfig
 
+    def setup(self, ctx: RankContext) -> None:
+        if ctx.rank == 0:
+            avro_warm_up()  # load the compiled encoder now, not on the first visit
+
     def preprocess(self, ctx: MasterContext) -> Any:
         st = state_of(ctx)
         out_dir = Path(ctx.run_dir) / self.config.alerts_dir
@@ -60,8 +50,11 @@ class StoreStage(Stage):
             counts = (row.n_alerts, row.n_sources, row.n_new_objects, row.n_moving)
         else:
             sources = ctx.clipboard["sources"]
-            alerts = build_alerts(sources, ctx.clipboard["objects"], ctx.clipboard["recent"])
-            write_alerts(path, alerts)
+            # one packet per DIASource still in alerting; alertId is its diaSourceId
+            alerting = sources[sources["ssObjectId"] == 0]
+            n_alerts = write_visit_alerts(
+                path, alerting, ctx.clipboard["objects"], ctx.clipboard["recent"]
+            )
             ss_ids, src_ids = ctx.clipboard["moving"]
             nv = ctx.events[NEXT_VISIT].body
             record = VisitRecord(
@@ -71,7 +64,7 @@ class StoreStage(Stage):
                 dec=float(nv["dec"]),
                 filter=str(nv["filter"]),
                 n_sources=len(sources),
-                n_alerts=len(alerts),
+                n_alerts=n_alerts,
                 n_new_objects=ctx.clipboard["n_new"],
                 n_moving=len(src_ids),
             )
@@ -81,13 +74,9 @@ class StoreStage(Stage):
                 sources,
                 ctx.clipboard["objects"],
                 moving=(np.full(len(src_ids), ctx.key), ss_ids, src_ids),
-                alerts=(
-                    np.array([a["alertId"] for a in alerts], np.int64),
-                    np.array([a["diaSource"]["diaSourceId"] for a in alerts], np.int64),
-                    np.array([a["diaObject"]["diaObjectId"] for a in alerts], np.int64),
-                ),
+                alerts=(alerting["diaSourceId"], alerting["diaSourceId"], alerting["diaObjectId"]),
             )
-            counts = (len(alerts), len(sources), ctx.clipboard["n_new"], len(src_ids))
+            counts = (n_alerts, len(sources), ctx.clipboard["n_new"], len(src_ids))
         ctx.emit(
             ALERTS_READY,
             {
