@@ -27,8 +27,10 @@ N_RA_BINS = 3600  # RA histogram used to find the data's largest RA gap
 _JIT = {"cache": True, "nogil": True}
 # A packed row: the input row in the low 47 bits, and in the 16 above the object's
 # dec within its zone (1/65536ths of the height), to prune without a lookup.
-_CODE_SHIFT = 47
-_ROW_MASK = (1 << _CODE_SHIFT) - 1
+CODE_SHIFT = 47
+ROW_MASK = (1 << CODE_SHIFT) - 1
+_ROW31 = (1 << 31) - 1
+_CODE_BITS = 0xFFFF << 31  # the zone code while a row is in the build's buckets
 
 
 @nb.njit(**_JIT, inline="always")
@@ -79,14 +81,27 @@ def sample_stats(ra, dec, step):
     return hist, dmin, dmax
 
 
-@nb.njit(**_JIT, parallel=True)
-def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
-    """Counting-sort objects by cell; return the count of invalid positions.
+@nb.njit(**_JIT, inline="always")
+def _key(r, d, ra0, ra_lo, inv_w, zone0, inv_h, nz, nc):
+    # cell of (r, d), and its packed-row high bits
+    z = _zone(d, zone0, inv_h, nz)
+    k = z * nc + _col(_wrap360(r - ra0), ra_lo, inv_w, nc)
+    return k, min(max(_zcode(d, zone0, inv_h, z), 0), 65535) << CODE_SHIFT
 
-    Fills ``pos`` (a copy of ``ra, dec`` as rows, input order), ``rows``
-    (input rows in cell order) and ``offsets`` (``ncell + 1`` cell starts);
-    ``keys`` is scratch. Each of ``nt`` threads counts and scatters one fixed
-    block of the input, blocks in order: the sort is stable and its result
+
+_BUCKET_ROWS = 8192  # aim of the build's first pass: buckets that fit in L2
+
+
+@nb.njit(**_JIT, parallel=True)
+def build_cells(ra, dec, geo, nt, tmp, rows, offsets):
+    """Sort objects by cell; return the count of invalid positions.
+
+    Fills ``rows`` (packed input rows, cell by cell) and ``offsets``
+    (``ncell + 1`` cell starts); ``tmp`` is scratch of the same size. A
+    two-pass radix sort: the first pass deals rows into buckets of
+    consecutive cells (few, sequential write streams), the second sorts each
+    bucket by cell in cache. Each of ``nt`` threads deals one fixed block of
+    the input, blocks in order, so both passes are stable and the result
     does not depend on ``nt``. Positions outside the geometry go to the edge
     cells.
     """
@@ -95,7 +110,11 @@ def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
     nz = np.int64(geo[6])
     nc = np.int64(geo[7])
     ncell = nz * nc
-    counts = np.zeros((nt, ncell), np.int32)
+    shift = 0  # cells per bucket: 2**shift <= 2**16, the width of a local cell
+    while shift < 16 and (ncell >> shift) * _BUCKET_ROWS > n:
+        shift += 1
+    nbkt = ((ncell - 1) >> shift) + 1
+    counts = np.zeros((nt, nbkt), np.int64)
     nbad = np.zeros(nt, np.int64)
     for t in nb.prange(nt):
         cnt = counts[t]
@@ -103,35 +122,54 @@ def build_cells(ra, dec, geo, nt, pos, keys, rows, offsets):
         for i in range(t * n // nt, (t + 1) * n // nt):
             r = ra[i]
             d = dec[i]
-            pos[i, 0] = r
-            pos[i, 1] = d
             if not (np.isfinite(r) and d >= -90.0 and d <= 90.0):
                 bad += 1
-                r = ra0
-                d = 0.0
-            z = _zone(d, zone0, inv_h, nz)
-            k = z * nc + _col(_wrap360(r - ra0), ra_lo, inv_w, nc)
-            code = min(max(_zcode(d, zone0, inv_h, z), 0), 65535)
-            keys[i] = k | (code << _CODE_SHIFT)
-            cnt[k] += 1
+                continue
+            k, _ = _key(r, d, ra0, ra_lo, inv_w, zone0, inv_h, nz, nc)
+            cnt[k >> shift] += 1
         nbad[t] = bad
-    run = 0  # cell starts, and each thread's start within each cell
-    for c in range(ncell):
-        offsets[c] = run
+    if nbad.sum() > 0:
+        return nbad.sum()
+    bstart = np.empty(nbkt + 1, np.int64)
+    run = 0  # bucket starts, and each thread's start within each bucket
+    for b in range(nbkt):
+        bstart[b] = run
         for t in range(nt):
-            here = counts[t, c]
-            counts[t, c] = run
+            here = counts[t, b]
+            counts[t, b] = run
             run += here
-    offsets[ncell] = n
+    bstart[nbkt] = n
+    lmask = (1 << shift) - 1
     for t in nb.prange(nt):
         nxt = counts[t]
         for i in range(t * n // nt, (t + 1) * n // nt):
-            key = keys[i]
-            k = key & _ROW_MASK
-            p = nxt[k]
-            nxt[k] = p + 1
-            rows[p] = (key & ~_ROW_MASK) | i
-    return nbad.sum()
+            k, high = _key(ra[i], dec[i], ra0, ra_lo, inv_w, zone0, inv_h, nz, nc)
+            p = nxt[k >> shift]
+            nxt[k >> shift] = p + 1
+            # local cell in bits 47-62, zone code in 31-46, row in 0-30
+            tmp[p] = ((k & lmask) << CODE_SHIFT) | (high >> 16) | i
+    for b in nb.prange(nbkt):
+        lo = bstart[b]
+        hi = bstart[b + 1]
+        c0 = b << shift
+        m = min(1 << shift, ncell - c0)
+        local = np.zeros(m, np.int64)
+        for p in range(lo, hi):
+            local[tmp[p] >> CODE_SHIFT] += 1
+        run = lo
+        for j in range(m):
+            here = local[j]
+            offsets[c0 + j] = run
+            local[j] = run
+            run += here
+        for p in range(lo, hi):
+            e = tmp[p]
+            j = e >> CODE_SHIFT
+            q = local[j]
+            local[j] = q + 1
+            rows[q] = ((e & _CODE_BITS) << 16) | (e & _ROW31)
+    offsets[ncell] = n
+    return 0
 
 
 @nb.njit(**_JIT)
@@ -184,7 +222,7 @@ def _cos_near(cosd, sind, x, dec2):
 
 
 @nb.njit(**_JIT)
-def _scan(qra, qdec, r, geo, pos, rows, ids, offsets, nearest, out_row, out_hav, start, cap):
+def _scan(qra, qdec, r, geo, ra, dec, rows, ids, offsets, nearest, out_row, out_hav, start, cap):
     # Visit every object within r deg of (qra, qdec). Pairs: write the first
     # `cap` (row, haversine) from `start` and return how many there are.
     # Nearest: return the row with the smallest haversine, then smallest id
@@ -218,15 +256,15 @@ def _scan(qra, qdec, r, geo, pos, rows, ids, offsets, nearest, out_row, out_hav,
                 break
             for p in range(p1, p2):
                 packed = rows[p]
-                code = packed >> _CODE_SHIFT
+                code = packed >> CODE_SHIFT
                 if code < code_lo or code > code_hi:
                     continue
-                row = packed & _ROW_MASK
-                od = pos[row, 1]
+                row = packed & ROW_MASK
+                od = dec[row]
                 ddec = od - qdec
                 if abs(ddec) > rpad:
                     continue
-                dra = _wrap180(pos[row, 0] - qra)
+                dra = _wrap180(ra[row] - qra)
                 if abs(dra) > half:
                     continue
                 sd = _sin(0.5 * _DEG * ddec)
@@ -257,7 +295,7 @@ _PAIRS_PER_QUERY = 4  # pairs each query may keep from the first pass
 
 
 @nb.njit(**_JIT, parallel=True)
-def query_pairs(qra, qdec, r, geo, pos, rows, ids, offsets):
+def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     """All (query, row, distance arcsec) within ``r`` deg, sorted by (query, row)."""
     m = qra.size
     cap = _PAIRS_PER_QUERY
@@ -267,7 +305,20 @@ def query_pairs(qra, qdec, r, geo, pos, rows, ids, offsets):
     counts[0] = 0
     for q in nb.prange(m):
         counts[q + 1] = _scan(
-            qra[q], qdec[q], r, geo, pos, rows, ids, offsets, False, buf_row, buf_hav, q * cap, cap
+            qra[q],
+            qdec[q],
+            r,
+            geo,
+            ra,
+            dec,
+            rows,
+            ids,
+            offsets,
+            False,
+            buf_row,
+            buf_hav,
+            q * cap,
+            cap,
         )
     for q in range(m):
         counts[q + 1] += counts[q]
@@ -279,7 +330,7 @@ def query_pairs(qra, qdec, r, geo, pos, rows, ids, offsets):
         s = counts[q]
         e = counts[q + 1]
         if e - s > cap:  # more than the first pass kept: scan again
-            _scan(qra[q], qdec[q], r, geo, pos, rows, ids, offsets, False, orow, dist, s, e - s)
+            _scan(qra[q], qdec[q], r, geo, ra, dec, rows, ids, offsets, False, orow, dist, s, e - s)
         else:
             for i in range(e - s):
                 orow[s + i] = buf_row[q * cap + i]
@@ -301,14 +352,14 @@ def query_pairs(qra, qdec, r, geo, pos, rows, ids, offsets):
 
 
 @nb.njit(**_JIT, parallel=True)
-def query_nearest(qra, qdec, r, geo, pos, rows, ids, offsets):
+def query_nearest(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     """Nearest row within ``r`` deg per query (-1 if none; ties to the smaller id)."""
     m = qra.size
     orow = np.empty(m, np.int64)
     dist = np.empty(m, np.float64)
     none = np.empty(0, np.int64)
     for q in nb.prange(m):
-        best = _scan(qra[q], qdec[q], r, geo, pos, rows, ids, offsets, True, none, dist, q, 0)
+        best = _scan(qra[q], qdec[q], r, geo, ra, dec, rows, ids, offsets, True, none, dist, q, 0)
         orow[q] = best
         dist[q] = _hav_to_arcsec(dist[q]) if best >= 0 else np.nan
     return orow, dist

@@ -137,7 +137,7 @@ class SimConfig:
     fast_rate_deg_per_day: tuple[float, float] = (2.0, 10.0)
     spurious_per_visit_deg2: float = 5.0
     p_detect_variable: float = 0.7
-    p_detect_static: float = 0.0
+    p_detect_static: float = 0.005
     p_detect_transient: float = 0.9
     p_detect_mover: float = 0.9
     snr_range: tuple[float, float] = (5.0, 1000.0)

@@ -12,22 +12,27 @@ from association import kernels
 OCCUPANCY = 8
 """Mean objects per index cell that the build aims for."""
 
+ROW_MASK = kernels.ROW_MASK
+"""``rows & ROW_MASK`` is the input row of an index entry."""
+
 _SAMPLE = 1 << 16  # rows sampled to shape the index
 _MIN_GAP_BINS = 3  # an RA gap narrower than this many histogram bins is no gap
 
 
 @dataclass(frozen=True, eq=False)
 class ZoneIndex:
-    """Objects sorted by (zone, RA column) cell, with a directory of cell offsets.
+    """Objects listed by (zone, RA column) cell, with a directory of cell offsets.
 
-    Build with `ZoneIndex.build`. ``pos`` (n, 2: ra, dec) and ``ids`` are
-    copies of the input, in input order; ``rows`` lists input rows cell by
-    cell and ``offsets[c]:offsets[c + 1]`` is cell ``c``'s part of it.
+    Build with `ZoneIndex.build`. ``ra``, ``dec`` and ``ids`` are the input
+    columns (input order). ``rows`` lists the input rows cell by cell, each
+    packed with the object's dec within its zone (``rows & ROW_MASK`` is the
+    row); ``offsets[c]:offsets[c + 1]`` is cell ``c``'s part of it.
     """
 
-    pos: np.ndarray
-    rows: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
     ids: np.ndarray
+    rows: np.ndarray
     offsets: np.ndarray
     geometry: np.ndarray
     """``ra0, ra_lo, ra_hi, col_width, zone0, zone_height, n_zones, n_cols`` (deg)."""
@@ -47,6 +52,7 @@ class ZoneIndex:
         dec: np.ndarray,
         ids: np.ndarray,
         zone_height_deg: float | None = None,
+        copy: bool = True,
     ) -> ZoneIndex:
         """Index objects at ``ra``, ``dec`` (deg) carrying ``ids``.
 
@@ -58,13 +64,19 @@ class ZoneIndex:
             Object ids, used only to break distance ties.
         zone_height_deg : float, optional
             Zone height; about the match radius is the classic choice. By
-            default cells are made about square for the data's density, which
-            queries faster. Zones are widened if there would be far more
-            zones than objects.
+            default cells are made about square and hold ~`OCCUPANCY`
+            objects, which builds and queries faster. Zones are widened if
+            there would be far more zones than objects.
+        copy : bool
+            Copy the three columns. With False, columns that already are
+            contiguous float64 (int64 for ids) are kept by reference, as
+            scipy's ``cKDTree`` does: they must not change while the index
+            is in use.
         """
-        ra = np.ascontiguousarray(ra, dtype=np.float64)
-        dec = np.ascontiguousarray(dec, dtype=np.float64)
-        ids = np.array(ids, dtype=np.int64)
+        as_col = np.array if copy else np.ascontiguousarray
+        ra = as_col(ra, dtype=np.float64)
+        dec = as_col(dec, dtype=np.float64)
+        ids = as_col(ids, dtype=np.int64)
         if not (ra.shape == dec.shape == ids.shape and ra.ndim == 1):
             raise ValueError("ra, dec and ids must be 1-d arrays of one length")
         if zone_height_deg is not None and not zone_height_deg > 0:
@@ -74,15 +86,13 @@ class ZoneIndex:
             raise ValueError(f"at most 2**31 - 1 objects, got {n}")
         hist, dmin, dmax = kernels.sample_stats(ra, dec, max(1, n // _SAMPLE))
         geo = _geometry(n, hist, float(dmin), float(dmax), zone_height_deg)
-        pos = np.empty((n, 2), np.float64)
-        keys = np.empty(n, np.int64)
         rows = np.empty(n, np.int64)
         offsets = np.empty(int(geo[6]) * int(geo[7]) + 1, np.int64)
         nt = numba.get_num_threads()
-        bad = kernels.build_cells(ra, dec, geo, nt, pos, keys, rows, offsets)
+        bad = kernels.build_cells(ra, dec, geo, nt, np.empty(n, np.int64), rows, offsets)
         if bad:
             raise ValueError(f"{bad} positions are not finite or have |dec| > 90")
-        return cls(pos, rows, ids, offsets, geo)
+        return cls(ra, dec, ids, rows, offsets, geo)
 
     def _queries(self, ra, dec, radius_arcsec):
         ra = np.ascontiguousarray(ra, dtype=np.float64)
@@ -110,7 +120,7 @@ class ZoneIndex:
         """
         ra, dec, r = self._queries(ra, dec, radius_arcsec)
         return kernels.query_nearest(
-            ra, dec, r, self.geometry, self.pos, self.rows, self.ids, self.offsets
+            ra, dec, r, self.geometry, self.ra, self.dec, self.rows, self.ids, self.offsets
         )
 
     def pairs(
@@ -126,7 +136,7 @@ class ZoneIndex:
         """
         ra, dec, r = self._queries(ra, dec, radius_arcsec)
         return kernels.query_pairs(
-            ra, dec, r, self.geometry, self.pos, self.rows, self.ids, self.offsets
+            ra, dec, r, self.geometry, self.ra, self.dec, self.rows, self.ids, self.offsets
         )
 
 

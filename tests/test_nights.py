@@ -94,3 +94,45 @@ def test_kill9_during_replay_then_resume(pole, pole_reference, tmp_path):
 def _visits(archive: Path) -> int:
     lines = (archive / "events.jsonl").read_text().splitlines()
     return len({json.loads(x)["fov_id"] for x in lines})
+
+
+@pytest.fixture(scope="module")
+def night200(tmp_path_factory) -> tuple[Path, Path]:
+    """200 visits of the real cadence, default sky and noise, replayed: 3 ranks, SQLite."""
+    base = tmp_path_factory.mktemp("night200")
+    archive = make_archive(base / "archive", region=None, max_visits=200)
+    run = base / "run"
+    summary = replay(archive, run, ranks=3)
+    assert summary["visits"] == 200
+    return archive, run
+
+
+def test_quality_on_a_real_cadence_night(night200):
+    from association.report import build_report
+
+    archive, run = night200
+    rep = build_report(run, archive)
+    assert rep["visits"]["done"] == 200 and rep["visits"]["failed"] == 0
+    q = rep["quality"]
+    for kind in ("static", "variable"):
+        c = q["completeness"][kind]
+        assert c["n"] > 100 and c["fraction"] >= 0.99, (kind, c)
+    assert q["purity"]["fraction"] >= 0.99, q["purity"]
+    assert q["movers"]["recovery"]["n"] > 1000
+    assert q["movers"]["recovery"]["fraction"] >= 0.95, q["movers"]
+    assert q["new_objects"]["false_preloaded"] == 0
+    text = subprocess.run(
+        [str(BIN / "nightpipe"), "report", str(run), "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert text.returncode == 0 and "completeness" in text.stdout, text.stderr
+
+
+def test_same_night_on_postgres(night200, pg_server, tmp_path):
+    archive, run = night200
+    url = pg_server.create_database("night200")
+    summary = replay(archive, tmp_path / "run", ranks=3, db_url=url)
+    assert summary["failed"] == 0
+    assert db_rows(tmp_path / "run", url) == db_rows(run)
