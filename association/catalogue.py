@@ -847,6 +847,24 @@ class Catalogue:
         chunk_of_row = np.repeat([ch.chunk for ch in held], [ch.n_objects for ch in held])
         return objects, chunk_of_row.astype(_I8)
 
+    def columns(self, chunks: Iterable[int], names: Iterable[str]) -> dict[str, np.ndarray]:
+        """Some Object columns of ``chunks``, each concatenated into one contiguous array.
+
+        Cheaper than `gather` when only a few columns are needed (the cross-match
+        needs 25 of the 113 bytes of a row).
+        """
+        held = []
+        for c in chunks:
+            c = int(c)
+            held.append(self._chunks[c])
+            self._chunks.move_to_end(c)
+        return {
+            name: np.concatenate([ch.objects[name] for ch in held])
+            if held
+            else np.empty(0, OBJECT_DTYPE[name])
+            for name in names
+        }
+
     def locate(self, object_ids: np.ndarray) -> np.ndarray:
         """The chunk holding each Object, -1 where not held."""
         return self._index.locate(np.asarray(object_ids, _I8).ravel())

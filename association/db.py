@@ -6,10 +6,6 @@ as a ``postgresql+psycopg://`` URL. Both get the same tables.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +30,7 @@ from sqlalchemy import (
     select,
 )
 
+from association import sqlite_native
 from association.schema import BANDS
 
 SCHEMA_VERSION = 1
@@ -224,194 +221,11 @@ def _check_version(engine: Engine, found: int | None) -> None:
 
 
 # --- reading columns fast -------------------------------------------------
-#
-# Python's sqlite3 module makes a Python object of every value, about 7 s for
-# the 2 million Objects of a field. For SQLite files the rows are read instead
-# by a numba loop over the C API of the very libsqlite3 that the sqlite3 module
-# has loaded (a second copy of SQLite in one process would break its locks).
 
-_SQLITE_ROW = 100
-_SQLITE_DONE = 101
-_SQLITE_NULL = 5
-_SQLITE_OPEN_READWRITE = 0x2
-
-# Bound to numba external functions by `_native_reader`, before compiling.
-_sqlite3_step = None
-_sqlite3_column_type = None
-_sqlite3_column_int64 = None
-_sqlite3_column_double = None
+_KIND_ALIASES = {"i": "i8", "f": "f8"}
 
 
-_KINDS = ("i8", "i4", "i2", "i1", "f8", "f4")
-"""Column kinds `fetch_columns` returns; the kernel knows them by position."""
-
-
-def _step_rows(stmt, code, slot, i8, i4, i2, i1, f8, f4, start):  # pragma: no cover - numba
-    """Step ``stmt``, filling rows ``start``.. of the outputs; return (rows, last rc).
-
-    Column ``c`` goes to row ``slot[c]`` of the output of its kind ``code[c]``
-    (an index into `_KINDS`). NULL floats become NaN.
-    """
-    n = start
-    cap = i8.shape[1]
-    while n < cap:
-        rc = _sqlite3_step(stmt)
-        if rc != _SQLITE_ROW:
-            return n, rc
-        for c in range(code.shape[0]):
-            k, s = code[c], slot[c]
-            if k == 0:
-                i8[s, n] = _sqlite3_column_int64(stmt, c)
-            elif k == 1:
-                i4[s, n] = _sqlite3_column_int64(stmt, c)
-            elif k == 2:
-                i2[s, n] = _sqlite3_column_int64(stmt, c)
-            elif k == 3:
-                i1[s, n] = _sqlite3_column_int64(stmt, c)
-            else:
-                if _sqlite3_column_type(stmt, c) == _SQLITE_NULL:
-                    v = np.nan
-                else:
-                    v = _sqlite3_column_double(stmt, c)
-                if k == 4:
-                    f8[s, n] = v
-                else:
-                    f4[s, n] = v
-        n += 1
-    return n, _SQLITE_ROW
-
-
-class _NativeReader:
-    """Runs a SELECT on a SQLite file through the C API and a numba loop."""
-
-    def __init__(self, lib: ctypes.CDLL, kernel) -> None:
-        self.lib = lib
-        self.kernel = kernel
-        p = ctypes.c_void_p
-        lib.sqlite3_open_v2.argtypes = [ctypes.c_char_p, ctypes.POINTER(p), ctypes.c_int, p]
-        lib.sqlite3_busy_timeout.argtypes = [p, ctypes.c_int]
-        lib.sqlite3_prepare_v2.argtypes = [p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(p), p]
-        lib.sqlite3_bind_int64.argtypes = [p, ctypes.c_int, ctypes.c_int64]
-        lib.sqlite3_bind_double.argtypes = [p, ctypes.c_int, ctypes.c_double]
-        lib.sqlite3_column_count.argtypes = [p]
-        lib.sqlite3_errmsg.argtypes = [p]
-        lib.sqlite3_errmsg.restype = ctypes.c_char_p
-        lib.sqlite3_finalize.argtypes = [p]
-        lib.sqlite3_close_v2.argtypes = [p]
-
-    def fetch(
-        self,
-        path: str,
-        sql: str,
-        params: Sequence[int | float],
-        kinds: dict[str, str],
-        presize: bool,
-    ) -> dict[str, np.ndarray]:
-        lib = self.lib
-        db = ctypes.c_void_p()
-        try:
-            rc = lib.sqlite3_open_v2(path.encode(), ctypes.byref(db), _SQLITE_OPEN_READWRITE, None)
-            self._check(rc, db, path)
-            lib.sqlite3_busy_timeout(db, 60_000)
-            n = 1 << 16
-            if presize:
-                # One read transaction: the count and the rows see the same snapshot.
-                self._run(db, path, "BEGIN", ())
-                (count,) = self._run(db, path, f"SELECT count(*) FROM ({sql})", params, ["i8"])
-                n = int(count[0])
-            cols = self._run(db, path, sql, params, list(kinds.values()), n)
-            return dict(zip(kinds, cols, strict=True))
-        finally:
-            lib.sqlite3_close_v2(db)  # also ends the read transaction
-
-    def _run(
-        self, db, path: str, sql: str, params: Sequence, kinds: Sequence[str] = (), n: int = 0
-    ) -> list[np.ndarray]:
-        """Run ``sql``; return its columns, of ``kinds``, room made for ``n`` rows."""
-        lib = self.lib
-        stmt = ctypes.c_void_p()
-        try:
-            rc = lib.sqlite3_prepare_v2(db, sql.encode(), -1, ctypes.byref(stmt), None)
-            self._check(rc, db, path)
-            if lib.sqlite3_column_count(stmt) != len(kinds):
-                raise ValueError(
-                    f"query returns {lib.sqlite3_column_count(stmt)} columns, "
-                    f"expected {len(kinds)}: {sql}"
-                )
-            for i, value in enumerate(params, start=1):
-                if isinstance(value, float):
-                    rc = lib.sqlite3_bind_double(stmt, i, value)
-                else:
-                    rc = lib.sqlite3_bind_int64(stmt, i, int(value))
-                self._check(rc, db, path)
-            return self._step_all(stmt, db, path, kinds, n)
-        finally:
-            lib.sqlite3_finalize(stmt)
-
-    def _step_all(self, stmt, db, path: str, kinds: Sequence[str], n_expected: int):
-        code = np.array([_KINDS.index(k) for k in kinds], dtype=np.int64)
-        slot = np.zeros(len(kinds), dtype=np.int64)
-        for k in range(len(_KINDS)):
-            slot[code == k] = np.arange((code == k).sum())
-        cap, n = n_expected + 1, 0  # room to see the end without growing
-        outs = [np.empty(((code == k).sum(), cap), dtype=t) for k, t in enumerate(_KINDS)]
-        while True:
-            n, rc = self.kernel(stmt.value, code, slot, *outs, n)
-            if rc == _SQLITE_DONE:
-                break
-            if rc != _SQLITE_ROW:
-                self._check(rc, db, path)
-            cap = 2 * cap + 1024
-            outs = [_grow(out, n, cap) for out in outs]
-        return [outs[k][s, :n] for k, s in zip(code, slot, strict=True)]
-
-    def _check(self, rc: int, db, path: str) -> None:
-        if rc != 0:
-            msg = self.lib.sqlite3_errmsg(db).decode(errors="replace")
-            raise sqlite3.OperationalError(f"{path}: {msg} (SQLite code {rc})")
-
-
-def _grow(a: np.ndarray, n: int, cap: int) -> np.ndarray:
-    out = np.empty((a.shape[0], cap), dtype=a.dtype)
-    out[:, :n] = a[:, :n]
-    return out
-
-
-@functools.cache
-def _native_reader() -> _NativeReader | None:
-    """The native reader, or None where it cannot share the sqlite3 module's library."""
-    maps = Path("/proc/self/maps")
-    if not maps.exists():
-        return None
-    paths = {
-        line.split()[-1]
-        for line in maps.read_text().splitlines()
-        if "/libsqlite3" in line and line.split()[-1].startswith("/")
-    }
-    if len(paths) != 1:
-        return None  # statically linked into Python, or two copies already
-    path = paths.pop()
-    try:
-        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
-        lib.sqlite3_libversion.restype = ctypes.c_char_p
-        if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
-            return None
-        import llvmlite.binding as llvm
-        from numba import njit, types
-
-        llvm.load_library_permanently(path)
-    except (OSError, ImportError, AttributeError):
-        return None
-    global _sqlite3_step, _sqlite3_column_type, _sqlite3_column_int64, _sqlite3_column_double
-    ext, i32, ptr = types.ExternalFunction, types.int32, types.intp
-    _sqlite3_step = ext("sqlite3_step", i32(ptr))
-    _sqlite3_column_type = ext("sqlite3_column_type", i32(ptr, i32))
-    _sqlite3_column_int64 = ext("sqlite3_column_int64", types.int64(ptr, i32))
-    _sqlite3_column_double = ext("sqlite3_column_double", types.float64(ptr, i32))
-    return _NativeReader(lib, njit(cache=True, nogil=True)(_step_rows))
-
-
-def _sqlite_file(engine: Engine) -> str | None:
+def sqlite_file(engine: Engine) -> str | None:
     """The database file of a SQLite engine; None for other engines and memory."""
     if engine.dialect.name != "sqlite":
         return None
@@ -419,6 +233,12 @@ def _sqlite_file(engine: Engine) -> str | None:
     if not name or name == ":memory:" or name.startswith("file:") or not Path(name).is_file():
         return None
     return str(Path(name).resolve())
+
+
+def native_sqlite_file(engine: Engine, native: bool = True) -> str | None:
+    """The file of a SQLite engine when `association.sqlite_native` can work on it, else None."""
+    path = sqlite_file(engine) if native else None
+    return path if path is not None and sqlite_native.available() else None
 
 
 def fetch_columns(
@@ -446,8 +266,9 @@ def fetch_columns(
         (or ``"i"``), ``"i4"``, ``"i2"``, ``"i1"`` (the column must not be
         NULL), ``"f8"`` (or ``"f"``), ``"f4"`` (NULL read as NaN).
     native : bool
-        Read SQLite files through the C API (fast); False forces the
-        database driver's cursor, as for every other database.
+        Read SQLite files through the C API (`association.sqlite_native`,
+        fast); False forces the database driver's cursor, as for every other
+        database.
     presize : bool
         Natively, count the rows first to fill the columns without regrowing
         them; worth it unless the query is much dearer than a range scan.
@@ -456,14 +277,19 @@ def fetch_columns(
     -------
     dict of str to ndarray
     """
-    kinds = {name: {"i": "i8", "f": "f8"}.get(k, k) for name, k in kinds.items()}
-    unknown = set(kinds.values()) - set(_KINDS)
+    kinds = {name: _KIND_ALIASES.get(k, k) for name, k in kinds.items()}
+    unknown = set(kinds.values()) - set(sqlite_native.KINDS)
     if unknown:
-        raise ValueError(f"column kinds {sorted(unknown)} not among {_KINDS}")
-    path = _sqlite_file(engine) if native else None
-    reader = _native_reader() if path else None
-    if reader is not None:
-        return reader.fetch(path, sql, params, kinds, presize)
+        raise ValueError(f"column kinds {sorted(unknown)} not among {sqlite_native.KINDS}")
+    path = native_sqlite_file(engine, native)
+    if path is not None:
+        with sqlite_native.connect(path) as conn:
+            expected = 1 << 16
+            if presize:
+                # One read transaction: the count and the rows see the same snapshot.
+                conn.execute("BEGIN")
+                expected = conn.count(sql, params)
+            return conn.fetch(sql, params, kinds, expected=expected)
     if engine.dialect.paramstyle != "qmark":
         sql = sql.replace("?", "%s")
     dtype = np.dtype(list(kinds.items()))

@@ -3,13 +3,15 @@
 The index is a grid of cells: zones of fixed height in dec, each cut into the
 same number of columns in a rotated RA (``(ra - ra0) mod 360``, with ``ra0``
 in the largest RA gap of the data, so a field at RA 0/360 is one compact
-block). A counting sort (count, prefix sum, scatter) lists the objects cell by
-cell; ``offsets`` holds each cell's start. Each listed row also carries the
-object's dec within its zone, so a query skips most candidates without
-touching their positions. A query visits, zone by zone, the column ranges its
-disc can reach (all columns when the disc holds a pole), prunes on dec and RA
-offsets, then decides with the haversine formula, which is well conditioned
-for tiny angles.
+block). A two-pass radix sort lists the objects cell by cell; ``offsets``
+holds each cell's start. Each listed row also carries where its object lies
+in the cell, so a query skips most candidates without loading their
+positions. A query visits, zone by zone, the columns its disc can reach (all
+of them when the disc holds a pole), prunes on those in-cell codes, then on
+dec and RA offsets, and decides with the haversine formula, which is well
+conditioned for tiny angles. Positions outside the layout (which is shaped
+from a sample) fall into the edge cells, which the queries' clamped ranges
+also visit.
 
 Every kernel either works per query (no shared writes) or per fixed block of
 the input in block order, so results never depend on the number of threads.
@@ -25,23 +27,23 @@ _PAD_DEG = 1e-9  # slack on search ranges; the haversine test decides
 N_RA_BINS = 3600  # RA histogram used to find the data's largest RA gap
 
 _JIT = {"cache": True, "nogil": True}
-# A packed row: the input row in the low 47 bits, and in the 16 above the object's
-# dec within its zone (1/65536ths of the height), to prune without a lookup.
-CODE_SHIFT = 47
-ROW_MASK = (1 << CODE_SHIFT) - 1
-_ROW31 = (1 << 31) - 1
-_CODE_BITS = 0xFFFF << 31  # the zone code while a row is in the build's buckets
+# An index entry packs the input row (bits 0-30) with where the object lies in
+# its cell, in 1/256ths of the cell's width (bits 31-38) and height (39-46),
+# so a query prunes most candidates without loading their positions.
+ROW_MASK = (1 << 31) - 1
+_CODES = 0xFFFF << 31
+_LOCAL_SHIFT = 47  # while the build deals entries into buckets: the local cell
 
 
 @nb.njit(**_JIT, inline="always")
 def _wrap180(x):
-    # x reduced to [-180, 180)
-    return x - 360.0 * np.floor((x + 180.0) / 360.0)
+    # x reduced to about [-180, 180]
+    return x - 360.0 * np.floor((x + 180.0) * (1.0 / 360.0))
 
 
 @nb.njit(**_JIT, inline="always")
 def _wrap360(x):
-    return x - 360.0 * np.floor(x / 360.0)
+    return x - 360.0 * np.floor(x * (1.0 / 360.0))
 
 
 @nb.njit(**_JIT, inline="always")
@@ -51,14 +53,21 @@ def _zone(dec, zone0, inv_h, nz):
 
 @nb.njit(**_JIT, inline="always")
 def _zcode(dec, zone0, inv_h, z):
-    # where dec lies in zone z, in 1/65536ths of its height (clamped)
-    f = ((dec + 90.0) * inv_h - (zone0 + z)) * 65536.0
-    return np.int64(np.floor(min(max(f, -1.0), 65536.0)))
+    # where dec lies in zone z, in 1/256ths of its height (clamped to -1..256)
+    f = ((dec + 90.0) * inv_h - (zone0 + z)) * 256.0
+    return np.int64(np.floor(min(max(f, -1.0), 256.0)))
 
 
 @nb.njit(**_JIT, inline="always")
 def _col(ra_rot, ra_lo, inv_w, nc):
     return min(max(np.int64(np.floor((ra_rot - ra_lo) * inv_w)), 0), nc - 1)
+
+
+@nb.njit(**_JIT, inline="always")
+def _ccode(ra_rot, ra_lo, inv_w, c):
+    # where a rotated RA lies in column c, in 1/256ths of its width (-1..256)
+    f = ((ra_rot - ra_lo) * inv_w - c) * 256.0
+    return np.int64(np.floor(min(max(f, -1.0), 256.0)))
 
 
 @nb.njit(**_JIT)
@@ -82,14 +91,79 @@ def sample_stats(ra, dec, step):
 
 
 @nb.njit(**_JIT, inline="always")
-def _key(r, d, ra0, ra_lo, inv_w, zone0, inv_h, nz, nc):
-    # cell of (r, d), and its packed-row high bits
+def _cell_code(r, d, ra0, ra_lo, inv_w, zone0, inv_h, nz, nc):
+    # (cell << 16) | (dec code << 8) | RA code of a position, -1 if it is not
+    # finite or |d| > 90; branch-free, so the loop over rows vectorises
+    ok = (r - r == 0.0) & (d >= -90.0) & (d <= 90.0)
     z = _zone(d, zone0, inv_h, nz)
-    k = z * nc + _col(_wrap360(r - ra0), ra_lo, inv_w, nc)
-    return k, min(max(_zcode(d, zone0, inv_h, z), 0), 65535) << CODE_SHIFT
+    rot = _wrap360(r - ra0)
+    c = _col(rot, ra_lo, inv_w, nc)
+    dcode = min(max(_zcode(d, zone0, inv_h, z), 0), 255)
+    rcode = min(max(_ccode(rot, ra_lo, inv_w, c), 0), 255)
+    return ((z * nc + c) << 16) | (dcode << 8) | rcode if ok else -1
 
 
 _BUCKET_ROWS = 8192  # aim of the build's first pass: buckets that fit in L2
+
+# The block helpers take views and loop from 0: numba then knows the index is
+# not negative, and the loops compile tight (the first one vectorises).
+
+
+@nb.njit(**_JIT)
+def _keys_block(ra, dec, geo, keys):
+    # keys = (cell << 16) | code of each position
+    ra0, ra_lo, inv_w, zone0, inv_h = geo[0], geo[1], 1.0 / geo[3], geo[4], 1.0 / geo[5]
+    nz = np.int64(geo[6])
+    nc = np.int64(geo[7])
+    for j in range(keys.size):
+        keys[j] = _cell_code(ra[j], dec[j], ra0, ra_lo, inv_w, zone0, inv_h, nz, nc)
+
+
+@nb.njit(**_JIT)
+def _count_block(keys, shift, cnt):
+    # add the keys' bucket counts to cnt; return the number of bad keys
+    bad = 0
+    for j in range(keys.size):
+        key = keys[j]
+        if key < 0:
+            bad += 1
+        else:
+            cnt[key >> (16 + shift)] += 1
+    return bad
+
+
+@nb.njit(**_JIT)
+def _deal_block(keys, row0, shift, nxt, tmp):
+    # deal rows row0.. into their buckets' next free slots of tmp, as index
+    # entries with the local cell above them
+    lmask = (1 << shift) - 1
+    for j in range(keys.size):
+        key = keys[j]
+        b = key >> (16 + shift)
+        p = nxt[b]
+        nxt[b] = p + 1
+        tmp[p] = (((key >> 16) & lmask) << _LOCAL_SHIFT) | ((key & 0xFFFF) << 31) | (row0 + j)
+
+
+@nb.njit(**_JIT)
+def _sort_bucket(tmp, rows, start, offsets):
+    # counting sort of a bucket (tmp, at `start` in the index) into rows,
+    # writing its cells' offsets
+    local = np.zeros(offsets.size, np.int64)
+    for p in range(tmp.size):
+        local[tmp[p] >> _LOCAL_SHIFT] += 1
+    run = 0
+    for j in range(local.size):
+        here = local[j]
+        offsets[j] = start + run
+        local[j] = run
+        run += here
+    for p in range(tmp.size):
+        e = tmp[p]
+        j = e >> _LOCAL_SHIFT
+        q = local[j]
+        local[j] = q + 1
+        rows[q] = e & (_CODES | ROW_MASK)
 
 
 @nb.njit(**_JIT, parallel=True)
@@ -106,28 +180,18 @@ def build_cells(ra, dec, geo, nt, tmp, rows, offsets):
     cells.
     """
     n = ra.size
-    ra0, ra_lo, inv_w, zone0, inv_h = geo[0], geo[1], 1.0 / geo[3], geo[4], 1.0 / geo[5]
-    nz = np.int64(geo[6])
-    nc = np.int64(geo[7])
-    ncell = nz * nc
+    ncell = np.int64(geo[6]) * np.int64(geo[7])
     shift = 0  # cells per bucket: 2**shift <= 2**16, the width of a local cell
     while shift < 16 and (ncell >> shift) * _BUCKET_ROWS > n:
         shift += 1
     nbkt = ((ncell - 1) >> shift) + 1
+    keys = rows  # rows holds each row's (cell << 16) | code until the last pass
     counts = np.zeros((nt, nbkt), np.int64)
     nbad = np.zeros(nt, np.int64)
     for t in nb.prange(nt):
-        cnt = counts[t]
-        bad = 0
-        for i in range(t * n // nt, (t + 1) * n // nt):
-            r = ra[i]
-            d = dec[i]
-            if not (np.isfinite(r) and d >= -90.0 and d <= 90.0):
-                bad += 1
-                continue
-            k, _ = _key(r, d, ra0, ra_lo, inv_w, zone0, inv_h, nz, nc)
-            cnt[k >> shift] += 1
-        nbad[t] = bad
+        lo, hi = t * n // nt, (t + 1) * n // nt
+        _keys_block(ra[lo:hi], dec[lo:hi], geo, keys[lo:hi])
+        nbad[t] = _count_block(keys[lo:hi], shift, counts[t])
     if nbad.sum() > 0:
         return nbad.sum()
     bstart = np.empty(nbkt + 1, np.int64)
@@ -139,68 +203,49 @@ def build_cells(ra, dec, geo, nt, tmp, rows, offsets):
             counts[t, b] = run
             run += here
     bstart[nbkt] = n
-    lmask = (1 << shift) - 1
     for t in nb.prange(nt):
-        nxt = counts[t]
-        for i in range(t * n // nt, (t + 1) * n // nt):
-            k, high = _key(ra[i], dec[i], ra0, ra_lo, inv_w, zone0, inv_h, nz, nc)
-            p = nxt[k >> shift]
-            nxt[k >> shift] = p + 1
-            # local cell in bits 47-62, zone code in 31-46, row in 0-30
-            tmp[p] = ((k & lmask) << CODE_SHIFT) | (high >> 16) | i
+        lo, hi = t * n // nt, (t + 1) * n // nt
+        _deal_block(keys[lo:hi], lo, shift, counts[t], tmp)
     for b in nb.prange(nbkt):
-        lo = bstart[b]
-        hi = bstart[b + 1]
+        lo, hi = bstart[b], bstart[b + 1]
         c0 = b << shift
-        m = min(1 << shift, ncell - c0)
-        local = np.zeros(m, np.int64)
-        for p in range(lo, hi):
-            local[tmp[p] >> CODE_SHIFT] += 1
-        run = lo
-        for j in range(m):
-            here = local[j]
-            offsets[c0 + j] = run
-            local[j] = run
-            run += here
-        for p in range(lo, hi):
-            e = tmp[p]
-            j = e >> CODE_SHIFT
-            q = local[j]
-            local[j] = q + 1
-            rows[q] = ((e & _CODE_BITS) << 16) | (e & _ROW31)
+        c1 = min(c0 + (1 << shift), ncell)
+        _sort_bucket(tmp[lo:hi], rows[lo:hi], lo, offsets[c0:c1])
     offsets[ncell] = n
     return 0
 
 
 @nb.njit(**_JIT)
-def _col_ranges(ra, cosd, sin_r, ra0, ra_lo, col_w, nc, pole):
-    # The column ranges (at most two, disjoint, ascending) a disc of radius r
-    # around (ra, dec) can reach, and its RA half-width in degrees (360 when
-    # it reaches every RA).
+def _ra_pieces(ra, cosd, sin_r, ra0, ra_lo, col_w, nc, pole):
+    # The rotated-RA pieces a disc of radius r around (ra, dec) can reach: at
+    # most two, disjoint, ascending, each as (first col, last col, lo, hi);
+    # an empty second piece has last col < first col. Also the disc's RA
+    # half-width in degrees (360: it reaches every RA, and lo, hi are moot).
     s = sin_r / cosd if cosd > 0.0 else 2.0
+    everything = (0, nc - 1, -1e300, 1e300, 0, -1, 0.0, 0.0, 360.0)
     if pole or s >= 0.5:
-        return 0, nc - 1, 0, -1, 360.0
-    # asin(s) <= tan(asin(s))
-    half = s / np.sqrt(1.0 - s * s) / _DEG * (1.0 + 1e-9) + _PAD_DEG
+        return everything
+    half = s / np.sqrt(1.0 - s * s) / _DEG * (1.0 + 1e-9) + _PAD_DEG  # >= asin(s)
     if 2.0 * (half + col_w) >= 360.0:
-        return 0, nc - 1, 0, -1, 360.0
+        return everything
     inv_w = 1.0 / col_w
     a = _wrap360(ra - ra0)
     lo = a - half
     hi = a + half
-    # [lo, hi] lies in (-180, 540): cut into pieces of [0, 360], low piece first
-    c3, c4 = 0, -1
+    # [lo, hi] lies in (-180, 540): cut it at 0 or 360
     if lo < 0.0:
-        c1, c2 = _col(0.0, ra_lo, inv_w, nc), _col(hi, ra_lo, inv_w, nc)
-        c3, c4 = _col(lo + 360.0, ra_lo, inv_w, nc), _col(360.0, ra_lo, inv_w, nc)
+        x1, x2, y1, y2 = 0.0, hi, lo + 360.0, 360.0
     elif hi >= 360.0:
-        c1, c2 = _col(0.0, ra_lo, inv_w, nc), _col(hi - 360.0, ra_lo, inv_w, nc)
-        c3, c4 = _col(lo, ra_lo, inv_w, nc), _col(360.0, ra_lo, inv_w, nc)
+        x1, x2, y1, y2 = 0.0, hi - 360.0, lo, 360.0
     else:
-        c1, c2 = _col(lo, ra_lo, inv_w, nc), _col(hi, ra_lo, inv_w, nc)
-    if c4 >= c3 and c3 <= c2 + 1:
-        return c1, max(c2, c4), 0, -1, half
-    return c1, c2, c3, c4, half
+        x1, x2, y1, y2 = lo, hi, 0.0, -1.0
+    c1, c2 = _col(x1, ra_lo, inv_w, nc), _col(x2, ra_lo, inv_w, nc)
+    c3, c4 = 0, -1
+    if y1 <= y2:
+        c3, c4 = _col(y1, ra_lo, inv_w, nc), _col(y2, ra_lo, inv_w, nc)
+        if c3 <= c2:  # both pieces reach one column: scan them as one
+            return everything
+    return c1, c2, x1, x2, c3, c4, y1, y2, half
 
 
 @nb.njit(**_JIT, inline="always")
@@ -221,65 +266,92 @@ def _cos_near(cosd, sind, x, dec2):
     return np.cos(_DEG * dec2)
 
 
+@nb.njit(**_JIT, inline="always")
+def _radius(r):
+    # per-call constants of a search radius r (deg): padded r, sin of it,
+    # haversine of r
+    rpad = r * (1.0 + 1e-9) + _PAD_DEG
+    hr = _sin(0.5 * _DEG * r)
+    return rpad, np.sin(_DEG * rpad), hr * hr
+
+
 @nb.njit(**_JIT)
-def _scan(qra, qdec, r, geo, ra, dec, rows, ids, offsets, nearest, out_row, out_hav, start, cap):
-    # Visit every object within r deg of (qra, qdec). Pairs: write the first
-    # `cap` (row, haversine) from `start` and return how many there are.
-    # Nearest: return the row with the smallest haversine, then smallest id
-    # (-1 if none), its haversine in out_hav[start].
+def _scan(
+    qra,
+    qdec,
+    rpad,
+    sin_rpad,
+    hav_r,
+    geo,
+    ra,
+    dec,
+    rows,
+    ids,
+    offsets,
+    nearest,
+    out_row,
+    out_hav,
+    start,
+    cap,
+):
+    # Visit every object within the radius (constants from _radius) of (qra, qdec).
+    # Pairs: write the first `cap` (row, haversine) from `start` and return
+    # how many there are. Nearest: return the row with the smallest
+    # haversine, then smallest id (-1 if none), its haversine in out_hav[start].
     ra0, ra_lo, col_w, zone0, inv_h = geo[0], geo[1], geo[3], geo[4], 1.0 / geo[5]
+    inv_w = 1.0 / col_w
     nz = np.int64(geo[6])
     nc = np.int64(geo[7])
-    rpad = r * (1.0 + 1e-9) + _PAD_DEG
     z1 = _zone(qdec - rpad, zone0, inv_h, nz)
     z2 = _zone(qdec + rpad, zone0, inv_h, nz)
     cosd = np.cos(_DEG * qdec)
     sind = np.sin(_DEG * qdec)
     pole = qdec + rpad >= 90.0 or qdec - rpad <= -90.0
-    c1, c2, c3, c4, half = _col_ranges(qra, cosd, np.sin(_DEG * rpad), ra0, ra_lo, col_w, nc, pole)
-    hr = _sin(0.5 * _DEG * r)
-    hav_r = hr * hr
+    c1, c2, x1, x2, c3, c4, y1, y2, half = _ra_pieces(
+        qra, cosd, sin_rpad, ra0, ra_lo, col_w, nc, pole
+    )
     found = 0
     best = -1
     best_hav = np.inf
     for z in range(z1, z2 + 1):
-        code_lo = _zcode(qdec - rpad, zone0, inv_h, z) - 1
-        code_hi = _zcode(qdec + rpad, zone0, inv_h, z) + 1
+        # entries whose dec code is outside [dlo, dhi] are out of reach
+        dlo = _zcode(qdec - rpad, zone0, inv_h, z) - 1
+        dhi = _zcode(qdec + rpad, zone0, inv_h, z) + 1
         for piece in range(2):
-            if piece == 0:
-                p1 = offsets[z * nc + c1]
-                p2 = offsets[z * nc + c2 + 1]
-            elif c4 >= c3:
-                p1 = offsets[z * nc + c3]
-                p2 = offsets[z * nc + c4 + 1]
-            else:
-                break
-            for p in range(p1, p2):
-                packed = rows[p]
-                code = packed >> CODE_SHIFT
-                if code < code_lo or code > code_hi:
-                    continue
-                row = packed & ROW_MASK
-                od = dec[row]
-                ddec = od - qdec
-                if abs(ddec) > rpad:
-                    continue
-                dra = _wrap180(ra[row] - qra)
-                if abs(dra) > half:
-                    continue
-                sd = _sin(0.5 * _DEG * ddec)
-                sa = _sin(0.5 * _DEG * dra)
-                h = sd * sd + cosd * _cos_near(cosd, sind, _DEG * ddec, od) * sa * sa
-                if h > hav_r:
-                    continue
-                if nearest:
-                    if h < best_hav or (h == best_hav and ids[row] < ids[best]):
-                        best = row
-                        best_hav = h
-                elif found < cap:
-                    out_row[start + found] = row
-                    out_hav[start + found] = h
-                found += 1
+            ca, cb, xa, xb = (c1, c2, x1, x2) if piece == 0 else (c3, c4, y1, y2)
+            for c in range(ca, cb + 1):
+                rlo, rhi = -1, 256
+                if half < 360.0:
+                    rlo = _ccode(xa, ra_lo, inv_w, c) - 1
+                    rhi = _ccode(xb, ra_lo, inv_w, c) + 1
+                seg = rows[offsets[z * nc + c] : offsets[z * nc + c + 1]]
+                for p in range(seg.size):
+                    e = seg[p]
+                    dc = (e >> 39) & 255
+                    rc = (e >> 31) & 255
+                    if dc < dlo or dc > dhi or rc < rlo or rc > rhi:
+                        continue
+                    row = e & ROW_MASK
+                    od = dec[row]
+                    ddec = od - qdec
+                    if abs(ddec) > rpad:
+                        continue
+                    dra = _wrap180(ra[row] - qra)
+                    if abs(dra) > half:
+                        continue
+                    sd = _sin(0.5 * _DEG * ddec)
+                    sa = _sin(0.5 * _DEG * dra)
+                    h = sd * sd + cosd * _cos_near(cosd, sind, _DEG * ddec, od) * sa * sa
+                    if h > hav_r:
+                        continue
+                    if nearest:
+                        if h < best_hav or (h == best_hav and ids[row] < ids[best]):
+                            best = row
+                            best_hav = h
+                    elif found < cap:
+                        out_row[start + found] = row
+                        out_hav[start + found] = h
+                    found += 1
     if nearest:
         out_hav[start] = best_hav
         return best
@@ -298,6 +370,7 @@ _PAIRS_PER_QUERY = 4  # pairs each query may keep from the first pass
 def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     """All (query, row, distance arcsec) within ``r`` deg, sorted by (query, row)."""
     m = qra.size
+    rpad, sin_rpad, hav_r = _radius(r)
     cap = _PAIRS_PER_QUERY
     buf_row = np.empty(m * cap, np.int64)
     buf_hav = np.empty(m * cap, np.float64)
@@ -307,7 +380,9 @@ def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
         counts[q + 1] = _scan(
             qra[q],
             qdec[q],
-            r,
+            rpad,
+            sin_rpad,
+            hav_r,
             geo,
             ra,
             dec,
@@ -330,7 +405,24 @@ def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
         s = counts[q]
         e = counts[q + 1]
         if e - s > cap:  # more than the first pass kept: scan again
-            _scan(qra[q], qdec[q], r, geo, ra, dec, rows, ids, offsets, False, orow, dist, s, e - s)
+            _scan(
+                qra[q],
+                qdec[q],
+                rpad,
+                sin_rpad,
+                hav_r,
+                geo,
+                ra,
+                dec,
+                rows,
+                ids,
+                offsets,
+                False,
+                orow,
+                dist,
+                s,
+                e - s,
+            )
         else:
             for i in range(e - s):
                 orow[s + i] = buf_row[q * cap + i]
@@ -355,17 +447,35 @@ def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
 def query_nearest(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     """Nearest row within ``r`` deg per query (-1 if none; ties to the smaller id)."""
     m = qra.size
+    rpad, sin_rpad, hav_r = _radius(r)
     orow = np.empty(m, np.int64)
     dist = np.empty(m, np.float64)
     none = np.empty(0, np.int64)
     for q in nb.prange(m):
-        best = _scan(qra[q], qdec[q], r, geo, ra, dec, rows, ids, offsets, True, none, dist, q, 0)
+        best = _scan(
+            qra[q],
+            qdec[q],
+            rpad,
+            sin_rpad,
+            hav_r,
+            geo,
+            ra,
+            dec,
+            rows,
+            ids,
+            offsets,
+            True,
+            none,
+            dist,
+            q,
+            0,
+        )
         orow[q] = best
         dist[q] = _hav_to_arcsec(dist[q]) if best >= 0 else np.nan
     return orow, dist
 
 
-@nb.njit(**_JIT, parallel=True)
+@nb.njit(**_JIT)
 def inside_ellipse(pred_idx, src_idx, pra, pdec, a, b, pa, sra, sdec):
     """Whether each (prediction, source) pair lies inside the prediction's ellipse.
 
@@ -375,7 +485,7 @@ def inside_ellipse(pred_idx, src_idx, pra, pdec, a, b, pa, sra, sdec):
     """
     n = pred_idx.size
     out = np.empty(n, np.bool_)
-    for k in nb.prange(n):
+    for k in range(n):
         i = pred_idx[k]
         j = src_idx[k]
         d0 = _DEG * pdec[i]

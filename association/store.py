@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from sqlalchemy import Connection, Engine, Table, select
 
-from association import db
+from association import db, sqlite_native
 from association.schema import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
 
 MOVING_DTYPE = np.dtype([("visit", "i8"), ("ssObjectId", "i8"), ("diaSourceId", "i8")])
@@ -24,12 +24,13 @@ ALERT_DTYPE = np.dtype([("alertId", "i8"), ("diaSourceId", "i8"), ("diaObjectId"
 """The record of an alert sent."""
 
 BULK_CHUNK = 50_000
-"""Rows per executemany in the bulk loads."""
+"""Rows converted at a time by the bulk loads' driver and COPY paths."""
+
+BULK_CACHE_KIB = 262_144
+"""SQLite page cache of a native bulk load, KiB."""
 
 VOLATILE_COLUMNS = {"visits": ("stored_at",)}
 """Columns that differ between two runs doing the same work; `table_rows` skips them."""
-
-_BAND_LETTERS = np.array(list(BANDS))
 
 
 @dataclass
@@ -54,6 +55,7 @@ def store_visit(
     objects: np.ndarray,
     moving: np.ndarray | Sequence[np.ndarray] | None = None,
     alerts: np.ndarray | Sequence[np.ndarray] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> None:
     """Write one visit in one transaction; storing it again leaves the same rows.
 
@@ -71,6 +73,8 @@ def store_visit(
         The visit's moving-object matches.
     alerts : ALERT_DTYPE array or (alertId, diaSourceId, diaObjectId) arrays
         The visit's alerts.
+    before_commit : callable, optional
+        Called inside the transaction, last; if it raises, nothing is stored.
     """
     visit = int(record.visit)
     moving = _records(moving, MOVING_DTYPE)
@@ -90,6 +94,8 @@ def store_visit(
             _plain_rows(alerts, visit=visit, names=[c.name for c in db.alerts.columns]),
         )
         conn.execute(db.visits.insert().values(**visit_row))
+        if before_commit is not None:
+            before_commit()  # an exception here rolls the visit back
 
 
 def visit_stored(engine: Engine, visit: int) -> bool:
@@ -135,6 +141,8 @@ def load_recent_diasources(
     A DIASource is chosen by its Object's fine index, not its own. At most
     ``per_object`` per Object, the latest by midpointMjdTai (ties: larger
     diaSourceId); sorted by (diaObjectId, midpointMjdTai, diaSourceId).
+    On SQLite files (unless ``native=False``) a compiled loop walks down each
+    Object's end of the diasources primary key.
     """
     if per_object <= 0:
         return np.empty(0, dtype=DIASOURCE_DTYPE)
@@ -144,7 +152,32 @@ def load_recent_diasources(
     cols = ", ".join(
         f"CASE d.{q(n)} {band} ELSE -1 END" if n == "band" else f"d.{q(n)}" for n in kinds
     )
-    oid, mjd = q("diaObjectId"), q("midpointMjdTai")
+    oid, mjd, sid, fine = q("diaObjectId"), q("midpointMjdTai"), q("diaSourceId"), q("fine")
+    path = db.native_sqlite_file(engine, native)
+    if path is not None:
+        with sqlite_native.connect(path) as conn:
+            conn.execute("BEGIN")  # the Objects and their DIASources from one snapshot
+            ids = conn.fetch(
+                f"SELECT {oid} FROM objects WHERE {fine} >= ? AND {fine} < ?",
+                (int(lo), int(hi)),
+                {"id": "i8"},
+            )["id"]
+            ids.sort()
+            # Latest first, straight down the (diaObjectId, midpointMjdTai,
+            # diaSourceId) key from each Object's end; then each turned round.
+            found = conn.fetch_each(
+                f"SELECT {cols} FROM diasources d WHERE d.{oid} = ? "
+                f"ORDER BY d.{mjd} DESC, d.{sid} DESC LIMIT ?",
+                ids,
+                kinds,
+                (int(per_object),),
+                expected=min(len(ids) * int(per_object), 1 << 22),
+                reverse_each=True,
+            )
+        out = np.empty(len(found["diaObjectId"]), dtype=DIASOURCE_DTYPE)
+        for name, values in found.items():
+            out[name] = values
+        return out
     # Per Object, the time of its per_object-th latest DIASource: a short walk
     # down the (diaObjectId, midpointMjdTai, ...) key, no sort of all rows.
     nth = (
@@ -153,11 +186,11 @@ def load_recent_diasources(
     )
     sql = (
         f"SELECT {cols} FROM objects o JOIN diasources d ON d.{oid} = o.{oid} "
-        f"WHERE o.{q('fine')} >= ? AND o.{q('fine')} < ? "
+        f"WHERE o.{fine} >= ? AND o.{fine} < ? "
         f"AND d.{mjd} >= COALESCE(({nth}), -1e308)"
     )
     params = (int(lo), int(hi), int(per_object) - 1)
-    found = db.fetch_columns(engine, sql, params, kinds, native=native, presize=False)
+    found = db.fetch_columns(engine, sql, params, kinds, native=False)
     out = np.empty(len(found["diaSourceId"]), dtype=DIASOURCE_DTYPE)
     for name, values in found.items():
         out[name] = values
@@ -168,16 +201,30 @@ def load_recent_diasources(
     return out[group_end - np.arange(len(ids)) <= per_object]
 
 
-def bulk_load_objects(engine: Engine, objects: np.ndarray, chunk: int = BULK_CHUNK) -> None:
-    """Insert a starting catalogue of Objects (new ids only) in one transaction."""
-    order = np.lexsort((objects["diaObjectId"], objects["fine"]))  # the clustering order
-    _bulk(engine, db.objects, objects[order], object_rows, chunk)
+def bulk_load_objects(
+    engine: Engine, objects: np.ndarray, chunk: int = BULK_CHUNK, *, native: bool = True
+) -> None:
+    """Insert a starting catalogue of Objects (new ids only) in one transaction.
+
+    Rows go in primary-key order. SQLite files are written through the C API
+    (`association.sqlite_native`; ``native=False`` uses the driver),
+    PostgreSQL by COPY. Into an empty table, its other indexes are built
+    after the rows. ``chunk`` rows are converted at a time.
+    """
+    order = _key_order(objects["fine"], objects["diaObjectId"])
+    _bulk(engine, db.objects, _object_columns(objects), order, chunk, native)
 
 
-def bulk_load_diasources(engine: Engine, diasources: np.ndarray, chunk: int = BULK_CHUNK) -> None:
-    """Insert past DIASources (new ids only) in one transaction."""
-    order = np.lexsort((diasources["diaSourceId"], diasources["diaObjectId"]))
-    _bulk(engine, db.diasources, diasources[order], diasource_rows, chunk)
+def bulk_load_diasources(
+    engine: Engine, diasources: np.ndarray, chunk: int = BULK_CHUNK, *, native: bool = True
+) -> None:
+    """Insert past DIASources (new ids only) in one transaction; see `bulk_load_objects`."""
+    _check_bands(diasources["band"])
+    order = _key_order(
+        diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
+    )
+    columns = {c.name: diasources[c.name] for c in db.diasources.columns}
+    _bulk(engine, db.diasources, columns, order, chunk, native, {"band": BANDS})
 
 
 def table_rows(engine: Engine, *, volatile: bool = False) -> dict[str, set[tuple]]:
@@ -198,33 +245,133 @@ def table_rows(engine: Engine, *, volatile: bool = False) -> dict[str, set[tuple
 
 def object_rows(objects: np.ndarray) -> list[tuple]:
     """Objects as tuples in the column order of the ``objects`` table."""
-    cols = []
-    for c in db.objects.columns:
-        field, band = _object_field(c.name)
-        cols.append(_pylist(objects[field] if band is None else objects[field][:, band]))
-    return list(zip(*cols, strict=True))
+    return _tuples(_object_columns(objects))
 
 
 def diasource_rows(diasources: np.ndarray) -> list[tuple]:
     """DIASources as tuples in the column order of the ``diasources`` table."""
-    band = diasources["band"]
+    _check_bands(diasources["band"])
+    columns = {c.name: diasources[c.name] for c in db.diasources.columns}
+    return _tuples(columns, texts={"band": BANDS})
+
+
+def _object_columns(objects: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``objects`` table's columns as views into OBJECT_DTYPE records."""
+    out = {}
+    for c in db.objects.columns:
+        field, band = _object_field(c.name)
+        out[c.name] = objects[field] if band is None else objects[field][:, band]
+    return out
+
+
+def _check_bands(band: np.ndarray) -> None:
     bad = np.flatnonzero((band < 0) | (band >= len(BANDS)))
     if bad.size:
         raise ValueError(f"diasources row {bad[0]}: band index {band[bad[0]]} not in 0..5")
+
+
+def _tuples(
+    columns: dict[str, np.ndarray],
+    take: slice | np.ndarray = slice(None),
+    texts: dict[str, Sequence[str]] | None = None,
+) -> list[tuple]:
+    """Rows ``take`` of the columns as tuples of Python values (NaN as None).
+
+    A column named in ``texts`` holds indices into its strings.
+    """
+    texts = texts or {}
     cols = []
-    for c in db.diasources.columns:
-        if c.name == "band":
-            cols.append(_BAND_LETTERS[band].tolist())
+    for name, values in columns.items():
+        values = values[take]
+        if name in texts:
+            cols.append(np.asarray(list(texts[name]))[values].tolist())
         else:
-            cols.append(_pylist(diasources[c.name]))
+            cols.append(_pylist(values))
     return list(zip(*cols, strict=True))
 
 
-def _bulk(engine: Engine, table: Table, rows: np.ndarray, convert, chunk: int) -> None:
+def _key_order(*keys: np.ndarray) -> np.ndarray | None:
+    """The order sorting rows by ``keys`` (most significant first); None if sorted."""
+    n = len(keys[0])
+    if n < 2 or _sorted_by(keys):
+        return None
+    # The last key (a unique id) only decides between rows equal in all the
+    # others, which is rare: sort by those first, and by all only if needed.
+    head = keys[:-1] or keys
+    order = np.lexsort(head[::-1]) if len(head) > 1 else np.argsort(head[0], kind="stable")
+    if len(keys) > 1:
+        tie = np.ones(n - 1, dtype=bool)
+        for key in head:
+            ranked = key[order]
+            tie &= ranked[1:] == ranked[:-1]
+        if tie.any():
+            order = np.lexsort(keys[::-1])
+    return order
+
+
+def _sorted_by(keys: Sequence[np.ndarray]) -> bool:
+    """Whether the rows are in order of ``keys`` (most significant first)."""
+    undecided = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        step = np.diff(key)
+        if (step[undecided] < 0).any():
+            return False
+        undecided &= step == 0
+    return True
+
+
+def _bulk(
+    engine: Engine,
+    table: Table,
+    columns: dict[str, np.ndarray],
+    order: np.ndarray | None,
+    chunk: int,
+    native: bool,
+    texts: dict[str, Sequence[str]] | None = None,
+) -> None:
+    """Insert rows ``order`` of ``columns`` into ``table`` in one transaction."""
+    path = db.native_sqlite_file(engine, native)
+    if path is not None:
+        with sqlite_native.connect(path, cache_kib=BULK_CACHE_KIB) as conn:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.bulk_insert(table.name, columns, texts=texts, order=order)
+        return
+    n = len(next(iter(columns.values())))
     with engine.begin() as conn:
-        sql = _insert_sql(conn, table)
-        for start in range(0, len(rows), chunk):
-            _executemany(conn, sql, convert(rows[start : start + chunk]))
+        empty = conn.execute(select(table.c[0]).limit(1)).first() is None
+        indexes = sorted(table.indexes, key=lambda ix: ix.name) if empty else []
+        for index in indexes:  # built again after the rows: much faster
+            index.drop(conn)
+        if conn.dialect.name == "postgresql":
+            _copy(conn, table, columns, order, chunk, texts)
+        else:
+            sql = _insert_sql(conn, table)
+            for start in range(0, n, chunk):
+                take = (
+                    slice(start, start + chunk) if order is None else order[start : start + chunk]
+                )
+                _executemany(conn, sql, _tuples(columns, take, texts))
+        for index in indexes:
+            index.create(conn)
+
+
+def _copy(
+    conn: Connection,
+    table: Table,
+    columns: dict[str, np.ndarray],
+    order: np.ndarray | None,
+    chunk: int,
+    texts: dict[str, Sequence[str]] | None,
+) -> None:
+    """COPY the rows into ``table`` through psycopg, in the open transaction."""
+    n = len(next(iter(columns.values())))
+    names = ", ".join(_q(conn, name) for name in columns)
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for start in range(0, n, chunk):
+            take = slice(start, start + chunk) if order is None else order[start : start + chunk]
+            for row in _tuples(columns, take, texts):
+                copy.write_row(row)
 
 
 def _records(x: np.ndarray | Sequence[np.ndarray] | None, dtype: np.dtype) -> np.ndarray:

@@ -25,8 +25,8 @@ class ZoneIndex:
 
     Build with `ZoneIndex.build`. ``ra``, ``dec`` and ``ids`` are the input
     columns (input order). ``rows`` lists the input rows cell by cell, each
-    packed with the object's dec within its zone (``rows & ROW_MASK`` is the
-    row); ``offsets[c]:offsets[c + 1]`` is cell ``c``'s part of it.
+    packed with where the object lies in its cell (``rows & ROW_MASK`` is
+    the row); ``offsets[c]:offsets[c + 1]`` is cell ``c``'s part of it.
     """
 
     ra: np.ndarray

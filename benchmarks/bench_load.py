@@ -1,13 +1,24 @@
-"""Benchmark: cold load of a field of view's Objects from SQLite.
+"""Benchmark: bulk loads into SQLite, and cold loads of a field of view.
 
-Bulk-loads N Objects (default 2,000,000) at random positions in a 1.75 deg
-radius field into a SQLite file, then, each time in a new process, loads the
-field's chunk ranges (order-6 chunks, order-20 fine index) with
-`association.store.load_objects`, and with the naive reference: SQLAlchemy
-``conn.execute(select(objects)).fetchall()`` and a per-row conversion. Prints
-JSON with the medians and their ratio; the target is a cold load <= 5 s.
+Makes N Objects (default 2,000,000) at random positions in a 1.75 deg radius
+field, and their past DIASources (0 to 2*H-1 each, default H = 4, time-ordered
+within each Object as the simulator writes them). Then:
 
-    python benchmarks/bench_load.py [--rows N] [--repeats K]
+- bulk-loads both into a new SQLite file with `association.store.bulk_load_objects`
+  and `bulk_load_diasources` (rows in random order for the Objects, as read
+  from a file), against the naive reference: SQLAlchemy
+  ``conn.execute(insert(table), list_of_dicts)`` on the first ``--naive-rows``
+  of the same data, into another new file;
+- each time in a new process, loads the field's chunk ranges (order-6 chunks,
+  order-20 fine index) with `association.store.load_objects`, and with the naive
+  reference: SQLAlchemy ``conn.execute(select(objects)).fetchall()`` and a
+  per-row conversion;
+- each time in a new process, loads the same ranges' recent DIASources with
+  `association.store.load_recent_diasources`, natively and through the driver.
+
+Prints JSON; the targets are a cold Object load <= 5 s and bulk loads >= 300k rows/s.
+
+    python benchmarks/bench_load.py [--rows N] [--history H] [--repeats K]
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 FOV_RA, FOV_DEC, FOV_RADIUS = 150.0, 2.0, 1.75
 CHUNK_ORDER, FINE_ORDER = 6, 20
 TARGET_S = 5.0
+TARGET_BULK_ROWS_PER_S = 300_000
 
 
 def fov_objects(n: int, seed: int = 0) -> np.ndarray:
@@ -57,6 +69,91 @@ def fov_objects(n: int, seed: int = 0) -> np.ndarray:
     out["psfFluxMean"][out["psfFluxNdata"] == 0] = np.nan
     out["psfFluxM2"] = rng.uniform(0, 1e6, (n, NBANDS))
     out["isVariable"] = rng.random(n) < 0.05
+    return out
+
+
+def fov_history(objects: np.ndarray, mean: int, seed: int = 1) -> np.ndarray:
+    """Past DIASources of ``objects``: 0..2*mean-1 each, by Object and time, as simulated."""
+    from association.schema import DIASOURCE_DTYPE, NBANDS
+
+    rng = np.random.default_rng(seed)
+    objects = objects[np.argsort(objects["diaObjectId"])]
+    per = rng.integers(0, 2 * mean, len(objects))
+    owner = np.repeat(np.arange(len(objects)), per)
+    m = len(owner)
+    out = np.zeros(m, dtype=DIASOURCE_DTYPE)
+    out["diaSourceId"] = 10 * len(objects) + np.arange(1, m + 1)
+    out["visit"] = -1
+    out["diaObjectId"] = objects["diaObjectId"][owner]
+    out["ra"] = objects["ra"][owner] + rng.normal(0, 1e-5, m)
+    out["dec"] = objects["dec"][owner] + rng.normal(0, 1e-5, m)
+    out["raErr"] = out["decErr"] = 2e-5
+    t = rng.uniform(60000, 60300, m)
+    out["midpointMjdTai"] = t[np.lexsort((t, owner))]  # time order within each Object
+    out["band"] = rng.integers(0, NBANDS, m)
+    out["psfFlux"] = rng.normal(2000, 500, m)
+    out["psfFluxErr"] = rng.uniform(10, 100, m)
+    out["snr"] = np.where(rng.random(m) < 0.1, np.nan, out["psfFlux"] / out["psfFluxErr"])
+    out["fine"] = objects["fine"][owner]
+    return out
+
+
+def naive_bulk(engine, table, records: np.ndarray, columns) -> None:
+    """The reference: a list of dicts through ``conn.execute(insert(table), rows)``."""
+    from sqlalchemy import insert
+
+    rows = []
+    for i in range(len(records)):
+        row = {}
+        for name, values in columns.items():
+            v = values[i].item()
+            row[name] = None if isinstance(v, float) and v != v else v
+        rows.append(row)
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+
+
+def timed_bulk_loads(tmp: Path, objects: np.ndarray, history: np.ndarray, naive_rows: int) -> dict:
+    """Ours on all rows, the naive reference on the first ``naive_rows``; rows/s of each."""
+    from association import db
+    from association.schema import BANDS
+    from association.store import _object_columns, bulk_load_diasources, bulk_load_objects
+
+    engine = db.make_engine(None, tmp / "ours")
+    db.create_schema(engine)
+    out = {}
+    for name, load, rows in (
+        ("objects", bulk_load_objects, objects),
+        ("diasources", bulk_load_diasources, history),
+    ):
+        start = time.perf_counter()
+        load(engine, rows)
+        seconds = time.perf_counter() - start
+        out[name] = {"rows": len(rows), "seconds": round(seconds, 2)}
+        out[name]["rows_per_s"] = round(len(rows) / seconds)
+    engine.dispose()
+
+    naive = db.make_engine(None, tmp / "naive")
+    db.create_schema(naive)
+    letters = np.array(list(BANDS))
+    for name, table, rows in (
+        ("objects", db.objects, objects[:naive_rows]),
+        ("diasources", db.diasources, history[:naive_rows]),
+    ):
+        if name == "objects":
+            columns = _object_columns(rows)
+        else:
+            columns = {c.name: rows[c.name] for c in table.columns}
+            columns["band"] = letters[rows["band"]]
+        start = time.perf_counter()
+        naive_bulk(naive, table, rows, columns)
+        seconds = time.perf_counter() - start
+        out[name]["naive_rows"] = len(rows)
+        out[name]["naive_seconds"] = round(seconds, 2)
+        out[name]["naive_rows_per_s"] = round(len(rows) / seconds)
+        out[name]["speedup"] = round(out[name]["rows_per_s"] / out[name]["naive_rows_per_s"], 1)
+        out[name]["meets_target"] = out[name]["rows_per_s"] >= TARGET_BULK_ROWS_PER_S
+    naive.dispose()
     return out
 
 
@@ -109,21 +206,29 @@ def naive_load(engine, lo: int, hi: int) -> np.ndarray:
 
 
 def child(mode: str, db_path: str, ranges: list[tuple[int, int]]) -> dict:
-    """One cold load in this (new) process."""
+    """One cold load in this (new) process.
+
+    ``mode``: ``native`` or ``naive`` (Objects), ``recent-native`` or
+    ``recent-driver`` (recent DIASources).
+    """
     start = time.perf_counter()
     from association.db import make_engine
-    from association.store import load_objects
+    from association.store import load_objects, load_recent_diasources
 
     engine = make_engine(f"sqlite:///{db_path}", Path(db_path).parent)
-    load = load_objects if mode == "native" else naive_load
-    parts = [load(engine, lo, hi) for lo, hi in ranges]
-    objects = np.concatenate(parts)
+    if mode.startswith("recent"):
+        native = mode == "recent-native"
+        parts = [load_recent_diasources(engine, lo, hi, native=native) for lo, hi in ranges]
+    else:
+        load = load_objects if mode == "native" else naive_load
+        parts = [load(engine, lo, hi) for lo, hi in ranges]
+    rows = np.concatenate(parts)
     seconds = time.perf_counter() - start
     engine.dispose()
     return {
         "seconds": seconds,
-        "rows": len(objects),
-        "sha1": hashlib.sha1(objects.tobytes()).hexdigest(),
+        "rows": len(rows),
+        "sha1": hashlib.sha1(rows.tobytes()).hexdigest(),
     }
 
 
@@ -139,6 +244,8 @@ def run_child(mode: str, db_path: Path, ranges) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--history", type=int, default=4, help="mean past DIASources per Object")
+    parser.add_argument("--naive-rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--child", nargs=3, metavar=("MODE", "DB", "RANGES"), help=argparse.SUPPRESS
@@ -149,51 +256,64 @@ def main() -> None:
         print(json.dumps(child(mode, db_path, [tuple(r) for r in json.loads(ranges)])))
         return
 
-    from association.db import create_schema, make_engine
-    from association.store import bulk_load_objects
-
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
-        engine = make_engine(None, tmp)
-        create_schema(engine)
         objects = fov_objects(args.rows)
-        start = time.perf_counter()
-        bulk_load_objects(engine, objects)
-        bulk_seconds = time.perf_counter() - start
-        engine.dispose()
-        db_path = Path(tmp) / "nightpipe.sqlite"
+        history = fov_history(objects, args.history)
+        bulk = timed_bulk_loads(Path(tmp), objects, history, args.naive_rows)
+        db_path = Path(tmp) / "ours" / "nightpipe.sqlite"
         ranges = fov_ranges()
         # Warm the numba cache once, so "cold" means a new process, not a compile.
         run_child("native", db_path, ranges[:1])
-        runs = {"native": [], "naive": []}
-        for _ in range(args.repeats):
-            for mode in runs:
-                runs[mode].append(run_child(mode, db_path, ranges))
+        run_child("recent-native", db_path, ranges[:1])
+        modes = ("native", "naive", "recent-native", "recent-driver")
+        runs = {mode: [] for mode in modes}
+        for i in range(args.repeats):
+            for mode in modes:
+                if mode != "recent-driver" or i == 0:  # the slow reference once
+                    runs[mode].append(run_child(mode, db_path, ranges))
         size_mb = db_path.stat().st_size / 1e6
 
     med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
     proc = {m: statistics.median(r["process_seconds"] for r in rs) for m, rs in runs.items()}
     rows = runs["native"][0]["rows"]
+    recent_rows = runs["recent-native"][0]["rows"]
     report = {
-        "benchmark": "load_objects cold, SQLite",
-        "rows_loaded": rows,
+        "benchmark": "bulk loads and cold field loads, SQLite",
         "rows_in_db": args.rows,
-        "fine_ranges": len(ranges),
+        "history_rows_in_db": len(history),
         "db_size_mb": round(size_mb, 1),
-        "bulk_load_seconds": round(bulk_seconds, 2),
-        "bulk_load_rows_per_s": round(args.rows / bulk_seconds),
+        "bulk_load": bulk,
+        "bulk_target_rows_per_s": TARGET_BULK_ROWS_PER_S,
+        "fine_ranges": len(ranges),
         "repeats": args.repeats,
-        "native_median_s": round(med["native"], 3),
-        "native_rows_per_s": round(rows / med["native"]),
-        "native_process_median_s": round(proc["native"], 3),
-        "naive_median_s": round(med["naive"], 3),
-        "naive_rows_per_s": round(rows / med["naive"]),
-        "naive_process_median_s": round(proc["naive"], 3),
-        "speedup_naive_over_native": round(med["naive"] / med["native"], 2),
-        "same_result": len({r["sha1"] for rs in runs.values() for r in rs}) == 1,
-        "target_s": TARGET_S,
-        "meets_target": med["native"] <= TARGET_S,
-        "all_native_s": [round(r["seconds"], 3) for r in runs["native"]],
-        "all_naive_s": [round(r["seconds"], 3) for r in runs["naive"]],
+        "load_objects": {
+            "rows_loaded": rows,
+            "native_median_s": round(med["native"], 3),
+            "native_rows_per_s": round(rows / med["native"]),
+            "native_process_median_s": round(proc["native"], 3),
+            "naive_median_s": round(med["naive"], 3),
+            "naive_rows_per_s": round(rows / med["naive"]),
+            "naive_process_median_s": round(proc["naive"], 3),
+            "speedup_naive_over_native": round(med["naive"] / med["native"], 2),
+            "same_result": len({r["sha1"] for m in ("native", "naive") for r in runs[m]}) == 1,
+            "target_s": TARGET_S,
+            "meets_target": med["native"] <= TARGET_S,
+            "all_native_s": [round(r["seconds"], 3) for r in runs["native"]],
+            "all_naive_s": [round(r["seconds"], 3) for r in runs["naive"]],
+        },
+        "load_recent_diasources": {
+            "rows_loaded": recent_rows,
+            "native_median_s": round(med["recent-native"], 3),
+            "native_s_per_1M_rows": round(med["recent-native"] / recent_rows * 1e6, 3),
+            "driver_s": round(med["recent-driver"], 3),
+            "driver_s_per_1M_rows": round(med["recent-driver"] / recent_rows * 1e6, 3),
+            "speedup_driver_over_native": round(med["recent-driver"] / med["recent-native"], 2),
+            "same_result": len(
+                {r["sha1"] for m in ("recent-native", "recent-driver") for r in runs[m]}
+            )
+            == 1,
+            "all_native_s": [round(r["seconds"], 3) for r in runs["recent-native"]],
+        },
     }
     print(json.dumps(report, indent=2))
 

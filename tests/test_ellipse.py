@@ -45,7 +45,7 @@ def fields(draw):
     return pra, pdec, a, b, pa, sra, sdec, config
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(fields())
 def test_ellipse_pairs_equal_brute_force(field):
     pra, pdec, a, b, pa, sra, sdec, config = field

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, update
 
-from association import db
+from association import db, sqlite_native
 from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 from association.store import (
     VisitRecord,
@@ -222,4 +223,210 @@ def test_fetch_columns_kinds(engine):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_native_reader_available():
     # Without it SQLite loads fall back to the much slower driver path.
-    assert db._native_reader() is not None
+    assert sqlite_native.available()
+
+
+def history(rng: np.random.Generator, objects: np.ndarray, max_per: int = 25) -> np.ndarray:
+    """Past DIASources of ``objects`` in random order, with repeated times (ties)."""
+    n_per = rng.integers(0, max_per, len(objects))
+    owner = np.repeat(objects["diaObjectId"], n_per)
+    out = make_sources(rng, rng.permutation(len(owner)) + 1, -1, owner)
+    out["midpointMjdTai"] = 60000 + rng.integers(0, 40, len(owner)) / 4  # many ties
+    out["visit"] = rng.integers(-1, 5, len(owner))
+    return out[rng.permutation(len(out))]
+
+
+def fresh_engines(tmp_path, pg_server) -> dict[str, Engine]:
+    """Empty databases: SQLite loaded natively, SQLite through the driver, PostgreSQL."""
+    out = {}
+    for name in ("native", "driver"):
+        out[name] = db.make_engine(None, tmp_path / name)
+    out["postgres"] = create_engine(pg_server.create_database())
+    for eng in out.values():
+        db.create_schema(eng)
+    return out
+
+
+def schema_objects(engine: Engine) -> set[str]:
+    """Names of the tables and indexes in the database."""
+    from sqlalchemy import inspect
+
+    insp = inspect(engine)
+    names = set(insp.get_table_names())
+    for table in names.copy():
+        names |= {f"{table}.{ix['name']}" for ix in insp.get_indexes(table)}
+    return names
+
+
+def test_bulk_load_same_rows_everywhere(tmp_path, pg_server):
+    rng = np.random.default_rng(11)
+    objects = make_objects(rng, rng.permutation(3000) + 1, rng.integers(0, 50, 3000))
+    sources = history(rng, objects)
+    engines = fresh_engines(tmp_path, pg_server)
+    before = {name: schema_objects(eng) for name, eng in engines.items()}
+    for name, eng in engines.items():
+        native = name == "native"
+        # In two parts: into the empty tables (indexes built after), then into filled ones.
+        bulk_load_objects(eng, objects[:2000], chunk=700, native=native)
+        bulk_load_objects(eng, objects[2000:], chunk=700, native=native)
+        bulk_load_diasources(eng, sources[:-100], chunk=900, native=native)
+        bulk_load_diasources(eng, sources[-100:], native=native)
+    rows = {name: table_rows(eng) for name, eng in engines.items()}
+    assert rows["native"] == rows["driver"] == rows["postgres"]
+    assert len(rows["native"]["objects"]) == 3000
+    assert len(rows["native"]["diasources"]) == len(sources)
+    for name, eng in engines.items():
+        assert schema_objects(eng) == before[name], name
+        assert_records_equal(load_objects(eng, 0, 50), objects[np.argsort(objects["diaObjectId"])])
+        eng.dispose()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bulk_load_duplicate_leaves_nothing(engine, native):
+    rng = np.random.default_rng(12)
+    objects = make_objects(rng, np.arange(1, 101), np.arange(100))
+    sources = history(rng, objects)
+    sources["diaSourceId"][7] = sources["diaSourceId"][70]
+    before = schema_objects(engine)
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        bulk_load_diasources(engine, sources, native=native)
+    objects["diaObjectId"][5] = objects["diaObjectId"][50]
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        bulk_load_objects(engine, objects, native=native)
+    rows = table_rows(engine)
+    assert not rows["objects"] and not rows["diasources"]
+    assert schema_objects(engine) == before  # dropped indexes are back
+
+
+def test_bulk_load_rejects_bad_band(sqlite_engine):
+    rng = np.random.default_rng(13)
+    sources = make_sources(rng, np.arange(1, 11), 1, np.arange(1, 11))
+    sources["band"][4] = 6
+    with pytest.raises(ValueError, match="diasources row 4: band index 6"):
+        bulk_load_diasources(sqlite_engine, sources)
+
+
+@pytest.mark.parametrize("per_object", [1, 3, 10, 40])
+def test_load_recent_native_equals_driver(engine, per_object):
+    rng = np.random.default_rng(14)
+    objects = make_objects(rng, rng.permutation(400) + 1, rng.integers(0, 100, 400))
+    bulk_load_objects(engine, objects)
+    sources = history(rng, objects, max_per=30)
+    bulk_load_diasources(engine, sources)
+    got = {
+        native: load_recent_diasources(engine, 20, 80, per_object, native=native)
+        for native in (True, False)
+    }
+    assert_records_equal(got[True], got[False])
+    # The reference: per Object in range, its last per_object by (mjd, diaSourceId).
+    in_range = np.sort(objects["diaObjectId"][(objects["fine"] >= 20) & (objects["fine"] < 80)])
+    want = []
+    for oid in in_range:
+        mine = sources[sources["diaObjectId"] == oid]
+        want.append(mine[np.lexsort((mine["diaSourceId"], mine["midpointMjdTai"]))][-per_object:])
+    assert_records_equal(got[True], np.concatenate(want))
+
+
+needs_native = pytest.mark.skipif(not sqlite_native.available(), reason="no native SQLite access")
+
+
+@pytest.fixture
+def scratch_db(tmp_path) -> str:
+    """A SQLite file with table t(k, v, x, s), primary key (k, v), an index on x."""
+    import sqlite3
+
+    path = str(tmp_path / "scratch.sqlite")
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(
+        "CREATE TABLE t (k BIGINT NOT NULL, v BIGINT NOT NULL, x DOUBLE, s VARCHAR(3), "
+        "PRIMARY KEY (k, v)) WITHOUT ROWID"
+    )
+    con.execute("CREATE INDEX ix_t_x ON t (x)")
+    con.close()
+    return path
+
+
+@needs_native
+def test_native_bulk_insert_and_fetch_each(scratch_db):
+    rng = np.random.default_rng(15)
+    n = 5000
+    k = rng.integers(0, 300, n)
+    v = rng.permutation(n)
+    x = np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n)).astype(np.float32)
+    x[:3] = [0.0, -0.0, np.nan]  # a real zero is no NULL
+    s = rng.integers(0, 3, n).astype(np.int8)
+    order = np.lexsort((v, k))
+    with sqlite_native.connect(scratch_db) as conn:
+        done = conn.bulk_insert(
+            "t",
+            {"k": k, "v": v, "x": x, "s": s},
+            texts={"s": ["a", "bb", "ccc"]},
+            order=order,
+            chunk=333,
+            rows_per_statement=7,
+        )
+        assert done == n and not conn.in_transaction
+        # The index dropped for the load is back.
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'") == [("ix_t_x",)]
+        assert conn.execute("SELECT s, count(*) FROM t GROUP BY s") == [
+            ("a", int((s == 0).sum())),
+            ("bb", int((s == 1).sum())),
+            ("ccc", int((s == 2).sum())),
+        ]
+        keys = np.array([5, 299, 1000, 17, 5])  # one with no rows, one twice
+        sql = "SELECT k, v, x FROM t WHERE k = ? ORDER BY v DESC LIMIT ?"
+        kinds = {"k": "i8", "v": "i4", "x": "f4"}
+        for expected in (0, 3, 10_000):  # regrowing in the middle of a key's rows
+            got = conn.fetch_each(sql, keys, kinds, (4,), expected=expected)
+            back = conn.fetch_each(sql, keys, kinds, (4,), expected=expected, reverse_each=True)
+            want = []
+            for key in keys:
+                mine = np.flatnonzero(k == key)
+                want.extend(mine[np.argsort(v[mine])[::-1][:4]])
+            np.testing.assert_array_equal(got["k"], k[want])
+            np.testing.assert_array_equal(got["v"], v[want])
+            np.testing.assert_array_equal(got["x"], x[want])
+            for key in np.unique(keys):
+                mine, theirs = got["k"] == key, back["k"] == key
+                np.testing.assert_array_equal(
+                    back["v"][theirs], got["v"][mine][::-1][: theirs.sum()]
+                )
+        zeros = conn.fetch("SELECT x FROM t WHERE v IN (?, ?, ?)", v[:3].tolist(), {"x": "f8"})
+        assert sorted(map(repr, zeros["x"].tolist())) == ["0.0", "0.0", "nan"]  # SQLite keeps no -0
+
+
+@needs_native
+def test_native_bulk_insert_failure_rolls_back(scratch_db):
+    with sqlite_native.connect(scratch_db) as conn:
+        conn.bulk_insert("t", {"k": np.array([1]), "v": np.array([1])})
+        cols = {"k": np.arange(100), "v": np.zeros(100, int)}
+        cols["k"][50] = 1  # (1, 0) is new, but (1, 1) clashes below
+        cols["v"][50] = 1
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.bulk_insert("t", cols)
+        assert conn.execute("SELECT count(*) FROM t") == [(1,)]
+        with pytest.raises(ValueError, match="column s row 1: index 2"):
+            conn.bulk_insert(
+                "t", {"k": [7, 8], "v": [7, 8], "s": np.array([0, 2])}, texts={"s": ["a"]}
+            )
+        conn.execute("BEGIN")
+        assert conn.in_transaction
+    with sqlite_native.connect(scratch_db) as conn:  # closing rolled back
+        assert conn.execute("SELECT count(*) FROM t") == [(1,)]
+
+
+@pytest.mark.parametrize("presize", [True, False])
+def test_fetch_columns_native_equals_driver(sqlite_engine, presize):
+    rng = np.random.default_rng(16)
+    objects = make_objects(rng, np.arange(1, 3001), rng.integers(0, 100, 3000))
+    bulk_load_objects(sqlite_engine, objects)
+    sql = 'SELECT "diaObjectId", "g_psfFluxMean", "nDiaSources" FROM objects WHERE fine < ?'
+    kinds = {"id": "i8", "mean": "f4", "n": "i4"}
+    got = [
+        db.fetch_columns(sqlite_engine, sql, (60,), kinds, native=native, presize=presize)
+        for native in (True, False)
+    ]
+    for name in kinds:
+        np.testing.assert_array_equal(got[0][name], got[1][name])
+    assert len(got[0]["id"]) == (objects["fine"] < 60).sum()

@@ -133,13 +133,15 @@ class CrossMatchStage(Stage):
         sources, radius = payload
         cat = state_of(ctx).catalogue
         assert cat is not None
-        objects, _ = cat.gather(ctx.clipboard["held"])
+        objects = cat.columns(ctx.clipboard["held"], ("ra", "dec", "diaObjectId", "isVariable"))
         n = len(sources)
         obj_id = np.zeros(n, np.int64)
         var = np.zeros(n, bool)
         dist = np.full(n, np.nan)
-        if n and len(objects):
-            index = ZoneIndex.build(objects["ra"], objects["dec"], objects["diaObjectId"])
+        if n and len(objects["ra"]):
+            index = ZoneIndex.build(
+                objects["ra"], objects["dec"], objects["diaObjectId"], copy=False
+            )
             row, d = index.nearest(sources["ra"], sources["dec"], radius)
             hit = row >= 0
             obj_id[hit] = objects["diaObjectId"][row[hit]]

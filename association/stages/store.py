@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ class StoreStage(Stage):
     def setup(self, ctx: RankContext) -> None:
         if ctx.rank == 0:
             avro_warm_up()  # load the compiled encoder now, not on the first visit
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="alerts")
+
+    def shutdown(self, ctx: RankContext) -> None:
+        if ctx.rank == 0:
+            self._pool.shutdown()
 
     def preprocess(self, ctx: MasterContext) -> Any:
         st = state_of(ctx)
@@ -52,9 +58,16 @@ class StoreStage(Stage):
             sources = ctx.clipboard["sources"]
             # one packet per DIASource still in alerting; alertId is its diaSourceId
             alerting = sources[sources["ssObjectId"] == 0]
-            n_alerts = write_visit_alerts(
-                path, alerting, ctx.clipboard["objects"], ctx.clipboard["recent"]
+            # The alert file is written beside the database transaction, which
+            # commits only once the file is complete.
+            writing = self._pool.submit(
+                write_visit_alerts,
+                path,
+                alerting,
+                ctx.clipboard["objects"],
+                ctx.clipboard["recent"],
             )
+            n_alerts = len(alerting)
             ss_ids, src_ids = ctx.clipboard["moving"]
             nv = ctx.events[NEXT_VISIT].body
             record = VisitRecord(
@@ -75,6 +88,7 @@ class StoreStage(Stage):
                 ctx.clipboard["objects"],
                 moving=(np.full(len(src_ids), ctx.key), ss_ids, src_ids),
                 alerts=(alerting["diaSourceId"], alerting["diaSourceId"], alerting["diaObjectId"]),
+                before_commit=writing.result,
             )
             counts = (n_alerts, len(sources), ctx.clipboard["n_new"], len(src_ids))
         ctx.emit(
