@@ -125,6 +125,31 @@ class Partition:
         nb = np.unique(nb[nb >= 0])
         return nb[~np.isin(nb, owned, assume_unique=True)]
 
+    def strip_ranges(
+        self, chunks: np.ndarray, owned: np.ndarray, step: int = 5
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fine-index ranges of the thin strips of `chunks` along `owned` chunks.
+
+        The strip is made of the sub-pixels of order ``chunk_order + step``
+        that touch an owned chunk. Every point within a margin narrower than a
+        sub-pixel (about 100 arcsec at orders 6 + 5) of an owned chunk lies in
+        it. Returns half-open ``[lo, hi)`` arrays, merged where contiguous.
+        """
+        chunks = np.asarray(chunks, dtype=np.int64)
+        owned = np.unique(np.asarray(owned, dtype=np.int64))
+        if chunks.size == 0 or owned.size == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        order = self.chunk_order + step
+        sub = (chunks[:, None] << (2 * step)) + np.arange(1 << (2 * step), dtype=np.int64)
+        sub = sub.ravel()
+        nb = hp.get_all_neighbours(1 << order, sub, nest=True)
+        touches = np.isin(np.where(nb >= 0, nb >> (2 * step), -1), owned).any(axis=0)
+        sub = np.sort(sub[touches])
+        shift = 2 * (self.fine_order - order)
+        starts = np.flatnonzero(np.r_[True, np.diff(sub) != 1])
+        ends = np.r_[starts[1:], sub.size] - 1
+        return sub[starts] << shift, (sub[ends] + 1) << shift
+
     def slice_chunks(
         self,
         ra: float,

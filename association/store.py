@@ -133,6 +133,30 @@ def load_objects(engine: Engine, lo: int, hi: int, *, native: bool = True) -> np
     return out
 
 
+def load_object_columns(
+    engine: Engine, lo: np.ndarray, hi: np.ndarray, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Some plain Object columns for the fine-index ranges ``[lo, hi)``, in no set order.
+
+    For the thin strips a Slice reads around its chunks: many small ranges,
+    few columns. Ranges go 200 to a statement.
+    """
+    kinds = {n: _kind(OBJECT_DTYPE[n]) for n in names}
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    fine = _q(engine, "fine")
+    for i in range(0, len(lo), 200):
+        a, b = lo[i : i + 200], hi[i : i + 200]
+        where = " OR ".join([f"({fine} >= ? AND {fine} < ?)"] * len(a))
+        sql = f"SELECT {', '.join(_q(engine, n) for n in names)} FROM objects WHERE {where}"
+        params = [int(x) for pair in zip(a, b, strict=True) for x in pair]
+        cols = db.fetch_columns(engine, sql, params, kinds, presize=False)
+        for n in names:
+            parts[n].append(cols[n])
+    return {
+        n: np.concatenate(parts[n]) if parts[n] else np.empty(0, OBJECT_DTYPE[n]) for n in names
+    }
+
+
 def load_recent_diasources(
     engine: Engine, lo: int, hi: int, per_object: int = 10, *, native: bool = True
 ) -> np.ndarray:

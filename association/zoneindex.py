@@ -180,3 +180,12 @@ def _geometry(
     nc = max(1, cells // nz)
     col_w = (ra_hi - ra_lo) / nc
     return np.array([ra0, ra_lo, ra_hi, col_w, zone0, zone_height, nz, nc], np.float64)
+
+
+def warm_up() -> None:
+    """Load (or compile) the index kernels now, not on the first visit."""
+    rng = np.random.default_rng(0)
+    ra, dec = rng.uniform(0, 1, 64), rng.uniform(0, 1, 64)
+    index = ZoneIndex.build(ra, dec, np.arange(64, dtype=np.int64))
+    index.nearest(ra[:8], dec[:8], 1.0)
+    index.pairs(ra[:8], dec[:8], 1.0)

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from association.inputs import BadInputError, read_diasources
+from association.stages.load import MATCH_COLUMNS
 from association.state import state_of
 from association.visit import angular_distance_deg, fov_of, match_radius_arcsec
-from association.zoneindex import ZoneIndex
+from association.zoneindex import ZoneIndex, warm_up
 from events.types import DIASOURCES_READY, NEXT_VISIT
 from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
 
@@ -87,6 +88,7 @@ class CrossMatchStage(Stage):
     ConfigClass = CrossMatchConfig
 
     def setup(self, ctx: RankContext) -> None:
+        warm_up()
         c = self.config
         margin_arcsec = state_of(ctx).margin_deg * 3600
         if max(c.default_radius_arcsec, c.max_radius_arcsec) >= margin_arcsec:
@@ -133,7 +135,9 @@ class CrossMatchStage(Stage):
         sources, radius = payload
         cat = state_of(ctx).catalogue
         assert cat is not None
-        objects = cat.columns(ctx.clipboard["held"], ("ra", "dec", "diaObjectId", "isVariable"))
+        held = cat.columns(ctx.clipboard["held"], MATCH_COLUMNS)
+        strip = ctx.clipboard["strip"]
+        objects = {k: np.concatenate([held[k], strip[k]]) for k in MATCH_COLUMNS}
         n = len(sources)
         obj_id = np.zeros(n, np.int64)
         var = np.zeros(n, bool)

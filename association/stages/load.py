@@ -13,10 +13,18 @@ import numpy as np
 
 from association.catalogue import CatalogueConfig, warm_up
 from association.state import new_state, state_of
-from association.store import load_objects, load_recent_diasources, visit_stored
+from association.store import (
+    load_object_columns,
+    load_objects,
+    load_recent_diasources,
+    visit_stored,
+)
 from association.visit import fov_of
 from events.types import NEXT_VISIT
 from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
+
+MATCH_COLUMNS = ("ra", "dec", "diaObjectId", "isVariable")
+"""The Object columns the cross-match reads."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,10 @@ class LoadStage(Stage):
         assert cat is not None
         owned, margin = payload
         t0 = time.perf_counter()
-        need = np.union1d(owned, margin)
+        # Owned chunks are held whole; of a margin chunk not held already, only
+        # the strip along the owned chunks is read, for this visit's matching.
+        strip_of = margin[~np.isin(margin, cat.held())]
+        need = np.union1d(owned, np.setdiff1d(margin, strip_of))
         cat.pin(ctx.key, need)
         missing = cat.missing(need)
         loaded = 0
@@ -128,6 +139,10 @@ class LoadStage(Stage):
             recent = load_recent_diasources(st.engine, int(lo), int(hi), keep)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)
+        lo, hi = st.partition.strip_ranges(strip_of, owned)
+        strip = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
+        strip["isVariable"] = strip["isVariable"].astype(bool)
+        ctx.clipboard["strip"] = strip
         ctx.clipboard["owned"] = owned
         ctx.clipboard["held"] = need
         stats = cat.stats()
@@ -140,7 +155,7 @@ class LoadStage(Stage):
         return LoadResult(
             chunks_loaded=len(missing),
             chunks_cached=len(need) - len(missing),
-            objects_loaded=loaded,
+            objects_loaded=loaded + len(strip["ra"]),
             objects_held=int(sum(cat.chunk(int(c)).n_objects for c in need)),
             seconds=time.perf_counter() - t0,
             rss_mb=rss_mb(),
