@@ -37,6 +37,7 @@ _SQLITE_OPEN_READWRITE = 0x2
 _SQLITE_OPEN_NOMUTEX = 0x8000  # one thread at a time: no lock around every call
 _SQLITE_TRANSIENT = ctypes.c_void_p(-1)
 _BUSY_TIMEOUT_MS = 60_000
+_CHECKPOINT_WAIT_MS = 2_000
 _MAX_PARAMS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER's default since 3.32
 
 # Bound to numba external functions by `_library`, before the kernels compile.
@@ -406,6 +407,8 @@ class Connection:
         """
         names = list(columns)
         n = _common_length(columns)
+        if n == 0:
+            return 0
         if order is not None:
             order = np.asarray(order, dtype=np.intp)
             if order.shape != (n,):
@@ -433,7 +436,8 @@ class Connection:
                     floats[slot[c]] = values
                 else:
                     ints[slot[c]] = values
-                    ints[slot[c]] += text.base.get(name, 0)
+                    if code[c] == 2:
+                        ints[slot[c]] += text.base[name]
             return ints, floats
 
         col_sql = ", ".join(_quote(name) for name in names)
@@ -486,7 +490,13 @@ class Connection:
                 self.execute("ROLLBACK")
             raise
         if self.execute("PRAGMA journal_mode")[0][0] == "wal":
-            self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Into the database file, and the WAL back to nothing; a reader
+            # still on an older snapshot may keep some in the WAL for later.
+            self._lib.lib.sqlite3_busy_timeout(self._db, _CHECKPOINT_WAIT_MS)
+            try:
+                self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._lib.lib.sqlite3_busy_timeout(self._db, _BUSY_TIMEOUT_MS)
         return n
 
     # -- inside ----------------------------------------------------------------

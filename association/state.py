@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from association.catalogue import Catalogue, CatalogueConfig
 from association.db import create_schema, make_engine
 from association.partition import Partition
+from association.strips import StripCache
 
 KEY = "association"
 
@@ -24,6 +25,7 @@ class AssociationState:
     run_dir: Path
     margin_deg: float
     catalogue: Catalogue | None = None
+    strips: StripCache = field(default_factory=StripCache)
     _engine: Engine | None = field(default=None, repr=False)
 
     @property

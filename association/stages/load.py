@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from association.catalogue import CatalogueConfig, warm_up
+from association.schema import OBJECT_DTYPE
 from association.state import new_state, state_of
 from association.store import (
     load_object_columns,
@@ -139,10 +140,20 @@ class LoadStage(Stage):
             recent = load_recent_diasources(st.engine, int(lo), int(hi), keep)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)
-        lo, hi = st.partition.strip_ranges(strip_of, owned)
-        strip = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
-        strip["isVariable"] = strip["isVariable"].astype(bool)
-        ctx.clipboard["strip"] = strip
+        key = tuple(owned.tolist())
+        strips = []
+        for chunk in strip_of.tolist():
+            strip = st.strips.get(chunk, key)
+            if strip is None:
+                lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
+                strip = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
+                strip["isVariable"] = strip["isVariable"].astype(bool)
+                st.strips.put(chunk, key, strip)
+            strips.append(strip)
+        ctx.clipboard["strip"] = {
+            k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
+            for k in MATCH_COLUMNS
+        }
         ctx.clipboard["owned"] = owned
         ctx.clipboard["held"] = need
         stats = cat.stats()
@@ -155,7 +166,7 @@ class LoadStage(Stage):
         return LoadResult(
             chunks_loaded=len(missing),
             chunks_cached=len(need) - len(missing),
-            objects_loaded=loaded + len(strip["ra"]),
+            objects_loaded=loaded + len(ctx.clipboard["strip"]["ra"]),
             objects_held=int(sum(cat.chunk(int(c)).n_objects for c in need)),
             seconds=time.perf_counter() - t0,
             rss_mb=rss_mb(),

@@ -50,6 +50,8 @@ class UpdateStage(Stage):
         ctx.clipboard["txn"] = txn
         txn.associate(matched)
         txn.create(new)
+        st = state_of(ctx)
+        st.strips.invalidate(matched["diaObjectId"], st.partition.chunk_of_fine(new["fine"]))
         changed = txn.changed(ctx.clipboard["owned"])
         recent = cat.recent_for(changed["diaObjectId"])
         return Changes(changed, recent[recent["visit"] != ctx.key])
