@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1
 
 SQLITE_NAME = "nightpipe.sqlite"
 SQLITE_CACHE_KIB = 65536  # page cache of each SQLite connection
+SQLITE_MMAP_MIB = 2047  # how much of the file a native read maps into memory (SQLite's cap)
 
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index.
 _Id = BigInteger().with_variant(Integer(), "sqlite")

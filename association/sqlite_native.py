@@ -50,16 +50,28 @@ _sqlite3_bind_int64 = None
 _sqlite3_bind_double = None
 _sqlite3_bind_null = None
 _sqlite3_bind_text = None
+_reverse = None  # `_reverse_rows`, compiled
+
+
+def _reverse_rows(out, first, stop):  # pragma: no cover - numba
+    """Reverse columns ``first..stop-1`` of every row of ``out`` in place."""
+    for r in range(out.shape[0]):
+        i, j = first, stop - 1
+        while i < j:
+            out[r, i], out[r, j] = out[r, j], out[r, i]
+            i += 1
+            j -= 1
 
 
 def _fetch_rows(
-    stmt, keys, counts, bind, k, resume, code, slot, i8, i4, i2, i1, f8, f4, n
+    stmt, keys, counts, bind, reverse, k, resume, code, slot, i8, i4, i2, i1, f8, f4, n
 ):  # pragma: no cover - numba
     """Step ``stmt`` once per key, filling rows ``n``.. of the outputs.
 
     With ``bind``, key ``keys[k]`` is bound to parameter 1 before each run;
     otherwise ``keys`` only counts the runs (one). ``counts[k]`` counts the
-    rows of run ``k``. ``resume`` goes on with a run cut short. Column ``c`` goes to row ``slot[c]`` of the output of its
+    rows of run ``k``; with ``reverse`` each run's rows are turned round once
+    it ends. ``resume`` goes on with a run cut short. Column ``c`` goes to row ``slot[c]`` of the output of its
     kind ``code[c]`` (an index into `KINDS`); NULL floats become NaN.
     Returns (rows, key index, rc): rc is DONE at the end, ROW when the
     outputs are full (call again with ``resume``), else an error.
@@ -77,6 +89,14 @@ def _fetch_rows(
                 return n, k, _SQLITE_ROW
             rc = _sqlite3_step(stmt)
             if rc == _SQLITE_DONE:
+                if reverse:
+                    first = n - counts[k]
+                    _reverse(i8, first, n)
+                    _reverse(i4, first, n)
+                    _reverse(i2, first, n)
+                    _reverse(i1, first, n)
+                    _reverse(f8, first, n)
+                    _reverse(f4, first, n)
                 break
             if rc != _SQLITE_ROW:
                 return n, k, rc
@@ -200,7 +220,7 @@ def _library() -> _Library | None:
         return None
     global _sqlite3_step, _sqlite3_reset, _sqlite3_column_type, _sqlite3_column_int64
     global _sqlite3_column_double, _sqlite3_bind_int64, _sqlite3_bind_double
-    global _sqlite3_bind_null, _sqlite3_bind_text
+    global _sqlite3_bind_null, _sqlite3_bind_text, _reverse
     ext, i32, i64, f64, ptr = (
         types.ExternalFunction,
         types.int32,
@@ -218,6 +238,7 @@ def _library() -> _Library | None:
     _sqlite3_bind_null = ext("sqlite3_bind_null", i32(ptr, i32))
     _sqlite3_bind_text = ext("sqlite3_bind_text", i32(ptr, i32, ptr, i32, ptr))
     jit = njit(cache=True, nogil=True)
+    _reverse = jit(_reverse_rows)
     return _Library(lib, jit(_fetch_rows), jit(_insert_rows))
 
 
@@ -226,7 +247,9 @@ def available() -> bool:
     return _library() is not None
 
 
-def connect(path: str | Path, cache_kib: int | None = None) -> Connection:
+def connect(
+    path: str | Path, cache_kib: int | None = None, mmap_mib: int | None = None
+) -> Connection:
     """Open the SQLite file ``path`` (it must exist) for native access.
 
     Parameters
@@ -235,6 +258,9 @@ def connect(path: str | Path, cache_kib: int | None = None) -> Connection:
         The database file.
     cache_kib : int, optional
         The connection's page cache, KiB; SQLite's default if None.
+    mmap_mib : int, optional
+        Read up to this much of the file through memory mapping instead of
+        read calls (faster for large scans); not at all if None.
 
     Returns
     -------
@@ -244,7 +270,7 @@ def connect(path: str | Path, cache_kib: int | None = None) -> Connection:
     lib = _library()
     if lib is None:
         raise RuntimeError("native SQLite access is not available in this process")
-    return Connection(lib, str(path), cache_kib)
+    return Connection(lib, str(path), cache_kib, mmap_mib)
 
 
 class Connection:
@@ -254,7 +280,13 @@ class Connection:
     still open.
     """
 
-    def __init__(self, lib: _Library, path: str, cache_kib: int | None = None) -> None:
+    def __init__(
+        self,
+        lib: _Library,
+        path: str,
+        cache_kib: int | None = None,
+        mmap_mib: int | None = None,
+    ) -> None:
         self._lib = lib
         self.path = path
         self._db = ctypes.c_void_p()
@@ -266,6 +298,8 @@ class Connection:
             c.sqlite3_busy_timeout(self._db, _BUSY_TIMEOUT_MS)
             if cache_kib is not None:
                 self.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+            if mmap_mib is not None:
+                self.execute(f"PRAGMA mmap_size={int(mmap_mib) << 20}")
         except BaseException:
             self.close()
             raise
@@ -532,7 +566,7 @@ class Connection:
             counts = np.zeros(len(runs), dtype=np.int64)
             while True:
                 n, k, rc = self._lib.fetch_kernel(
-                    stmt.value, runs, counts, bind, k, resume, code, slot, *outs, n
+                    stmt.value, runs, counts, bind, reverse_each, k, resume, code, slot, *outs, n
                 )
                 if rc == _SQLITE_DONE:
                     break
@@ -540,10 +574,6 @@ class Connection:
                     self._check(rc)
                 cap, resume = 2 * cap + 1024, True
                 outs = [_grow(out, n, cap) for out in outs]
-        if reverse_each:
-            ends = np.cumsum(counts)
-            take = np.repeat(2 * ends - counts - 1, counts) - np.arange(n)
-            outs = [out[:, take] for out in outs]
         return {name: outs[k][s, :n] for name, k, s in zip(kinds, code, slot, strict=True)}
 
     @contextlib.contextmanager

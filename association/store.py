@@ -179,7 +179,7 @@ def load_recent_diasources(
     oid, mjd, sid, fine = q("diaObjectId"), q("midpointMjdTai"), q("diaSourceId"), q("fine")
     path = db.native_sqlite_file(engine, native)
     if path is not None:
-        with sqlite_native.connect(path) as conn:
+        with sqlite_native.connect(path, mmap_mib=db.SQLITE_MMAP_MIB) as conn:
             conn.execute("BEGIN")  # the Objects and their DIASources from one snapshot
             ids = conn.fetch(
                 f"SELECT {oid} FROM objects WHERE {fine} >= ? AND {fine} < ?",
@@ -195,7 +195,8 @@ def load_recent_diasources(
                 ids,
                 kinds,
                 (int(per_object),),
-                expected=min(len(ids) * int(per_object), 1 << 22),
+                # Room for them all at once: pages never written cost nothing.
+                expected=min(len(ids) * int(per_object), 1 << 26),
                 reverse_each=True,
             )
         out = np.empty(len(found["diaObjectId"]), dtype=DIASOURCE_DTYPE)
