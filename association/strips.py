@@ -10,9 +10,10 @@ import numpy as np
 class StripCache:
     """Strips of margin chunks, by (chunk, owned chunks), for matching only.
 
-    A strip is dropped as soon as an update touches one of its Objects or
-    creates an Object in its chunk, so what is cached always equals the
-    database. At most `max_entries` strips are kept, the oldest going first.
+    A strip is dropped when an update may touch its chunk (the caller gives
+    the chunks of a visit's DIASources and their neighbours: an Object matched
+    within the radius lies in one of them), so what is cached always equals
+    the database. At most `max_entries` strips are kept, the oldest going first.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -35,14 +36,10 @@ class StripCache:
         while len(self._strips) > self.max_entries:
             self._strips.popitem(last=False)
 
-    def invalidate(self, object_ids: np.ndarray, chunks: np.ndarray) -> int:
-        """Drop strips holding any of `object_ids` or lying in `chunks`; how many went."""
+    def invalidate(self, chunks: np.ndarray) -> int:
+        """Drop the strips of `chunks`; how many went."""
         chunk_set = set(np.asarray(chunks).tolist())
-        drop = [
-            key
-            for key, strip in self._strips.items()
-            if key[0] in chunk_set or np.isin(strip["diaObjectId"], object_ids).any()
-        ]
+        drop = [key for key in self._strips if key[0] in chunk_set]
         for key in drop:
             del self._strips[key]
         return len(drop)

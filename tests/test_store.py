@@ -430,3 +430,22 @@ def test_fetch_columns_native_equals_driver(sqlite_engine, presize):
     for name in kinds:
         np.testing.assert_array_equal(got[0][name], got[1][name])
     assert len(got[0]["id"]) == (objects["fine"] < 60).sum()
+
+
+def test_postgres_copy_text_fallback_same_rows(tmp_path, pg_server, monkeypatch):
+    """Columns of a type the binary COPY does not know go row by row, same rows."""
+    import association.store as store
+
+    rng = np.random.default_rng(17)
+    objects = make_objects(rng, rng.permutation(500) + 1, rng.integers(0, 50, 500))
+    sources = history(rng, objects)
+    engines = [db.make_engine(None, tmp_path), create_engine(pg_server.create_database())]
+    monkeypatch.setattr(store, "_PG_BINARY_KINDS", ())
+    for eng in engines:
+        db.create_schema(eng)
+        bulk_load_objects(eng, objects, chunk=128)
+        bulk_load_diasources(eng, sources, chunk=300)
+    rows = [table_rows(eng) for eng in engines]
+    assert rows[0] == rows[1] and len(rows[0]["diasources"]) == len(sources)
+    for eng in engines:
+        eng.dispose()
