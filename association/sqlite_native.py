@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +25,8 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
+_log = logging.getLogger(__name__)
 
 KINDS = ("i8", "i4", "i2", "i1", "f8", "f4")
 """Column kinds `Connection.fetch` returns; the kernels know them by position."""
@@ -38,6 +41,7 @@ _SQLITE_OPEN_NOMUTEX = 0x8000  # one thread at a time: no lock around every call
 _SQLITE_TRANSIENT = ctypes.c_void_p(-1)
 _BUSY_TIMEOUT_MS = 60_000
 _CHECKPOINT_WAIT_MS = 2_000
+_NO_WAIT_MS = 0
 _MAX_PARAMS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER's default since 3.32
 
 # Bound to numba external functions by `_library`, before the kernels compile.
@@ -402,6 +406,7 @@ class Connection:
         rows_per_statement: int = 64,
         build_indexes_after: bool = True,
         sort_cache_kib: int = 2048,
+        rollback_journal: bool = True,
     ) -> int:
         """Insert rows in one transaction of their own; return how many.
 
@@ -431,13 +436,18 @@ class Connection:
         sort_cache_kib : int
             The page cache while building those indexes, KiB, which sets the
             size of SQLite's sorted runs.
+        rollback_journal : bool
+            Into an empty table of a WAL database that no other connection
+            has open, load under a rollback journal (TRUNCATE) and go back to
+            WAL after: new pages then go straight into the file, instead of
+            into the WAL and from there, by a checkpoint, into the file.
 
         Notes
         -----
         Rows in primary-key order are cheapest. A failure
         (sqlite3.IntegrityError for a constraint) rolls everything back.
-        After the commit a WAL file is checkpointed and truncated, so the
-        rows are in the database file itself.
+        After the commit the rows are in the database file itself: a WAL is
+        checkpointed and truncated.
         """
         names = list(columns)
         n = _common_length(columns)
@@ -481,57 +491,98 @@ class Connection:
         def insert(rows: int) -> str:
             return f"INSERT INTO {_quote(table)} ({col_sql}) VALUES {', '.join([row_sql] * rows)}"
 
-        self.execute("BEGIN IMMEDIATE")
-        try:
-            indexes = []
-            if build_indexes_after and not self.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1"):
-                indexes = self.execute(
-                    "SELECT name, sql FROM sqlite_master "
-                    "WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
-                    (table,),
-                )
-                for index, _ in indexes:
-                    self.execute(f"DROP INDEX {_quote(index)}")
-            with (
-                self._statement(insert(per), ()) as many,
-                self._statement(insert(1), ()) as one,
-                ThreadPoolExecutor(max_workers=1) as pool,
-            ):
-                pending = pool.submit(batch, 0)
-                for start in range(0, n, chunk):
-                    ints, floats = pending.result()
-                    if start + chunk < n:
-                        pending = pool.submit(batch, start + chunk)
-                    done = 0
-                    for stmt, k in ((many, per), (one, 1)):
-                        done, rc = self._lib.insert_kernel(
-                            stmt.value, k, code, slot, ints, floats, *text.arrays(), done
-                        )
-                        if rc != _SQLITE_DONE:
-                            rows = f"rows {start + done}..{start + done + k - 1} (in order)"
-                            self._check(rc, f", inserting {rows} into {table}")
-            if indexes:
-                # SQLite sorts an index's entries in runs the size of the page
-                # cache: small runs that stay in the CPU caches sort fastest.
-                (cache,) = self.execute("PRAGMA cache_size")[0]
-                self.execute(f"PRAGMA cache_size=-{int(sort_cache_kib)}")
-                for _, index_sql in indexes:
-                    self.execute(index_sql)
-                self.execute(f"PRAGMA cache_size={int(cache)}")
-            self.execute("COMMIT")
-        except BaseException:
-            if self.in_transaction:
-                self.execute("ROLLBACK")
-            raise
-        if self.execute("PRAGMA journal_mode")[0][0] == "wal":
+        with self._rollback_journal(table, rollback_journal) as switched:
+            self.execute("BEGIN IMMEDIATE")
+            try:
+                indexes = []
+                if build_indexes_after and self._empty(table):
+                    indexes = self.execute(
+                        "SELECT name, sql FROM sqlite_master "
+                        "WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+                        (table,),
+                    )
+                    for index, _ in indexes:
+                        self.execute(f"DROP INDEX {_quote(index)}")
+                with (
+                    self._statement(insert(per), ()) as many,
+                    self._statement(insert(1), ()) as one,
+                    ThreadPoolExecutor(max_workers=1) as pool,
+                ):
+                    pending = pool.submit(batch, 0)
+                    for start in range(0, n, chunk):
+                        ints, floats = pending.result()
+                        if start + chunk < n:
+                            pending = pool.submit(batch, start + chunk)
+                        done = 0
+                        for stmt, k in ((many, per), (one, 1)):
+                            done, rc = self._lib.insert_kernel(
+                                stmt.value, k, code, slot, ints, floats, *text.arrays(), done
+                            )
+                            if rc != _SQLITE_DONE:
+                                rows = f"rows {start + done}..{start + done + k - 1} (in order)"
+                                self._check(rc, f", inserting {rows} into {table}")
+                if indexes:
+                    # SQLite sorts an index's entries in runs the size of the
+                    # page cache: small runs that stay in the CPU caches sort fastest.
+                    (cache,) = self.execute("PRAGMA cache_size")[0]
+                    self.execute(f"PRAGMA cache_size=-{int(sort_cache_kib)}")
+                    for _, index_sql in indexes:
+                        self.execute(index_sql)
+                    self.execute(f"PRAGMA cache_size={int(cache)}")
+                self.execute("COMMIT")
+            except BaseException:
+                if self.in_transaction:
+                    self.execute("ROLLBACK")
+                raise
+        if not switched and self._journal_mode() == "wal":
             # Into the database file, and the WAL back to nothing; a reader
             # still on an older snapshot may keep some in the WAL for later.
-            self._lib.lib.sqlite3_busy_timeout(self._db, _CHECKPOINT_WAIT_MS)
-            try:
+            with self._busy_timeout(_CHECKPOINT_WAIT_MS):
                 self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                self._lib.lib.sqlite3_busy_timeout(self._db, _BUSY_TIMEOUT_MS)
         return n
+
+    def _empty(self, table: str) -> bool:
+        return not self.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1")
+
+    @contextlib.contextmanager
+    def _rollback_journal(self, table: str, enabled: bool) -> Iterator[bool]:
+        """A rollback journal for a load into an empty table, then WAL again.
+
+        Only if ``enabled``, the file is in WAL mode, ``table`` is empty and
+        no other connection has the file open. Yields whether it switched.
+        """
+        switched = (
+            enabled
+            and self._journal_mode() == "wal"
+            and self._empty(table)
+            and self._set_journal_mode("truncate", _NO_WAIT_MS)
+        )
+        try:
+            yield switched
+        finally:
+            if switched and not self._set_journal_mode("wal", _BUSY_TIMEOUT_MS):
+                _log.warning("%s: left in rollback-journal mode, not WAL", self.path)
+
+    def _journal_mode(self) -> str:
+        return str(self.execute("PRAGMA journal_mode")[0][0]).lower()
+
+    def _set_journal_mode(self, mode: str, wait_ms: int) -> bool:
+        """Switch the file to journal ``mode``; False if other connections prevent it."""
+        with self._busy_timeout(wait_ms):
+            try:
+                self.execute(f"PRAGMA journal_mode={mode}")
+            except sqlite3.OperationalError:
+                return False
+        return self._journal_mode() == mode
+
+    @contextlib.contextmanager
+    def _busy_timeout(self, ms: int) -> Iterator[None]:
+        """Wait at most ``ms`` for a lock, for a while."""
+        self._lib.lib.sqlite3_busy_timeout(self._db, ms)
+        try:
+            yield
+        finally:
+            self._lib.lib.sqlite3_busy_timeout(self._db, _BUSY_TIMEOUT_MS)
 
     # -- inside ----------------------------------------------------------------
 

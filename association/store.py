@@ -243,9 +243,10 @@ def bulk_load_objects(
     """Insert a starting catalogue of Objects (new ids only) in one transaction.
 
     Rows go in primary-key order. SQLite files are written through the C API
-    (`association.sqlite_native`; ``native=False`` uses the driver),
-    PostgreSQL by COPY. Into an empty table, its other indexes are built
-    after the rows. ``chunk`` rows are converted at a time.
+    (`association.sqlite_native`; ``native=False`` uses the driver), the
+    engine's idle pooled connections closed first; PostgreSQL by binary COPY.
+    Into an empty table, its other indexes are built after the rows.
+    ``chunk`` rows are converted at a time.
     """
     order = _key_order(objects["fine"], objects["diaObjectId"])
     _bulk(engine, db.objects, _object_columns(objects), order, chunk, native)
@@ -368,6 +369,9 @@ def _bulk(
     """Insert rows ``order`` of ``columns`` into ``table`` in one transaction."""
     path = db.native_sqlite_file(engine, native)
     if path is not None:
+        # The engine's idle pooled connections would keep the load from
+        # taking the file to itself (see `sqlite_native.Connection.bulk_insert`).
+        engine.dispose()
         with sqlite_native.connect(path, cache_kib=BULK_CACHE_KIB) as conn:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.bulk_insert(table.name, columns, texts=texts, order=order)

@@ -449,3 +449,45 @@ def test_postgres_copy_text_fallback_same_rows(tmp_path, pg_server, monkeypatch)
     assert rows[0] == rows[1] and len(rows[0]["diasources"]) == len(sources)
     for eng in engines:
         eng.dispose()
+
+
+def journal_mode(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+
+
+@needs_native
+@pytest.mark.parametrize("other_connection", [False, True])
+def test_native_bulk_load_ends_in_wal(sqlite_engine, tmp_path, other_connection):
+    """Alone, the load goes under a rollback journal; either way it ends in WAL, checkpointed."""
+    rng = np.random.default_rng(18)
+    objects = make_objects(rng, rng.permutation(2000) + 1, rng.integers(0, 50, 2000))
+    sources = history(rng, objects)
+    sources["diaSourceId"][3] = sources["diaSourceId"][4]
+    switches = []
+    real = sqlite_native.Connection._set_journal_mode
+
+    def spy(self, mode, wait_ms):
+        switches.append((mode, ok := real(self, mode, wait_ms)))
+        return ok
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sqlite_native.Connection, "_set_journal_mode", spy)
+        other = sqlite3.connect(tmp_path / db.SQLITE_NAME) if other_connection else None
+        if other is not None:
+            other.execute("SELECT count(*) FROM objects").fetchall()
+        bulk_load_objects(sqlite_engine, objects)
+        with pytest.raises(sqlite3.IntegrityError):
+            bulk_load_diasources(sqlite_engine, sources)  # fails, rolled back
+        if other is not None:
+            other.close()
+    alone = not other_connection
+    assert switches == (
+        [("truncate", True), ("wal", True)] * 2 if alone else [("truncate", False)] * 2
+    )
+    assert journal_mode(sqlite_engine) == "wal"
+    assert not (tmp_path / f"{db.SQLITE_NAME}-journal").exists()
+    wal = tmp_path / f"{db.SQLITE_NAME}-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    rows = table_rows(sqlite_engine)
+    assert len(rows["objects"]) == 2000 and not rows["diasources"]
