@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from association import db
@@ -40,7 +40,7 @@ def read_diasources_table(path: str | Path) -> np.ndarray:
 def catalogue_loaded(engine: Engine) -> bool:
     """Whether the database already holds Objects."""
     with engine.connect() as conn:
-        return bool(conn.execute(select(func.count()).select_from(db.objects)).scalar())
+        return conn.execute(select(db.objects.c.diaObjectId).limit(1)).first() is not None
 
 
 def preload(engine: Engine, objects_path: str | Path, diasources_path: str | Path | None) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -132,11 +134,14 @@ class Replayer:
         objects = files.get("catalogue_objects")
         if not objects:
             return 0
-        engine = make_engine(self.opts.db_url, self.run_dir)
-        try:
-            return preload(engine, objects, files.get("catalogue_diasources"))
-        finally:
-            engine.dispose()
+        # In a process of its own, so that the memory of a large catalogue
+        # goes back to the system (to the database's page cache) when done.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            job = pool.submit(
+                _preload, self.opts.db_url, self.run_dir, objects, files.get("catalogue_diasources")
+            )
+            return job.result()
 
     def start_pipeline(self) -> str:
         """Start ``mpiexec -n RANKS nightpipe run`` on the run directory; its address."""
@@ -290,3 +295,11 @@ def _sleep_until(t: float) -> None:
             time.sleep(left - 1e-3)
         else:
             os.sched_yield()
+
+
+def _preload(db_url: str | None, run_dir: Path, objects: str, diasources: str | None) -> int:
+    engine = make_engine(db_url, run_dir)
+    try:
+        return preload(engine, objects, diasources)
+    finally:
+        engine.dispose()

@@ -271,12 +271,25 @@ def table_rows(engine: Engine, *, volatile: bool = False) -> dict[str, set[tuple
     ``volatile``.
     """
     out = {}
+    pg = engine.dialect.name == "postgresql"
     with engine.connect() as conn:
-        for table in db.metadata.sorted_tables:
-            skip = () if volatile else VOLATILE_COLUMNS.get(table.name, ())
-            cols = [c for c in table.columns if c.name not in skip]
-            rows = conn.execute(select(*cols)).all()
-            out[table.name] = {tuple(_nan_none(v) for v in row) for row in rows}
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            for table in db.metadata.sorted_tables:
+                skip = () if volatile else VOLATILE_COLUMNS.get(table.name, ())
+                names = []
+                for c in table.columns:
+                    if c.name in skip:
+                        continue
+                    name = _q(engine, c.name)
+                    # NaN as NULL; PostgreSQL, unlike Python, has NaN = NaN
+                    nan = pg and isinstance(c.type, Double)
+                    names.append(f"NULLIF({name}, 'NaN'::float8)" if nan else name)
+                # plain driver tuples: a SQLAlchemy Row per row costs more than the query
+                cur.execute(f"SELECT {', '.join(names)} FROM {table.name}")
+                out[table.name] = set(cur.fetchall())
+        finally:
+            cur.close()
     return out
 
 
@@ -556,10 +569,12 @@ def _insert_sql(conn: Connection, table: Table) -> str:
 
 def _upsert_objects_sql(conn: Connection) -> str:
     key = "diaObjectId"
+    # An Object's fine index never changes: leaving the primary key (fine,
+    # diaObjectId) out of the SET list makes the update one in place.
     sets = ", ".join(
         f"{_q(conn, c.name)} = excluded.{_q(conn, c.name)}"
         for c in db.objects.columns
-        if c.name != key
+        if c.name not in (key, "fine")
     )
     return f"{_insert_sql(conn, db.objects)} ON CONFLICT ({_q(conn, key)}) DO UPDATE SET {sets}"
 
@@ -593,7 +608,3 @@ def _pylist(values: np.ndarray) -> list:
             out[nan] = None
             return out.tolist()
     return values.tolist()
-
-
-def _nan_none(v):
-    return None if isinstance(v, float) and v != v else v

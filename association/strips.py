@@ -1,28 +1,68 @@
-"""Thin strips of chunks a Slice does not hold, cached across visits while unchanged."""
+"""Thin strips of chunks a Slice does not hold, cached across visits and kept current."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
+
+KEY_COLUMN = "diaObjectId"
+
+
+@dataclass(frozen=True)
+class Strip:
+    """Some Object columns of the fine-index ranges ``[lo, hi)`` of one chunk.
+
+    Rows are sorted by diaObjectId; the arrays are never written in place, so
+    a copy handed out stays as it was.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns[KEY_COLUMN])
+
+    def contains(self, fine: np.ndarray) -> np.ndarray:
+        """Whether each fine index lies in one of the strip's ranges."""
+        i = np.searchsorted(self.lo, fine, "right") - 1
+        return (i >= 0) & (fine < self.hi[np.maximum(i, 0)])
+
+    def upserted(self, rows: Mapping[str, np.ndarray]) -> Strip:
+        """The strip with ``rows`` (sorted by unique id) replacing or joining its own."""
+        ids, new = self.columns[KEY_COLUMN], rows[KEY_COLUMN]
+        pos = np.searchsorted(ids, new)
+        old = pos < len(ids)
+        old[old] = ids[pos[old]] == new[old]
+        columns = {}
+        for name, col in self.columns.items():
+            value = np.asarray(rows[name], col.dtype)
+            out = col.copy()
+            out[pos[old]] = value[old]
+            columns[name] = np.insert(out, pos[~old], value[~old])
+        return Strip(self.lo, self.hi, columns)
 
 
 class StripCache:
     """Strips of margin chunks, by (chunk, owned chunks), for matching only.
 
-    A strip is dropped when an update may touch its chunk (the caller gives
-    the chunks of a visit's DIASources and their neighbours: an Object matched
-    within the radius lies in one of them), so what is cached always equals
-    the database. At most `max_entries` strips are kept, the oldest going first.
+    Every visit's stored Objects are applied to the strips they fall in
+    (`patch`), so what is cached always equals the database. At most
+    `max_entries` strips are kept, the least recently used going first.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._strips: OrderedDict[tuple[int, tuple[int, ...]], dict[str, np.ndarray]] = (
-            OrderedDict()
-        )
+        self._strips: OrderedDict[tuple[int, tuple[int, ...]], Strip] = OrderedDict()
 
-    def get(self, chunk: int, owned: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+    def __len__(self) -> int:
+        return len(self._strips)
+
+    def get(self, chunk: int, owned: tuple[int, ...]) -> Strip | None:
         """The cached strip, or None."""
         key = (chunk, owned)
         strip = self._strips.get(key)
@@ -30,16 +70,56 @@ class StripCache:
             self._strips.move_to_end(key)
         return strip
 
-    def put(self, chunk: int, owned: tuple[int, ...], strip: dict[str, np.ndarray]) -> None:
-        """Keep a strip read from the database."""
+    def put(
+        self,
+        chunk: int,
+        owned: tuple[int, ...],
+        lo: np.ndarray,
+        hi: np.ndarray,
+        columns: Mapping[str, np.ndarray],
+    ) -> Strip:
+        """Keep a strip read from the database (rows in any order); return it."""
+        order = np.argsort(columns[KEY_COLUMN], kind="stable")
+        strip = Strip(np.asarray(lo), np.asarray(hi), {k: v[order] for k, v in columns.items()})
         self._strips[(chunk, owned)] = strip
         while len(self._strips) > self.max_entries:
             self._strips.popitem(last=False)
+        return strip
 
-    def invalidate(self, chunks: np.ndarray) -> int:
-        """Drop the strips of `chunks`; how many went."""
-        chunk_set = set(np.asarray(chunks).tolist())
-        drop = [key for key in self._strips if key[0] in chunk_set]
-        for key in drop:
-            del self._strips[key]
-        return len(drop)
+    def clear(self) -> None:
+        """Drop every strip."""
+        self._strips.clear()
+
+    def patch(
+        self, chunk_of_row: np.ndarray, fine: np.ndarray, rows: Mapping[str, np.ndarray]
+    ) -> int:
+        """Apply stored Objects (new or changed) to the strips they fall in.
+
+        Parameters
+        ----------
+        chunk_of_row, fine : ndarray
+            The chunk and fine index of each row.
+        rows : mapping of str to ndarray
+            At least the cached columns; ``diaObjectId`` unique.
+
+        Returns
+        -------
+        int
+            The number of strips changed.
+        """
+        if not self._strips or not len(fine):
+            return 0
+        order = np.lexsort((rows[KEY_COLUMN], chunk_of_row))
+        chunks = chunk_of_row[order]
+        cuts = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1], True])
+        by_chunk = {int(chunks[a]): order[a:b] for a, b in pairwise(cuts.tolist())}
+        changed = 0
+        for key, strip in list(self._strips.items()):
+            take = by_chunk.get(key[0])
+            if take is None:
+                continue
+            take = take[strip.contains(fine[take])]
+            if len(take):
+                self._strips[key] = strip.upserted({k: rows[k][take] for k in strip.columns})
+                changed += 1
+        return changed

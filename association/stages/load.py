@@ -146,10 +146,10 @@ class LoadStage(Stage):
             strip = st.strips.get(chunk, key)
             if strip is None:
                 lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
-                strip = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
-                strip["isVariable"] = strip["isVariable"].astype(bool)
-                st.strips.put(chunk, key, strip)
-            strips.append(strip)
+                columns = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
+                columns["isVariable"] = columns["isVariable"].astype(bool)
+                strip = st.strips.put(chunk, key, lo, hi, columns)
+            strips.append(strip.columns)
         ctx.clipboard["strip"] = {
             k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
             for k in MATCH_COLUMNS

@@ -13,10 +13,12 @@ from sqlalchemy import select
 from association import db
 from association.alerts import write_visit_alerts
 from association.avro_alerts import warm_up as avro_warm_up
+from association.checkpoint import WalCheckpointer
+from association.stages.load import MATCH_COLUMNS
 from association.state import state_of
 from association.store import VisitRecord, store_visit
 from events.types import ALERTS_READY, NEXT_VISIT
-from framework.stage import MasterContext, RankContext, Stage
+from framework.stage import ExecutionContext, MasterContext, RankContext, Stage
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,21 @@ class StoreStage(Stage):
     ConfigClass = StoreConfig
 
     def setup(self, ctx: RankContext) -> None:
+        self._checkpointer = None
         if ctx.rank == 0:
             avro_warm_up()  # load the compiled encoder now, not on the first visit
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="alerts")
+            engine = state_of(ctx).engine
+            path = db.sqlite_file(engine)
+            if path is not None:
+                self._checkpointer = WalCheckpointer(path)
+                self._checkpointer.attach(engine)
 
     def shutdown(self, ctx: RankContext) -> None:
         if ctx.rank == 0:
             self._pool.shutdown()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
 
     def preprocess(self, ctx: MasterContext) -> Any:
         st = state_of(ctx)
@@ -104,4 +114,19 @@ class StoreStage(Stage):
         ctx.clipboard["counts"] = dict(
             zip(("alerts", "sources", "new_objects", "moving"), counts, strict=True)
         )
-        return None
+        if ctx.clipboard["stored"]:
+            return None
+        objects = ctx.clipboard["objects"]
+        return {name: objects[name] for name in (*MATCH_COLUMNS, "fine")}
+
+    def process(self, ctx: ExecutionContext, payload: Any) -> None:
+        """Keep each Slice's cached margin strips equal to the stored Objects."""
+        if payload is None:
+            return
+        st = state_of(ctx)
+        try:
+            st.strips.patch(st.partition.chunk_of_fine(payload["fine"]), payload["fine"], payload)
+        except Exception:
+            # The visit is stored: a strip that cannot be kept current goes.
+            ctx.log.exception("fov %s: margin strips could not be updated; dropped", ctx.key)
+            st.strips.clear()

@@ -50,9 +50,6 @@ class UpdateStage(Stage):
         ctx.clipboard["txn"] = txn
         txn.associate(matched)
         txn.create(new)
-        st = state_of(ctx)
-        touched = np.unique(st.partition.chunk_of_fine(np.r_[matched["fine"], new["fine"]]))
-        st.strips.invalidate(np.r_[touched, st.partition.margin_chunks(touched, st.margin_deg)])
         changed = txn.changed(ctx.clipboard["owned"])
         recent = cat.recent_for(changed["diaObjectId"])
         return Changes(changed, recent[recent["visit"] != ctx.key])
