@@ -108,7 +108,12 @@ def add_replay(sub: Any) -> None:
         action="store_true",
         help="compare the results with the archive's truth and print the report",
     )
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="after the last event, give up once no visit has finished for this long (s)",
+    )
     p.add_argument("--max-in-flight", type=int, help="cap on visits in flight")
 
 

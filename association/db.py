@@ -174,7 +174,11 @@ def make_engine(url: str | None, run_dir: str | Path) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     # The driver's own implicit transactions are switched off; the "begin"
     # listener issues BEGIN itself so a Store is one real transaction.
-    engine = create_engine(url, connect_args={"isolation_level": None, "timeout": 60})
+    # A pooled connection may be used by another thread than the one that opened
+    # it (the Store's writer thread); the pool hands it to one at a time.
+    engine = create_engine(
+        url, connect_args={"isolation_level": None, "timeout": 60, "check_same_thread": False}
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:

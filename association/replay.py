@@ -54,7 +54,8 @@ class ReplayOptions:
     sets : list of str
         ``STAGE.KEY=VALUE`` overrides for that pipeline.
     timeout : float
-        Seconds to wait for the last visit after the last event.
+        After the last event, give up once no visit has finished for this
+        many seconds.
     max_in_flight : int or None
         Override the pipeline's cap on visits in flight.
     """
@@ -218,7 +219,7 @@ class Replayer:
                     out = self._outcomes()
                     done = sum(v == "done" for v in out.values())
                     progress.show(sent, len(self.events), done, len(out) - done)
-        deadline = time.time() + self.opts.timeout
+        deadline, seen = time.time() + self.opts.timeout, -1
         while True:
             out = self._outcomes()
             finished = [v for v in self.visits if v in out]
@@ -228,10 +229,12 @@ class Replayer:
                 break
             if self.proc is not None and self.proc.poll() is not None:
                 raise ReplayError(f"the pipeline died (exit {self.proc.returncode})")
-            if time.time() > deadline:
+            if len(finished) > seen:
+                deadline, seen = time.time() + self.opts.timeout, len(finished)
+            elif time.time() > deadline:
                 raise ReplayError(
-                    f"{len(self.visits) - len(finished)} visit(s) unfinished "
-                    f"{self.opts.timeout:g} s after the last event"
+                    f"{len(self.visits) - len(finished)} visit(s) unfinished and none "
+                    f"finished in the last {self.opts.timeout:g} s"
                 )
             time.sleep(0.2)
         progress.show(sent, len(self.events), done, len(finished) - done, force=True)

@@ -449,6 +449,66 @@ class Connection:
         After the commit the rows are in the database file itself: a WAL is
         checkpointed and truncated.
         """
+        n = _common_length(columns)
+        if n == 0:
+            return 0
+        with self._rollback_journal(table, rollback_journal) as switched:
+            self.execute("BEGIN IMMEDIATE")
+            try:
+                indexes = []
+                if build_indexes_after and self._empty(table):
+                    indexes = self.execute(
+                        "SELECT name, sql FROM sqlite_master "
+                        "WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+                        (table,),
+                    )
+                    for index, _ in indexes:
+                        self.execute(f"DROP INDEX {quote(index)}")
+                self.insert_rows(
+                    table,
+                    columns,
+                    texts=texts,
+                    order=order,
+                    chunk=chunk,
+                    rows_per_statement=rows_per_statement,
+                )
+                if indexes:
+                    # SQLite sorts an index's entries in runs the size of the
+                    # page cache: small runs that stay in the CPU caches sort fastest.
+                    (cache,) = self.execute("PRAGMA cache_size")[0]
+                    self.execute(f"PRAGMA cache_size=-{int(sort_cache_kib)}")
+                    for _, index_sql in indexes:
+                        self.execute(index_sql)
+                    self.execute(f"PRAGMA cache_size={int(cache)}")
+                self.execute("COMMIT")
+            except BaseException:
+                if self.in_transaction:
+                    self.execute("ROLLBACK")
+                raise
+        if not switched and self._journal_mode() == "wal":
+            # Into the database file, and the WAL back to nothing; a reader
+            # still on an older snapshot may keep some in the WAL for later.
+            with self._busy_timeout(_CHECKPOINT_WAIT_MS):
+                self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n
+
+    def insert_rows(
+        self,
+        table: str,
+        columns: Mapping[str, np.ndarray],
+        *,
+        texts: Mapping[str, Sequence[str]] | None = None,
+        order: np.ndarray | None = None,
+        chunk: int = 1 << 14,
+        rows_per_statement: int = 64,
+        suffix: str = "",
+    ) -> int:
+        """Insert rows in the open transaction; return how many.
+
+        As `bulk_insert` (same ``columns``, ``texts``, ``order``, ``chunk`` and
+        ``rows_per_statement``) but with no transaction or index handling of
+        its own. ``suffix`` ends each statement, e.g. an ``ON CONFLICT`` clause.
+        """
         names = list(columns)
         n = _common_length(columns)
         if n == 0:
@@ -484,65 +544,38 @@ class Connection:
                         ints[slot[c]] += text.base[name]
             return ints, floats
 
-        col_sql = ", ".join(_quote(name) for name in names)
+        col_sql = ", ".join(quote(name) for name in names)
         row_sql = f"({', '.join('?' * len(names))})"
         per = max(1, min(rows_per_statement, _MAX_PARAMS // max(1, len(names))))
 
         def insert(rows: int) -> str:
-            return f"INSERT INTO {_quote(table)} ({col_sql}) VALUES {', '.join([row_sql] * rows)}"
+            return (
+                f"INSERT INTO {quote(table)} ({col_sql}) VALUES {', '.join([row_sql] * rows)}"
+                + suffix
+            )
 
-        with self._rollback_journal(table, rollback_journal) as switched:
-            self.execute("BEGIN IMMEDIATE")
-            try:
-                indexes = []
-                if build_indexes_after and self._empty(table):
-                    indexes = self.execute(
-                        "SELECT name, sql FROM sqlite_master "
-                        "WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
-                        (table,),
+        with (
+            self._statement(insert(per), ()) as many,
+            self._statement(insert(1), ()) as one,
+            ThreadPoolExecutor(max_workers=1) as pool,
+        ):
+            pending = pool.submit(batch, 0)
+            for start in range(0, n, chunk):
+                ints, floats = pending.result()
+                if start + chunk < n:
+                    pending = pool.submit(batch, start + chunk)
+                done = 0
+                for stmt, k in ((many, per), (one, 1)):
+                    done, rc = self._lib.insert_kernel(
+                        stmt.value, k, code, slot, ints, floats, *text.arrays(), done
                     )
-                    for index, _ in indexes:
-                        self.execute(f"DROP INDEX {_quote(index)}")
-                with (
-                    self._statement(insert(per), ()) as many,
-                    self._statement(insert(1), ()) as one,
-                    ThreadPoolExecutor(max_workers=1) as pool,
-                ):
-                    pending = pool.submit(batch, 0)
-                    for start in range(0, n, chunk):
-                        ints, floats = pending.result()
-                        if start + chunk < n:
-                            pending = pool.submit(batch, start + chunk)
-                        done = 0
-                        for stmt, k in ((many, per), (one, 1)):
-                            done, rc = self._lib.insert_kernel(
-                                stmt.value, k, code, slot, ints, floats, *text.arrays(), done
-                            )
-                            if rc != _SQLITE_DONE:
-                                rows = f"rows {start + done}..{start + done + k - 1} (in order)"
-                                self._check(rc, f", inserting {rows} into {table}")
-                if indexes:
-                    # SQLite sorts an index's entries in runs the size of the
-                    # page cache: small runs that stay in the CPU caches sort fastest.
-                    (cache,) = self.execute("PRAGMA cache_size")[0]
-                    self.execute(f"PRAGMA cache_size=-{int(sort_cache_kib)}")
-                    for _, index_sql in indexes:
-                        self.execute(index_sql)
-                    self.execute(f"PRAGMA cache_size={int(cache)}")
-                self.execute("COMMIT")
-            except BaseException:
-                if self.in_transaction:
-                    self.execute("ROLLBACK")
-                raise
-        if not switched and self._journal_mode() == "wal":
-            # Into the database file, and the WAL back to nothing; a reader
-            # still on an older snapshot may keep some in the WAL for later.
-            with self._busy_timeout(_CHECKPOINT_WAIT_MS):
-                self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    if rc != _SQLITE_DONE:
+                        rows = f"rows {start + done}..{start + done + k - 1} (in order)"
+                        self._check(rc, f", inserting {rows} into {table}")
         return n
 
     def _empty(self, table: str) -> bool:
-        return not self.execute(f"SELECT 1 FROM {_quote(table)} LIMIT 1")
+        return not self.execute(f"SELECT 1 FROM {quote(table)} LIMIT 1")
 
     @contextlib.contextmanager
     def _rollback_journal(self, table: str, enabled: bool) -> Iterator[bool]:
@@ -721,5 +754,6 @@ def _grow(a: np.ndarray, n: int, cap: int) -> np.ndarray:
     return out
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
+    """An SQL identifier, double-quoted."""
     return '"' + name.replace('"', '""') + '"'

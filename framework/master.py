@@ -9,6 +9,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,13 @@ from framework.execution import (
 from framework.logs import current_execution, setup_logging
 from framework.messages import Bye, Ready, Release, Result, Shutdown, Work
 from framework.section import OrderedSection
-from framework.stage import MasterContext, RankContext, Scatter
+from framework.stage import Later, MasterContext, RankContext, Scatter
 from framework.status import Board, write_status
 from framework.transport import Transport, Waiter
 
 ENDPOINT_FILE = "endpoint.json"
+LATER_POLL_S = 0.001
+"""Longest wait for events while a `Later` preprocess is pending, s."""
 
 
 class SetupError(RuntimeError):
@@ -62,6 +65,7 @@ class Running:
     resources: frozenset[Hashable] | None
     clipboard: dict[str, Any] = field(default_factory=dict)
     payload: Any = None
+    later: Future[Any] | None = None
     results: list[Any] = field(default_factory=list)
     t_start: float = field(default_factory=time.perf_counter)
     t_stage: float = 0.0
@@ -111,6 +115,7 @@ class Master:
 
             self.endpoint = Endpoint(rt.endpoint, rt.publish or None)
         self.execs: dict[int, Running] = {}
+        self._later: list[Running] = []
         self.section = OrderedSection() if config.ordered else None
         self._gate = config.ordered_range[0] if config.ordered else None
         self._gate_exit = config.ordered_range[1] if config.ordered else None
@@ -141,8 +146,12 @@ class Master:
         self.board.set(state="running")
         while not self.stop_now:
             busy = self._poll_slices()
+            busy = self._poll_later() or busy
             busy = self._poll_inbox() or busy
-            busy = self._poll_endpoint(0.0 if busy else self.waiter.next_timeout()) or busy
+            timeout = 0.0 if busy else self.waiter.next_timeout()
+            if self._later:
+                timeout = min(timeout, LATER_POLL_S)
+            busy = self._poll_endpoint(timeout) or busy
             now = time.time()
             self._tick(now)
             if self._want_admit:
@@ -447,6 +456,10 @@ class Master:
                         rec.payload = self.stages[k].preprocess(self._mctx(rec))
                     except Exception as exc:
                         return HookFailed(self._hook_failure(rec, "preprocess", exc))
+                    if isinstance(rec.payload, Later):
+                        rec.later, rec.payload = rec.payload.future, None
+                        self._later.append(rec)
+                        return None  # `_poll_later` goes on when it is done
                     return PreprocessDone()
                 case Dispatch(stage=k):
                     payload = rec.payload
@@ -544,6 +557,24 @@ class Master:
             self.endpoint.publish(ev)
 
     # -- Slices ----------------------------------------------------------------
+
+    def _poll_later(self) -> bool:
+        """Go on with the executions whose `Later` preprocess has finished."""
+        done = [rec for rec in self._later if rec.later is not None and rec.later.done()]
+        for rec in done:
+            self._later.remove(rec)
+            future, rec.later = rec.later, None
+            token = current_execution.set(str(rec.machine.key))
+            try:
+                rec.payload = future.result()
+            except Exception as exc:
+                follow: Any = HookFailed(self._hook_failure(rec, "preprocess", exc))
+            else:
+                follow = PreprocessDone()
+            finally:
+                current_execution.reset(token)
+            self._feed(rec, follow)
+        return bool(done)
 
     def _poll_slices(self) -> bool:
         busy = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +29,24 @@ class Scatter:
     """
 
     items: list[Any]
+
+
+@dataclass(frozen=True)
+class Later:
+    """A `preprocess` result whose work finishes in another thread.
+
+    The execution waits for ``future`` without holding up the master's loop:
+    its result is then the payload, and its exception fails the execution as
+    the hook's own would. Master hooks are not thread-safe: the thread must
+    not call ``ctx.emit`` or touch other executions.
+
+    Parameters
+    ----------
+    future : concurrent.futures.Future
+        The work, e.g. from ``ThreadPoolExecutor.submit``.
+    """
+
+    future: Future[Any]
 
 
 @dataclass

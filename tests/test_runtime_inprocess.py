@@ -170,6 +170,32 @@ def test_failure_isolation(start, hook):
     assert r.stop() == 0
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_later_preprocess_leaves_the_master_free(start, fail):
+    """A preprocess that returns `Later` finishes in its thread while other visits go on."""
+    config = {"later_fov": 1, "later_s": 1.0}
+    if fail:
+        config |= {"fail_fov": 1, "fail_hook": "preprocess"}
+    r = start([{"name": "a"}, {"name": "b", "config": config}])
+    r.send(NV, 1)
+    time.sleep(0.1)
+    for fov in (2, 3):
+        r.send(NV, fov)
+    assert r.wait([2, 3]) == {2: "done", 3: "done"}
+    assert 1 not in r.outcomes()  # still in b's preprocess, in its thread
+    assert r.wait([1])[1] == ("failed" if fail else "done")
+    trace = read_trace(r.run_dir)
+    if fail:
+        body = r.failed_event(1)
+        assert body["stage"] == "b" and body["hook"] == "preprocess" and body["rank"] == 0
+        assert "injected failure in b.preprocess" in body["error"]
+        assert not any(d["fov"] == 1 and d["stage"] == "b" and d["what"] == "start" for d in trace)
+    else:
+        # its payload reached the Slices (process checks it), then postprocess saw both
+        assert any(d["fov"] == 1 and d["stage"] == "b" and d["what"] == "post" for d in trace)
+    assert r.stop() == 0
+
+
 def test_duplicates_ignored_and_cap_respected(start):
     r = start([{"name": "a", "config": {"sleep": 0.05}}], max_in_flight=2)
     first = r.send(NV, 1, id="visit-1")

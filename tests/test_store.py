@@ -17,6 +17,7 @@ from association.store import (
     bulk_load_objects,
     load_objects,
     load_recent_diasources,
+    native_writer,
     store_visit,
     table_rows,
     visit_stored,
@@ -491,3 +492,41 @@ def test_native_bulk_load_ends_in_wal(sqlite_engine, tmp_path, other_connection)
     assert not wal.exists() or wal.stat().st_size == 0
     rows = table_rows(sqlite_engine)
     assert len(rows["objects"]) == 2000 and not rows["diasources"]
+
+
+def test_native_store_equals_driver_store(tmp_path):
+    """The C-API Store gives the driver's rows: upserts, a re-Store, and failures rolled back."""
+    engines = []
+    for name in ("driver", "native"):
+        eng = db.make_engine(None, tmp_path / name)
+        db.create_schema(eng)
+        engines.append(eng)
+    writer = native_writer(engines[1])
+    assert writer is not None and native_writer(create_engine("sqlite://")) is None
+
+    def boom():
+        raise RuntimeError("alert file failed")
+
+    try:
+        for eng, w in zip(engines, (None, writer), strict=True):
+            record, sources, objects, moving, alerts = visit_data(5)
+            store_visit(eng, record, sources, objects, moving, alerts, writer=w)
+            objects["nDiaSources"] += 1  # visit 6 updates visit 5's Objects
+            objects["psfFluxMean"][:, 0] = np.nan
+            record6, sources6, _, moving6, alerts6 = visit_data(6)
+            store_visit(eng, record6, sources6, objects, moving6, alerts6, writer=w)
+            store_visit(eng, record, *visit_data(5)[1:], writer=w)  # again: same rows
+            record7, sources7, objects7, moving7, alerts7 = visit_data(7)
+            with pytest.raises(RuntimeError, match="alert file"):
+                store_visit(eng, record7, sources7, objects7, moving7, alerts7, boom, writer=w)
+            sources7["diaSourceId"][-1] = sources["diaSourceId"][0]
+            with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+                store_visit(eng, record7, sources7, objects7, moving7, alerts7, writer=w)
+            assert not visit_stored(eng, 7)
+        rows = [table_rows(eng) for eng in engines]
+        assert rows[0] == rows[1]
+        assert len(rows[1]["objects"]) == 50 and len(rows[1]["diasources"]) == 100
+    finally:
+        writer.close()
+        for eng in engines:
+            eng.dispose()

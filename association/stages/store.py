@@ -16,9 +16,9 @@ from association.avro_alerts import warm_up as avro_warm_up
 from association.checkpoint import WalCheckpointer
 from association.stages.load import MATCH_COLUMNS
 from association.state import state_of
-from association.store import VisitRecord, store_visit
+from association.store import VisitRecord, native_writer, store_visit
 from events.types import ALERTS_READY, NEXT_VISIT
-from framework.stage import ExecutionContext, MasterContext, RankContext, Stage
+from framework.stage import ExecutionContext, Later, MasterContext, RankContext, Stage
 
 
 @dataclass(frozen=True)
@@ -39,85 +39,83 @@ class StoreStage(Stage):
     ConfigClass = StoreConfig
 
     def setup(self, ctx: RankContext) -> None:
-        self._checkpointer = None
+        self._checkpointer = self._writer = None
         if ctx.rank == 0:
             avro_warm_up()  # load the compiled encoder now, not on the first visit
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="alerts")
+            self._alerts = ThreadPoolExecutor(1, thread_name_prefix="alerts")
+            # One writer thread: visits commit one at a time, in the order they got here.
+            self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
             engine = state_of(ctx).engine
+            self._writer = native_writer(engine)
             path = db.sqlite_file(engine)
             if path is not None:
                 self._checkpointer = WalCheckpointer(path)
                 self._checkpointer.attach(engine)
+                if self._writer is not None:
+                    self._writer.execute("PRAGMA wal_autocheckpoint=0")
 
     def shutdown(self, ctx: RankContext) -> None:
         if ctx.rank == 0:
-            self._pool.shutdown()
+            self._db.shutdown()
+            self._alerts.shutdown()
+            if self._writer is not None:
+                self._writer.close()
             if self._checkpointer is not None:
                 self._checkpointer.close()
 
     def preprocess(self, ctx: MasterContext) -> Any:
-        st = state_of(ctx)
         out_dir = Path(ctx.run_dir) / self.config.alerts_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"visit_{ctx.key}.avro"
+        ctx.clipboard["alerts_path"] = str(path)
         if ctx.clipboard["stored"]:
-            with st.engine.connect() as conn:
+            with state_of(ctx).engine.connect() as conn:
                 row = conn.execute(select(db.visits).where(db.visits.c.visit == ctx.key)).one()
-            counts = (row.n_alerts, row.n_sources, row.n_new_objects, row.n_moving)
-        else:
-            sources = ctx.clipboard["sources"]
-            # one packet per DIASource still in alerting; alertId is its diaSourceId
-            alerting = sources[sources["ssObjectId"] == 0]
+            ctx.clipboard["counts"] = _counts(
+                row.n_alerts, row.n_sources, row.n_new_objects, row.n_moving
+            )
+            return None
+        sources = ctx.clipboard["sources"]
+        # one packet per DIASource still in alerting; alertId is its diaSourceId
+        alerting = sources[sources["ssObjectId"] == 0]
+        ss_ids, src_ids = ctx.clipboard["moving"]
+        nv = ctx.events[NEXT_VISIT].body
+        record = VisitRecord(
+            visit=ctx.key,
+            mjd=float(nv["mjd"]),
+            ra=float(nv["ra"]),
+            dec=float(nv["dec"]),
+            filter=str(nv["filter"]),
+            n_sources=len(sources),
+            n_alerts=len(alerting),
+            n_new_objects=ctx.clipboard["n_new"],
+            n_moving=len(src_ids),
+        )
+        ctx.clipboard["counts"] = _counts(
+            len(alerting), len(sources), ctx.clipboard["n_new"], len(src_ids)
+        )
+        objects = ctx.clipboard["objects"]
+
+        def store() -> dict[str, np.ndarray]:
             # The alert file is written beside the database transaction, which
             # commits only once the file is complete.
-            writing = self._pool.submit(
-                write_visit_alerts,
-                path,
-                alerting,
-                ctx.clipboard["objects"],
-                ctx.clipboard["recent"],
-            )
-            n_alerts = len(alerting)
-            ss_ids, src_ids = ctx.clipboard["moving"]
-            nv = ctx.events[NEXT_VISIT].body
-            record = VisitRecord(
-                visit=ctx.key,
-                mjd=float(nv["mjd"]),
-                ra=float(nv["ra"]),
-                dec=float(nv["dec"]),
-                filter=str(nv["filter"]),
-                n_sources=len(sources),
-                n_alerts=n_alerts,
-                n_new_objects=ctx.clipboard["n_new"],
-                n_moving=len(src_ids),
+            writing = self._alerts.submit(
+                write_visit_alerts, path, alerting, objects, ctx.clipboard["recent"]
             )
             store_visit(
-                st.engine,
+                state_of(ctx).engine,
                 record,
                 sources,
-                ctx.clipboard["objects"],
+                objects,
                 moving=(np.full(len(src_ids), ctx.key), ss_ids, src_ids),
                 alerts=(alerting["diaSourceId"], alerting["diaSourceId"], alerting["diaObjectId"]),
                 before_commit=writing.result,
+                writer=self._writer,
             )
-            counts = (n_alerts, len(sources), ctx.clipboard["n_new"], len(src_ids))
-        ctx.emit(
-            ALERTS_READY,
-            {
-                "path": str(path),
-                "n_alerts": counts[0],
-                "n_sources": counts[1],
-                "n_new_objects": counts[2],
-                "n_moving": counts[3],
-            },
-        )
-        ctx.clipboard["counts"] = dict(
-            zip(("alerts", "sources", "new_objects", "moving"), counts, strict=True)
-        )
-        if ctx.clipboard["stored"]:
-            return None
-        objects = ctx.clipboard["objects"]
-        return {name: objects[name] for name in (*MATCH_COLUMNS, "fine")}
+            return {name: objects[name] for name in (*MATCH_COLUMNS, "fine")}
+
+        # The master goes on with other visits while this one is written.
+        return Later(self._db.submit(store))
 
     def process(self, ctx: ExecutionContext, payload: Any) -> None:
         """Keep each Slice's cached margin strips equal to the stored Objects."""
@@ -130,3 +128,15 @@ class StoreStage(Stage):
             # The visit is stored: a strip that cannot be kept current goes.
             ctx.log.exception("fov %s: margin strips could not be updated; dropped", ctx.key)
             st.strips.clear()
+
+    def postprocess(self, ctx: MasterContext, results: list[None]) -> None:
+        ctx.emit(ALERTS_READY, {"path": ctx.clipboard["alerts_path"], **ctx.clipboard["counts"]})
+
+
+def _counts(alerts: int, sources: int, new_objects: int, moving: int) -> dict[str, int]:
+    return {
+        "n_alerts": alerts,
+        "n_sources": sources,
+        "n_new_objects": new_objects,
+        "n_moving": moving,
+    }

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from framework.stage import Stage
+from framework.stage import Later, Stage
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class TraceConfig:
     fail_slice: int = -1
     fail_hook: str = "process"
     array_size: int = 1000
+    later_fov: int = -1  # this fov's preprocess runs in a thread, `later_s` long
+    later_s: float = 0.0
 
 
 class Trace(Stage):
@@ -45,11 +48,20 @@ class Trace(Stage):
             raise RuntimeError(f"injected failure in {self.name}.{hook} for fov {ctx.key}")
 
     def setup(self, ctx) -> None:
+        self._pool = ThreadPoolExecutor(1)
         self._rec(ctx, "setup")
 
     def preprocess(self, ctx):
+        if ctx.key == self.config.later_fov:
+            return Later(self._pool.submit(self._later, ctx))
         self._maybe_fail(ctx, "preprocess")
         self._rec(ctx, "pre")
+        return {"stage": self.name, "fov": ctx.key}
+
+    def _later(self, ctx):
+        time.sleep(self.config.later_s)
+        self._maybe_fail(ctx, "preprocess")
+        self._rec(ctx, "pre", later=True)
         return {"stage": self.name, "fov": ctx.key}
 
     def process(self, ctx, payload):
@@ -83,6 +95,7 @@ class Trace(Stage):
         self._rec(ctx, "finish", ok=ok)
 
     def shutdown(self, ctx) -> None:
+        self._pool.shutdown()
         self._rec(ctx, "shutdown")
 
 
