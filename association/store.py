@@ -40,6 +40,9 @@ BULK_CHUNK = 50_000
 BULK_CACHE_KIB = 262_144
 """SQLite page cache of a native bulk load, KiB."""
 
+WRITER_CACHE_KIB = 1 << 20
+"""Page cache of the Store's native SQLite writer, KiB (1 GiB)."""
+
 VOLATILE_COLUMNS = {"visits": ("stored_at",)}
 """Columns that differ between two runs doing the same work; `table_rows` skips them."""
 
@@ -117,12 +120,18 @@ def store_visit(
             before_commit()  # an exception here rolls the visit back
 
 
-def native_writer(engine: Engine) -> sqlite_native.Connection | None:
-    """A native connection for `store_visit` on the engine's SQLite file, else None."""
+def native_writer(
+    engine: Engine, cache_kib: int = WRITER_CACHE_KIB
+) -> sqlite_native.Connection | None:
+    """A native connection for `store_visit` on the engine's SQLite file, else None.
+
+    Its page cache (``cache_kib``) stays warm between visits: it is the
+    only writer, so no other connection's commit makes SQLite drop it.
+    """
     path = db.native_sqlite_file(engine)
     if path is None:
         return None
-    conn = sqlite_native.connect(path, cache_kib=db.SQLITE_CACHE_KIB)
+    conn = sqlite_native.connect(path, cache_kib=cache_kib)
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
@@ -144,8 +153,21 @@ def _store_native(
         for table in (db.diasources, db.moving_matches, db.alerts, db.visits):
             conn.execute(f"DELETE FROM {table.name} WHERE visit = ?", (visit,))
         source_columns = {c.name: diasources[c.name] for c in db.diasources.columns}
-        conn.insert_rows(db.diasources.name, source_columns, texts={"band": BANDS})
-        conn.insert_rows(db.objects.name, _object_columns(objects), suffix=_upsert_suffix(conn))
+        # In primary-key order, the B-tree pages are visited once each, in order.
+        conn.insert_rows(
+            db.diasources.name,
+            source_columns,
+            texts={"band": BANDS},
+            order=_key_order(
+                diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
+            ),
+        )
+        conn.insert_rows(
+            db.objects.name,
+            _object_columns(objects),
+            order=_key_order(objects["fine"], objects["diaObjectId"]),
+            suffix=_upsert_suffix(conn),
+        )
         conn.insert_rows(db.moving_matches.name, {n: moving[n] for n in moving.dtype.names})
         alert_columns = {
             c.name: np.full(len(alerts), visit) if c.name == "visit" else alerts[c.name]
