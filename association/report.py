@@ -193,16 +193,27 @@ def _quality(engine: Engine, archive: Path) -> dict[str, Any]:
         stored = conn.execute(select(db.visits.c.visit).order_by(db.visits.c.mjd)).scalars()
         visits = np.fromiter(stored, dtype="i8")
     q = engine.dialect.identifier_preparer.quote
-    sid, vis, oid, ssid = (q(c) for c in ("diaSourceId", "visit", "diaObjectId", "ssObjectId"))
-    # The id range keeps out earlier (catalogue) DIASources, whatever their visit number.
-    sql = (
-        f"SELECT {sid}, {oid}, {ssid} FROM diasources WHERE {sid} >= ? AND {sid} <= ?"
-        f" AND {vis} IN (SELECT visit FROM visits)"
-    )
+    sid, oid, ssid = (q(c) for c in ("diaSourceId", "diaObjectId", "ssObjectId"))
+    # The id range keeps out earlier (catalogue) DIASources, whatever their visit
+    # number. Only columns of the diaSourceId index are read: no row lookups in
+    # a table of tens of millions; ssObjectId comes from the moving matches.
     lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, -1)
     rows = db.fetch_columns(
-        engine, sql, (lo, hi), {"diaSourceId": "i", "diaObjectId": "i", "ssObjectId": "i"}
+        engine,
+        f"SELECT {sid}, {oid} FROM diasources WHERE {sid} >= ? AND {sid} <= ?",
+        (lo, hi),
+        {"diaSourceId": "i", "diaObjectId": "i"},
+        presize=False,
     )
+    moving = db.fetch_columns(
+        engine, f"SELECT {sid}, {ssid} FROM moving_matches", (), {"id": "i", "ss": "i"}
+    )
+    order = np.argsort(rows["diaSourceId"], kind="stable")
+    ordered = rows["diaSourceId"][order]
+    at = np.minimum(np.searchsorted(ordered, moving["id"]), max(len(ordered) - 1, 0))
+    found = ordered[at] == moving["id"] if len(ordered) else np.zeros(0, bool)
+    rows["ssObjectId"] = np.zeros(len(ordered), np.int64)
+    rows["ssObjectId"][order[at[found]]] = moving["ss"][found]
     out = quality(rows, truth, preloaded["diaObjectId"].to_numpy(), visits)
     return {"archive": str(archive), **out}
 

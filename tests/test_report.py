@@ -96,7 +96,9 @@ def store(run_dir: Path) -> None:
         record = VisitRecord(
             fov, mjd, ra, dec, "r", len(rows), len(rows) - n_moving, n_new, n_moving
         )
-        store_visit(engine, record, src, np.zeros(0, OBJECT_DTYPE))
+        mov = src[src["ssObjectId"] != 0]  # as the pipeline stores them: one row per match
+        moving = (mov["visit"], mov["ssObjectId"], mov["diaSourceId"])
+        store_visit(engine, record, src, np.zeros(0, OBJECT_DTYPE), moving=moving)
     engine.dispose()
 
 
