@@ -30,7 +30,7 @@ from sqlalchemy import (
     select,
 )
 
-from association import sqlite_native
+from association import pg_copy, sqlite_native
 from association.schema import BANDS
 
 SCHEMA_VERSION = 1
@@ -271,9 +271,9 @@ def fetch_columns(
         (or ``"i"``), ``"i4"``, ``"i2"``, ``"i1"`` (the column must not be
         NULL), ``"f8"`` (or ``"f"``), ``"f4"`` (NULL read as NaN).
     native : bool
-        Read SQLite files through the C API (`association.sqlite_native`,
-        fast); False forces the database driver's cursor, as for every other
-        database.
+        Read SQLite files through the C API (`association.sqlite_native`)
+        and PostgreSQL through binary COPY (`association.pg_copy`), both fast;
+        False forces the database driver's cursor.
     presize : bool
         Natively, count the rows first to fill the columns without regrowing
         them; worth it unless the query is much dearer than a range scan.
@@ -297,8 +297,13 @@ def fetch_columns(
             return conn.fetch(sql, params, kinds, expected=expected)
     if engine.dialect.paramstyle != "qmark":
         sql = sql.replace("?", "%s")
-    dtype = np.dtype(list(kinds.items()))
     raw = engine.raw_connection()
+    if native and engine.dialect.driver == "psycopg":
+        try:
+            return pg_copy.fetch_columns(raw.driver_connection, sql, params, kinds)
+        finally:
+            raw.close()
+    dtype = np.dtype(list(kinds.items()))
     try:
         cur = raw.cursor()
         cur.execute(sql, tuple(params))

@@ -305,7 +305,7 @@ def load_recent_diasources(
         f"AND d.{mjd} >= COALESCE(({nth}), -1e308)"
     )
     params = (int(lo), int(hi), int(per_object) - 1)
-    found = db.fetch_columns(engine, sql, params, kinds, native=False)
+    found = db.fetch_columns(engine, sql, params, kinds, native=native)
     out = np.empty(len(found["diaSourceId"]), dtype=DIASOURCE_DTYPE)
     for name, values in found.items():
         out[name] = values
