@@ -834,13 +834,18 @@ class Catalogue:
 
     # reading
 
-    def gather(self, chunks: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Objects of ``chunks`` concatenated (a copy) and the chunk of each row."""
+    def _use(self, chunks: Iterable[int]) -> list[Chunk]:
+        """The held ``chunks``, each marked most recently used."""
         held = []
         for c in chunks:
             c = int(c)
             held.append(self._chunks[c])
             self._chunks.move_to_end(c)
+        return held
+
+    def gather(self, chunks: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Objects of ``chunks`` concatenated (a copy) and the chunk of each row."""
+        held = self._use(chunks)
         if not held:
             return np.empty(0, OBJECT_DTYPE), np.empty(0, _I8)
         objects = _concat([ch.objects for ch in held], OBJECT_DTYPE)
@@ -853,11 +858,7 @@ class Catalogue:
         Cheaper than `gather` when only a few columns are needed (the cross-match
         needs 25 of the 113 bytes of a row).
         """
-        held = []
-        for c in chunks:
-            c = int(c)
-            held.append(self._chunks[c])
-            self._chunks.move_to_end(c)
+        held = self._use(chunks)
         return {
             name: np.concatenate([ch.objects[name] for ch in held])
             if held

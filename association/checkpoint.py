@@ -6,10 +6,13 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, event
 
 _log = logging.getLogger(__name__)
+
+NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
 
 
 class WalCheckpointer:
@@ -37,14 +40,20 @@ class WalCheckpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
-    def attach(self, engine: Engine) -> None:
-        """Switch off auto-checkpoints on ``engine``'s connections, then start."""
+    def attach(self, engine: Engine, *connections: Any) -> None:
+        """Switch off auto-checkpoints on ``engine``'s and ``connections``, then start.
+
+        ``connections`` are other open connections to the file that write,
+        such as a `association.sqlite_native.Connection`.
+        """
 
         @event.listens_for(engine, "connect")
         def _no_autocheckpoint(dbapi_conn, _record) -> None:
-            dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+            dbapi_conn.execute(NO_AUTOCHECKPOINT)
 
         engine.dispose()  # pooled connections opened before would still checkpoint
+        for conn in connections:
+            conn.execute(NO_AUTOCHECKPOINT)
         self._thread.start()
 
     def close(self) -> None:

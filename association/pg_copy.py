@@ -22,6 +22,17 @@ class CopyFormatError(ValueError):
 
 
 @numba.njit(cache=True, nogil=True)
+def _uint32(buf: np.ndarray, pos: int) -> int:
+    """The big-endian unsigned 32-bit integer at ``buf[pos:pos + 4]``."""
+    return (
+        (np.int64(buf[pos]) << 24)
+        | (np.int64(buf[pos + 1]) << 16)
+        | (np.int64(buf[pos + 2]) << 8)
+        | buf[pos + 3]
+    )
+
+
+@numba.njit(cache=True, nogil=True)
 def _count(buf: np.ndarray, pos: int, ncols: int) -> int:
     """Rows in ``buf`` from ``pos``; -1 if the layout does not hold."""
     n = 0
@@ -36,12 +47,7 @@ def _count(buf: np.ndarray, pos: int, ncols: int) -> int:
         for _ in range(ncols):
             if pos + 4 > end:
                 return -1
-            size = (
-                (np.int64(buf[pos]) << 24)
-                | (np.int64(buf[pos + 1]) << 16)
-                | (np.int64(buf[pos + 2]) << 8)
-                | buf[pos + 3]
-            )
+            size = _uint32(buf, pos)
             pos += 4
             if size != 0xFFFFFFFF:
                 pos += size
@@ -60,12 +66,7 @@ def _parse(buf: np.ndarray, pos: int, values: np.ndarray, sizes: np.ndarray) -> 
     for row in range(nrows):
         pos += 2
         for col in range(ncols):
-            size = (
-                (np.int64(buf[pos]) << 24)
-                | (np.int64(buf[pos + 1]) << 16)
-                | (np.int64(buf[pos + 2]) << 8)
-                | buf[pos + 3]
-            )
+            size = _uint32(buf, pos)
             pos += 4
             if size == 0xFFFFFFFF:
                 sizes[col, row] = -1

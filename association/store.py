@@ -92,8 +92,9 @@ def store_visit(
         Called inside the transaction, last; if it raises, nothing is stored.
     writer : sqlite_native.Connection, optional
         A native connection to the engine's SQLite file (`native_writer`):
-        the rows go in through SQLite's C API, several times faster than
-        the driver's executemany.
+        the rows go in through SQLite's C API from a compiled loop that
+        releases the GIL, so a Store in a thread leaves the rest of the
+        process free. On its own it is about as fast as the driver.
     """
     visit = int(record.visit)
     moving = _records(moving, MOVING_DTYPE)
@@ -152,20 +153,17 @@ def _store_native(
     try:
         for table in (db.diasources, db.moving_matches, db.alerts, db.visits):
             conn.execute(f"DELETE FROM {table.name} WHERE visit = ?", (visit,))
-        source_columns = {c.name: diasources[c.name] for c in db.diasources.columns}
         # In primary-key order, the B-tree pages are visited once each, in order.
         conn.insert_rows(
             db.diasources.name,
-            source_columns,
+            _diasource_columns(diasources),
             texts={"band": BANDS},
-            order=_key_order(
-                diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
-            ),
+            order=_diasource_order(diasources),
         )
         conn.insert_rows(
             db.objects.name,
             _object_columns(objects),
-            order=_key_order(objects["fine"], objects["diaObjectId"]),
+            order=_object_order(objects),
             suffix=_upsert_suffix(conn),
         )
         conn.insert_rows(db.moving_matches.name, {n: moving[n] for n in moving.dtype.names})
@@ -327,8 +325,7 @@ def bulk_load_objects(
     Into an empty table, its other indexes are built after the rows.
     ``chunk`` rows are converted at a time.
     """
-    order = _key_order(objects["fine"], objects["diaObjectId"])
-    _bulk(engine, db.objects, _object_columns(objects), order, chunk, native)
+    _bulk(engine, db.objects, _object_columns(objects), _object_order(objects), chunk, native)
 
 
 def bulk_load_diasources(
@@ -336,10 +333,7 @@ def bulk_load_diasources(
 ) -> None:
     """Insert past DIASources (new ids only) in one transaction; see `bulk_load_objects`."""
     _check_bands(diasources["band"])
-    order = _key_order(
-        diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
-    )
-    columns = {c.name: diasources[c.name] for c in db.diasources.columns}
+    columns, order = _diasource_columns(diasources), _diasource_order(diasources)
     _bulk(engine, db.diasources, columns, order, chunk, native, {"band": BANDS})
 
 
@@ -380,8 +374,24 @@ def object_rows(objects: np.ndarray) -> list[tuple]:
 def diasource_rows(diasources: np.ndarray) -> list[tuple]:
     """DIASources as tuples in the column order of the ``diasources`` table."""
     _check_bands(diasources["band"])
-    columns = {c.name: diasources[c.name] for c in db.diasources.columns}
-    return _tuples(columns, texts={"band": BANDS})
+    return _tuples(_diasource_columns(diasources), texts={"band": BANDS})
+
+
+def _diasource_columns(diasources: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``diasources`` table's columns as views into DIASOURCE_DTYPE records."""
+    return {c.name: diasources[c.name] for c in db.diasources.columns}
+
+
+def _diasource_order(diasources: np.ndarray) -> np.ndarray | None:
+    """DIASources in primary-key order (see `_key_order`)."""
+    return _key_order(
+        diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
+    )
+
+
+def _object_order(objects: np.ndarray) -> np.ndarray | None:
+    """Objects in primary-key order, (fine, diaObjectId) (see `_key_order`)."""
+    return _key_order(objects["fine"], objects["diaObjectId"])
 
 
 def _object_columns(objects: np.ndarray) -> dict[str, np.ndarray]:

@@ -65,7 +65,6 @@ class Running:
     resources: frozenset[Hashable] | None
     clipboard: dict[str, Any] = field(default_factory=dict)
     payload: Any = None
-    later: Future[Any] | None = None
     results: list[Any] = field(default_factory=list)
     t_start: float = field(default_factory=time.perf_counter)
     t_stage: float = 0.0
@@ -115,7 +114,7 @@ class Master:
 
             self.endpoint = Endpoint(rt.endpoint, rt.publish or None)
         self.execs: dict[int, Running] = {}
-        self._later: list[Running] = []
+        self._later: list[tuple[Running, Future[Any]]] = []
         self.section = OrderedSection() if config.ordered else None
         self._gate = config.ordered_range[0] if config.ordered else None
         self._gate_exit = config.ordered_range[1] if config.ordered else None
@@ -457,8 +456,8 @@ class Master:
                     except Exception as exc:
                         return HookFailed(self._hook_failure(rec, "preprocess", exc))
                     if isinstance(rec.payload, Later):
-                        rec.later, rec.payload = rec.payload.future, None
-                        self._later.append(rec)
+                        self._later.append((rec, rec.payload.future))
+                        rec.payload = None
                         return None  # `_poll_later` goes on when it is done
                     return PreprocessDone()
                 case Dispatch(stage=k):
@@ -560,10 +559,10 @@ class Master:
 
     def _poll_later(self) -> bool:
         """Go on with the executions whose `Later` preprocess has finished."""
-        done = [rec for rec in self._later if rec.later is not None and rec.later.done()]
-        for rec in done:
-            self._later.remove(rec)
-            future, rec.later = rec.later, None
+        done = [item for item in self._later if item[1].done()]
+        for item in done:
+            self._later.remove(item)
+            rec, future = item
             token = current_execution.set(str(rec.machine.key))
             try:
                 rec.payload = future.result()

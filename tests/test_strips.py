@@ -7,7 +7,7 @@ import numpy as np
 from association.partition import Partition
 from association.stages.load import MATCH_COLUMNS
 from association.store import bulk_load_objects, load_object_columns, store_visit
-from association.strips import StripCache
+from association.strips import Strip, StripCache
 from tests.test_store import make_objects, visit_data
 
 PART = Partition(chunk_order=6, fine_order=20)
@@ -74,17 +74,19 @@ def test_patch_leaves_other_chunks_alone():
         "isVariable": np.array([False, True]),
     }
     cache.put(CHUNK, OWNED, lo, hi, cols)
-    fine = np.array([(1002 << SHIFT) + 1, lo[0], (CHUNK << SHIFT) + (1 << SHIFT) - 1])
+    outside = int(hi[0])  # ranges are merged, so the first fine after one is not in any
+    assert outside >> SHIFT == CHUNK and not Strip(lo, hi, cols).contains(np.array([outside]))[0]
+    fine = np.array([(1002 << SHIFT) + 1, lo[0], lo[-1], outside])
     rows = {
-        "diaObjectId": np.array([11, 7, 9]),
-        "ra": np.zeros(3),
-        "dec": np.zeros(3),
-        "isVariable": np.zeros(3, bool),
+        "diaObjectId": np.array([11, 7, 9, 13]),
+        "ra": np.zeros(4),
+        "dec": np.zeros(4),
+        "isVariable": np.zeros(4, bool),
     }
-    # 11 is in another chunk; 7 joins the strip; 9 is updated wherever its fine lies
-    # in the strip's ranges (the last sub-pixel of the chunk does not touch OWNED).
-    inside = PART.strip_ranges(np.array([CHUNK]), np.array(OWNED))[1][-1] == fine[2] + 1
+    # 11 lies in another chunk and 13 in this chunk outside the strip: both left out.
+    # 7 joins the strip; 9 is updated.
     assert cache.patch(fine >> SHIFT, fine, rows) == 1
     got = cache.get(CHUNK, OWNED).columns
     np.testing.assert_array_equal(got["diaObjectId"], [5, 7, 9])
-    np.testing.assert_array_equal(got["ra"], [1.0, 0.0, 0.0 if inside else 2.0])
+    np.testing.assert_array_equal(got["ra"], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(got["isVariable"], [False, False, False])

@@ -50,9 +50,8 @@ class StoreStage(Stage):
             path = db.sqlite_file(engine)
             if path is not None:
                 self._checkpointer = WalCheckpointer(path)
-                self._checkpointer.attach(engine)
-                if self._writer is not None:
-                    self._writer.execute("PRAGMA wal_autocheckpoint=0")
+                writers = [] if self._writer is None else [self._writer]
+                self._checkpointer.attach(engine, *writers)
 
     def shutdown(self, ctx: RankContext) -> None:
         if ctx.rank == 0:
