@@ -1,7 +1,7 @@
 """Benchmark: writing a visit's alert file, compiled encoder vs fastavro.
 
 For N alerts (default 10,000 and 40,000) with 5 previous DIASources each,
-times `association.alerts.write_visit_alerts` (numba encoder) and the
+times `association.alerts.packets.write_visit_alerts` (numba encoder) and the
 reference path (one `build_alert` dict per alert, as the Store stage built
 them, then ``fastavro.writer`` via `write_alerts`), both with the deflate
 codec, alternating in the same run. Checks that both files decode to the same
@@ -35,7 +35,7 @@ BUDGET_S = 1.0
 
 def visit_arrays(n: int, n_prv: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A visit's DIASources, their Objects (sorted) and ``n_prv`` earlier DIASources each."""
-    from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+    from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 
     rng = np.random.default_rng(seed)
     ra = 150.0 + rng.uniform(-1.75, 1.75, n)
@@ -85,7 +85,7 @@ def visit_arrays(n: int, n_prv: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 def fastavro_path(path: Path, sources: np.ndarray, objects: np.ndarray, recent: np.ndarray) -> int:
     """The reference: the Store stage's dict-per-alert ``build_alerts``, then fastavro."""
-    from association.alerts import build_alert, write_alerts
+    from association.alerts.packets import build_alert, write_alerts
 
     alerting = sources[sources["ssObjectId"] == 0]
     obj_at = np.searchsorted(objects["diaObjectId"], alerting["diaObjectId"])
@@ -114,8 +114,8 @@ def same_records(a, b) -> bool:
 
 
 def run(n: int, n_prv: int, repeats: int, tmp: Path) -> dict:
-    from association.alerts import read_alerts, write_visit_alerts
-    from association.avro_alerts import write_alert_file
+    from association.alerts.avro import write_alert_file
+    from association.alerts.packets import read_alerts, write_visit_alerts
 
     sources, objects, recent = visit_arrays(n, n_prv)
     ids = sources["diaObjectId"]
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--prv", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from association.alerts import CODEC
+    from association.alerts.packets import CODEC
 
     with tempfile.TemporaryDirectory(prefix="bench_alerts_") as tmp:
         results = [run(n, args.prv, args.repeats, Path(tmp)) for n in args.alerts]

@@ -22,7 +22,7 @@ import numpy as np
 from astropy.coordinates import SkyCoord, search_around_sky
 from scipy.spatial import cKDTree
 
-from association.zoneindex import ZoneIndex
+from association.matching.zoneindex import ZoneIndex
 
 N_OBJECTS = 2_000_000
 N_SOURCES = 20_000

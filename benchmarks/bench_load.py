@@ -4,17 +4,17 @@ Makes N Objects (default 2,000,000) at random positions in a 1.75 deg radius
 field, and their past DIASources (0 to 2*H-1 each, default H = 4, time-ordered
 within each Object as the simulator writes them). Then:
 
-- bulk-loads both into a new SQLite file with `association.store.bulk_load_objects`
+- bulk-loads both into a new SQLite file with `association.storage.sql.bulk_load_objects`
   and `bulk_load_diasources` (rows in random order for the Objects, as read
   from a file), against the naive reference: SQLAlchemy
   ``conn.execute(insert(table), list_of_dicts)`` on the first ``--naive-rows``
   of the same data, into another new file;
 - each time in a new process, loads the field's chunk ranges (order-6 chunks,
-  order-20 fine index) with `association.store.load_objects`, and with the naive
+  order-20 fine index) with `association.storage.sql.load_objects`, and with the naive
   reference: SQLAlchemy ``conn.execute(select(objects)).fetchall()`` and a
   per-row conversion;
 - each time in a new process, loads the same ranges' recent DIASources with
-  `association.store.load_recent_diasources`, natively and through the driver.
+  `association.storage.sql.load_recent_diasources`, natively and through the driver.
 
 Prints JSON; the targets are a cold Object load <= 5 s and bulk loads >= 300k rows/s.
 
@@ -48,7 +48,7 @@ def fov_objects(n: int, seed: int = 0) -> np.ndarray:
     """``n`` Objects uniform on the sky within the field, random contents."""
     import healpy as hp
 
-    from association.schema import NBANDS, OBJECT_DTYPE
+    from association.columns import NBANDS, OBJECT_DTYPE
 
     rng = np.random.default_rng(seed)
     # Uniform on the spherical cap: cos(distance) uniform.
@@ -74,7 +74,7 @@ def fov_objects(n: int, seed: int = 0) -> np.ndarray:
 
 def fov_history(objects: np.ndarray, mean: int, seed: int = 1) -> np.ndarray:
     """Past DIASources of ``objects``: 0..2*mean-1 each, by Object and time, as simulated."""
-    from association.schema import DIASOURCE_DTYPE, NBANDS
+    from association.columns import DIASOURCE_DTYPE, NBANDS
 
     rng = np.random.default_rng(seed)
     objects = objects[np.argsort(objects["diaObjectId"])]
@@ -115,9 +115,9 @@ def naive_bulk(engine, table, records: np.ndarray, columns) -> None:
 
 def timed_bulk_loads(tmp: Path, objects: np.ndarray, history: np.ndarray, naive_rows: int) -> dict:
     """Ours on all rows, the naive reference on the first ``naive_rows``; rows/s of each."""
-    from association import db
-    from association.schema import BANDS
-    from association.store import _object_columns, bulk_load_diasources, bulk_load_objects
+    from association.columns import BANDS
+    from association.storage import tables as db
+    from association.storage.sql import _object_columns, bulk_load_diasources, bulk_load_objects
 
     engine = db.make_engine(None, tmp / "ours")
     db.create_schema(engine)
@@ -181,8 +181,8 @@ def naive_load(engine, lo: int, hi: int) -> np.ndarray:
     """The reference: fetchall through SQLAlchemy, one row at a time into numpy."""
     from sqlalchemy import select
 
-    from association import db
-    from association.schema import BANDS, OBJECT_DTYPE
+    from association.columns import BANDS, OBJECT_DTYPE
+    from association.storage import tables as db
 
     t = db.objects
     with engine.connect() as conn:
@@ -214,8 +214,8 @@ def child(mode: str, db_path: str, ranges: list[tuple[int, int]]) -> dict:
     ``recent-driver`` (recent DIASources).
     """
     start = time.perf_counter()
-    from association.db import make_engine
-    from association.store import load_objects, load_recent_diasources
+    from association.storage.sql import load_objects, load_recent_diasources
+    from association.storage.tables import make_engine
 
     engine = make_engine(f"sqlite:///{db_path}", Path(db_path).parent)
     if mode.startswith("recent"):

@@ -3,7 +3,7 @@
 Starts a throwaway PostgreSQL server (as the tests do), bulk-loads N Objects
 (default 500,000) in a 1.75 deg field with H past DIASources each on average,
 then loads the field's chunks the way a Slice does, through binary COPY
-(`association.pg_copy`, the default) and through the driver's rows
+(`association.storage.postgres.copy`, the default) and through the driver's rows
 (``native=False``, the reference), alternating, K times each. The results must
 be identical.
 
@@ -30,8 +30,8 @@ from bench_load import fov_history, fov_objects, fov_ranges  # noqa: E402
 def main() -> None:
     from sqlalchemy import create_engine
 
-    from association import db
-    from association.store import (
+    from association.storage import tables as db
+    from association.storage.sql import (
         bulk_load_diasources,
         bulk_load_objects,
         load_objects,

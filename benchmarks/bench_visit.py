@@ -26,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from association.db import create_schema, make_engine  # noqa: E402
-from association.inputs import PREDICTION_DTYPE, write_table  # noqa: E402
-from association.partition import Partition  # noqa: E402
-from association.schema import DIASOURCE_DTYPE, OBJECT_DTYPE  # noqa: E402
-from association.store import bulk_load_objects  # noqa: E402
+from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE  # noqa: E402
+from association.inputs.readers import PREDICTION_DTYPE, write_table  # noqa: E402
+from association.sky.partition import Partition  # noqa: E402
+from association.storage.sql import bulk_load_objects  # noqa: E402
+from association.storage.tables import create_schema, make_engine  # noqa: E402
 from events.client import Injector  # noqa: E402
 from events.envelope import Event  # noqa: E402
 from events.journal import Journal  # noqa: E402

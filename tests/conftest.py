@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from association.db import create_schema, make_engine
+from association.storage.tables import create_schema, make_engine
 from tests.pgserver import PgServer, PgServerError
 
 

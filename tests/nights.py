@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from association.db import make_engine
-from association.opsim import BUNDLED_DB
-from association.replay import Replayer, ReplayOptions
-from association.simulate import SimConfig, simulate
-from association.store import table_rows
+from association.nights.opsim import BUNDLED_DB
+from association.nights.replay import Replayer, ReplayOptions
+from association.nights.simulate import SimConfig, simulate
+from association.storage.sql import table_rows
+from association.storage.tables import make_engine
 
 POLE_REGION = (0.0, -87.0, 4.0)
 """Around the south pole: 18 visits that straddle RA 0 and revisit fields."""

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastavro.validation import validate
 
-from association.alerts import alert_schema, build_alert, read_alerts, write_alerts
-from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.alerts.packets import alert_schema, build_alert, read_alerts, write_alerts
+from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 
 
 def sources(n: int, object_id: int = 77) -> np.ndarray:

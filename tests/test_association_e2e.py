@@ -16,8 +16,8 @@ import fastavro
 import numpy as np
 import pytest
 
-from association.alerts import alert_schema, read_alerts
-from association.visit import fov_resources
+from association.alerts.packets import alert_schema, read_alerts
+from association.sky.fov import fov_resources
 from events.archive import Archive
 from events.journal import Journal
 from tests.nights import copy_archive, db_rows, replay, truth

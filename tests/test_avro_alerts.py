@@ -15,10 +15,10 @@ from fastavro.validation import validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from association import avro_alerts
-from association.alerts import alert_schema, build_alert, read_alerts, write_visit_alerts
-from association.avro_alerts import encode_alerts, write_alert_file
-from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.alerts import avro as avro_alerts
+from association.alerts.avro import encode_alerts, write_alert_file
+from association.alerts.packets import alert_schema, build_alert, read_alerts, write_visit_alerts
+from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 
 SYNC = bytes(range(16))
 I64 = np.iinfo(np.int64)

@@ -6,8 +6,8 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from association.catalogue import Catalogue, CatalogueConfig, ChunkConflict
-from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.catalogue.memory import Catalogue, CatalogueConfig, ChunkConflict
+from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 
 FINE_ORDER, CHUNK_ORDER = 8, 2
 SHIFT = 2 * (FINE_ORDER - CHUNK_ORDER)

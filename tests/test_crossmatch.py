@@ -8,8 +8,8 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from association.reference import brute_force_nearest, brute_force_pairs, separation_matrix
-from association.zoneindex import ZoneIndex
+from association.matching.zoneindex import ZoneIndex
+from tests.oracles.reference import brute_force_nearest, brute_force_pairs, separation_matrix
 
 # cluster centres: RA wrap, both poles (and right at them), generic sky
 CENTRES = {

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from association.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
-from association.reference import brute_force_ellipse_pairs, ellipse_q
-from association.zoneindex import ZoneIndex
+from association.matching.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
+from association.matching.zoneindex import ZoneIndex
+from tests.oracles.reference import brute_force_ellipse_pairs, ellipse_q
 
 # field centres: generic sky, RA wrap, near both poles and at one
 CENTRES = [(150.0, 2.0), (359.9995, 20.0), (0.0002, -45.0), (45.0, 89.995), (300.0, -89.99)]

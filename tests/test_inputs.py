@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from association.inputs import (
+from association.columns import DIASOURCE_DTYPE
+from association.inputs.readers import (
     PREDICTION_DTYPE,
     BadInputError,
     read_diasources,
     read_predictions,
     write_table,
 )
-from association.schema import DIASOURCE_DTYPE
 
 FORMATS = ["v.fits", "v.fits.gz", "v.parquet", "v.pq", "v.ecsv"]
 

@@ -108,7 +108,7 @@ def night200(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_quality_on_a_real_cadence_night(night200):
-    from association.report import build_report
+    from association.nights.report import build_report
 
     archive, run = night200
     rep = build_report(run, archive)

@@ -4,7 +4,7 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from association.partition import MARGIN_LIMIT, Partition
+from association.sky.partition import MARGIN_LIMIT, Partition
 
 PART = Partition()
 # field centres: generic sky, RA wrap, both poles, the equator at a face corner

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
-from association import db
-from association.pg_copy import CopyFormatError, parse_binary_copy
+from association.storage import tables as db
+from association.storage.postgres.copy import CopyFormatError, parse_binary_copy
 
 KINDS = {"s": "i2", "b": "i1", "r": "f4", "n": "f8", "i": "i4", "g": "i8", "d": "f8"}
 SQL = (

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from association.quality import quality, summary_line
+from association.nights.quality import quality, summary_line
 
 PRELOADED = np.array([100, 200, 300])
 

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import events.journal
-from association import report as rep
-from association.db import create_schema, make_engine
-from association.schema import DIASOURCE_DTYPE, OBJECT_DTYPE
-from association.store import VisitRecord, store_visit
+from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.nights import report as rep
+from association.storage.sql import VisitRecord, store_visit
+from association.storage.tables import create_schema, make_engine
 from events.archive import ArchiveWriter
 from events.envelope import Event
 from events.journal import Journal

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.coordinates import SkyCoord
 
-from association.opsim import BUNDLED_DB, nights, read_cadence
-from association.schema import BANDS
-from association.simulate import SOURCE_ID_BASE, SimConfig, simulate
+from association.columns import BANDS
+from association.nights.opsim import BUNDLED_DB, nights, read_cadence
+from association.nights.simulate import SOURCE_ID_BASE, SimConfig, simulate
 from events.archive import Archive
 
 NIGHT = 60217.5

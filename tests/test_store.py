@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, update
 
-from association import db, sqlite_native
-from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
-from association.store import (
+from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.storage import tables as db
+from association.storage.sql import (
     VisitRecord,
     bulk_load_diasources,
     bulk_load_objects,
@@ -22,6 +22,7 @@ from association.store import (
     table_rows,
     visit_stored,
 )
+from association.storage.sqlite import native as sqlite_native
 
 
 def make_objects(rng: np.random.Generator, ids: np.ndarray, fine: np.ndarray) -> np.ndarray:
@@ -435,7 +436,7 @@ def test_fetch_columns_native_equals_driver(sqlite_engine, presize):
 
 def test_postgres_copy_text_fallback_same_rows(tmp_path, pg_server, monkeypatch):
     """Columns of a type the binary COPY does not know go row by row, same rows."""
-    import association.store as store
+    import association.storage.sql as store
 
     rng = np.random.default_rng(17)
     objects = make_objects(rng, rng.permutation(500) + 1, rng.integers(0, 50, 500))

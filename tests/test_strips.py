@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from association.partition import Partition
+from association.catalogue.strips import Strip, StripCache
+from association.sky.partition import Partition
 from association.stages.load import MATCH_COLUMNS
-from association.store import bulk_load_objects, load_object_columns, store_visit
-from association.strips import Strip, StripCache
+from association.storage.sql import bulk_load_objects, load_object_columns, store_visit
 from tests.test_store import make_objects, visit_data
 
 PART = Partition(chunk_order=6, fine_order=20)

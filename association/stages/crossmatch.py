@@ -7,18 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from association.inputs import BadInputError, read_diasources
+from association.inputs.readers import BadInputError, read_diasources
+from association.matching.zoneindex import ZoneIndex, warm_up
+from association.sky.fov import angular_distance_deg, fov_of, match_radius_arcsec
 from association.stages.load import MATCH_COLUMNS
-from association.state import state_of
-from association.visit import angular_distance_deg, fov_of, match_radius_arcsec
-from association.zoneindex import ZoneIndex, warm_up
+from association.stages.rank import state_of
 from events.types import DIASOURCES_READY, NEXT_VISIT
 from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
 
 
 @dataclass(frozen=True)
 class CrossMatchConfig:
-    """How the match radius is chosen (see `association.visit.match_radius_arcsec`)."""
+    """How the match radius is chosen (see `association.sky.fov.match_radius_arcsec`)."""
 
     default_radius_arcsec: float = 1.0
     seeing_factor: float = 1.0

@@ -11,16 +11,16 @@ from typing import Any
 import numba
 import numpy as np
 
-from association.catalogue import CatalogueConfig, warm_up
-from association.schema import OBJECT_DTYPE
-from association.state import new_state, state_of
-from association.store import (
+from association.catalogue.memory import CatalogueConfig, warm_up
+from association.columns import OBJECT_DTYPE
+from association.sky.fov import fov_of
+from association.stages.rank import new_state, state_of
+from association.storage.sql import (
     load_object_columns,
     load_objects,
     load_recent_diasources,
     visit_stored,
 )
-from association.visit import fov_of
 from events.types import NEXT_VISIT
 from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from association.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
-from association.inputs import read_predictions
+from association.inputs.readers import read_predictions
+from association.matching.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
 from events.types import PREDICTIONS_READY
 from framework.stage import MasterContext, Stage
 
@@ -24,7 +24,7 @@ class MovingConfig:
 
 def read_visit_predictions(paths: list[str]) -> np.ndarray:
     """Every predictions file of a visit, concatenated."""
-    from association.inputs import PREDICTION_DTYPE
+    from association.inputs.readers import PREDICTION_DTYPE
 
     parts = [read_predictions(p) for p in paths]
     return np.concatenate(parts) if parts else np.empty(0, PREDICTION_DTYPE)

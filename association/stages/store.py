@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from association import db
-from association.alerts import write_visit_alerts
-from association.avro_alerts import warm_up as avro_warm_up
-from association.checkpoint import WalCheckpointer
+from association.alerts.avro import warm_up as avro_warm_up
+from association.alerts.packets import write_visit_alerts
 from association.stages.load import MATCH_COLUMNS
-from association.state import state_of
-from association.store import VisitRecord, native_writer, store_visit
+from association.stages.rank import state_of
+from association.storage import tables as db
+from association.storage.sql import VisitRecord, native_writer, store_visit
+from association.storage.sqlite.checkpoint import WalCheckpointer
 from events.types import ALERTS_READY, NEXT_VISIT
 from framework.stage import ExecutionContext, Later, MasterContext, RankContext, Stage
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from association.state import state_of
+from association.stages.rank import state_of
 from framework.stage import ExecutionContext, MasterContext, Stage
 
 

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from association.opsim import BUNDLED_DB
+from association.nights.opsim import BUNDLED_DB
 
 
 def _speed(text: str) -> float | None:
@@ -25,7 +25,7 @@ def _speed(text: str) -> float | None:
 
 
 def _sim_config(args: argparse.Namespace) -> Any:
-    from association.simulate import SimConfig
+    from association.nights.simulate import SimConfig
 
     values: dict[str, Any] = {"seed": args.seed}
     if args.density is not None:
@@ -65,7 +65,7 @@ def add_simulate(sub: Any) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate a night archive."""
-    from association.simulate import simulate
+    from association.nights.simulate import simulate
 
     region = tuple(float(x) for x in args.region.split(",")) if args.region else None
     t0 = time.time()
@@ -119,7 +119,7 @@ def add_replay(sub: Any) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay an archive; resumes when the run directory holds an earlier attempt."""
-    from association.replay import Replayer, ReplayError, ReplayOptions
+    from association.nights.replay import Replayer, ReplayError, ReplayOptions
 
     opts = ReplayOptions(
         archive=Path(args.archive),
@@ -148,7 +148,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _print_report(run_dir: Path, archive: Path | None, plots: bool, check: bool = False) -> int:
-    from association import report
+    from association.nights import report
 
     rep = report.build_report(run_dir, archive)
     print(report.format_report(rep))
@@ -171,8 +171,8 @@ def add_demo(sub: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate ~50 visits of the real cadence, replay them at full speed, report."""
-    from association.replay import Replayer, ReplayError, ReplayOptions
-    from association.simulate import SimConfig, simulate
+    from association.nights.replay import Replayer, ReplayError, ReplayOptions
+    from association.nights.simulate import SimConfig, simulate
 
     base = Path(args.dir).resolve()
     archive, run_dir = base / "archive", base / "run"
@@ -200,14 +200,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_report(sub: Any) -> None:
     """``nightpipe report``."""
-    from association import report
+    from association.nights import report
 
     report.add_arguments(sub.add_parser("report", help="figures, quality and plots of a run"))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the report of a run."""
-    from association import report
+    from association.nights import report
 
     return report.run(args)
 

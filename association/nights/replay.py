@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from association.db import make_engine
-from association.preload import preload
+from association.nights.preload import preload
+from association.storage.tables import make_engine
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event

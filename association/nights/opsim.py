@@ -22,7 +22,7 @@ CADENCE_DTYPE = np.dtype(
 )
 """One visit of a cadence."""
 
-BUNDLED_DB = Path(__file__).parent / "data" / "opsim_5nights.db"
+BUNDLED_DB = Path(__file__).parents[1] / "data" / "opsim_5nights.db"
 """Five nights of OpSim ``baseline_v2.0`` shipped with nightpipe (see data/README.md)."""
 
 Region = tuple[float, float, float]

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from association import db
-from association.schema import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE, band_index
-from association.store import bulk_load_diasources, bulk_load_objects
+from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE, band_index
+from association.storage import tables as db
+from association.storage.sql import bulk_load_diasources, bulk_load_objects
 
 
 def read_objects(path: str | Path) -> np.ndarray:

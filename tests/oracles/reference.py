@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from association.ellipse import EllipseConfig
+from association.matching.ellipse import EllipseConfig
 
 _BLOCK = 256  # queries per block, to bound memory
 

@@ -1,6 +1,6 @@
 """Compiled Avro encoder of the alert schema ``schemas/alert.avsc``.
 
-Writes the same records as `association.alerts.build_alert` followed by
+Writes the same records as `association.alerts.packets.build_alert` followed by
 ``fastavro.writer``, but straight from columnar numpy arrays: a numba kernel
 encodes every record into one preallocated byte buffer (sized by the largest
 encoding a record can have), then the buffer is cut into blocks of an Avro
@@ -23,7 +23,7 @@ import fastavro
 import numba as nb
 import numpy as np
 
-from association.schema import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
 
 try:
     import zlib

@@ -44,7 +44,7 @@ class WalCheckpointer:
         """Switch off auto-checkpoints on ``engine``'s and ``connections``, then start.
 
         ``connections`` are other open connections to the file that write,
-        such as a `association.sqlite_native.Connection`.
+        such as a `association.storage.sqlite.native.Connection`.
         """
 
         @event.listens_for(engine, "connect")

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from association.catalogue import Catalogue, CatalogueConfig
-from association.db import create_schema, make_engine
-from association.partition import Partition
-from association.strips import StripCache
+from association.catalogue.memory import Catalogue, CatalogueConfig
+from association.catalogue.strips import StripCache
+from association.sky.partition import Partition
+from association.storage.tables import create_schema, make_engine
 
 KEY = "association"
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from association import kernels
-from association.zoneindex import ZoneIndex
+from association.matching import kernels
+from association.matching.zoneindex import ZoneIndex
 
 
 @dataclass(frozen=True)

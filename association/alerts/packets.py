@@ -3,7 +3,7 @@
 One Object Container File per visit. Numpy rows (DIASOURCE_DTYPE,
 OBJECT_DTYPE) become plain dicts; NaN, and an id of 0, become null in the
 nullable fields. `write_visit_alerts` writes the same records straight from
-the arrays with the compiled encoder of `association.avro_alerts`.
+the arrays with the compiled encoder of `association.alerts.avro`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import fastavro
 import numpy as np
 
-from association.avro_alerts import SCHEMA_PATH, write_alert_file
-from association.schema import BANDS
+from association.alerts.avro import SCHEMA_PATH, write_alert_file
+from association.columns import BANDS
 
 CODEC = "deflate" if importlib.util.find_spec("zlib") else "null"
 """Compression of the container files (fastavro's deflate needs zlib)."""

@@ -21,15 +21,15 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from association import db
-from association.quality import quality
+from association.nights.quality import quality
+from association.storage import tables as db
 from events.archive import Archive
 from events.types import ALERTS_READY, DIASOURCES_READY, NEXT_VISIT, VISIT_DONE, VISIT_FAILED
 
 JOURNAL = "journal.sqlite"
 REPLAY = "replay.json"
 REPORT_DIR = "report"
-PIPELINE = Path(__file__).parent / "pipelines" / "association.toml"
+PIPELINE = Path(__file__).parents[1] / "pipelines" / "association.toml"
 SKY_NSIDE = 32
 DEFAULT_RADIUS = 1.75  # deg, a visit's field of view when its event gives none
 MAX_VISIT_ROWS = 20  # in the text; the JSON has every visit

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from association import kernels
+from association.matching import kernels
 
 OCCUPANCY = 8
 """Mean objects per index cell that the build aims for."""

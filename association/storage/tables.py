@@ -30,8 +30,9 @@ from sqlalchemy import (
     select,
 )
 
-from association import pg_copy, sqlite_native
-from association.schema import BANDS
+from association.columns import BANDS
+from association.storage.postgres import copy as pg_copy
+from association.storage.sqlite import native as sqlite_native
 
 SCHEMA_VERSION = 1
 """The version of the tables below; stored in ``schema_version``."""
@@ -241,7 +242,7 @@ def sqlite_file(engine: Engine) -> str | None:
 
 
 def native_sqlite_file(engine: Engine, native: bool = True) -> str | None:
-    """The file of a SQLite engine when `association.sqlite_native` can work on it, else None."""
+    """The file of a SQLite engine when `association.storage.sqlite.native` can work on it, else None."""
     path = sqlite_file(engine) if native else None
     return path if path is not None and sqlite_native.available() else None
 
@@ -271,8 +272,8 @@ def fetch_columns(
         (or ``"i"``), ``"i4"``, ``"i2"``, ``"i1"`` (the column must not be
         NULL), ``"f8"`` (or ``"f"``), ``"f4"`` (NULL read as NaN).
     native : bool
-        Read SQLite files through the C API (`association.sqlite_native`)
-        and PostgreSQL through binary COPY (`association.pg_copy`), both fast;
+        Read SQLite files through the C API (`association.storage.sqlite.native`)
+        and PostgreSQL through binary COPY (`association.storage.postgres.copy`), both fast;
         False forces the database driver's cursor.
     presize : bool
         Natively, count the rows first to fill the columns without regrowing

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from association.opsim import Region, nights, read_cadence
-from association.schema import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.nights.opsim import Region, nights, read_cadence
 from events.archive import ArchiveWriter
 from events.envelope import Event
 from events.types import DIASOURCES_READY, NEXT_VISIT, PREDICTIONS_READY
@@ -738,7 +738,7 @@ def simulate(
     Parameters
     ----------
     cadence_path : str or Path
-        OpSim-format SQLite file (see `association.opsim`).
+        OpSim-format SQLite file (see `association.nights.opsim`).
     out_dir : str or Path
         The archive directory to create (must be empty unless `overwrite`).
     night_mjd : float, optional
@@ -771,7 +771,7 @@ def simulate(
     det, catalogue_counts = _write_catalogue(out, night, night_mjd, cfg)
     counts = _write_visits(out, night, det, cfg) | catalogue_counts
     source = {
-        "generator": "association.simulate",
+        "generator": "association.nights.simulate",
         "cadence": Path(cadence_path).name,
         "night_mjd": float(night_mjd),
         "region": None if region is None else [float(x) for x in region],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from association.schema import BANDS, DIASOURCE_DTYPE, NBANDS
+from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS
 
 PREDICTION_DTYPE = np.dtype(
     [

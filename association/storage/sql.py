@@ -25,8 +25,9 @@ from sqlalchemy import (
     select,
 )
 
-from association import db, sqlite_native
-from association.schema import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.storage import tables as db
+from association.storage.sqlite import native as sqlite_native
 
 MOVING_DTYPE = np.dtype([("visit", "i8"), ("ssObjectId", "i8"), ("diaSourceId", "i8")])
 """A moving-object match: a predicted moving object taken for a DIASource."""
@@ -77,7 +78,7 @@ def store_visit(
     Parameters
     ----------
     engine : Engine
-        The database, made by `association.db.create_schema`.
+        The database, made by `association.storage.tables.create_schema`.
     record : VisitRecord
         The visit's row.
     diasources : ndarray of DIASOURCE_DTYPE
@@ -197,7 +198,7 @@ def load_objects(engine: Engine, lo: int, hi: int, *, native: bool = True) -> np
     """The Objects with ``lo <= fine < hi``, ordered by diaObjectId.
 
     ``native=False`` reads through the database driver even for SQLite files
-    (see `association.db.fetch_columns`).
+    (see `association.storage.tables.fetch_columns`).
     """
     kinds = {c.name: _kind(OBJECT_DTYPE[_object_field(c.name)[0]].base) for c in db.objects.columns}
     sql = (
@@ -320,7 +321,7 @@ def bulk_load_objects(
     """Insert a starting catalogue of Objects (new ids only) in one transaction.
 
     Rows go in primary-key order. SQLite files are written through the C API
-    (`association.sqlite_native`; ``native=False`` uses the driver), the
+    (`association.storage.sqlite.native`; ``native=False`` uses the driver), the
     engine's idle pooled connections closed first; PostgreSQL by binary COPY.
     Into an empty table, its other indexes are built after the rows.
     ``chunk`` rows are converted at a time.
@@ -683,7 +684,7 @@ def _q(bind: Engine | Connection, name: str) -> str:
 
 
 def _kind(dtype: np.dtype) -> str:
-    """The `association.db.fetch_columns` kind that reads into ``dtype``."""
+    """The `association.storage.tables.fetch_columns` kind that reads into ``dtype``."""
     return "i1" if dtype.kind == "b" else f"{dtype.kind}{dtype.itemsize}"
 
 

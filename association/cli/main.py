@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from association.commands import COMMANDS
+from association.cli.nights import COMMANDS
 from events.envelope import Event
 from events.types import BODY_SPECS, KNOWN_TYPES, is_control
 
@@ -93,7 +93,7 @@ def cmd_inject(args: argparse.Namespace, extra: list[str]) -> int:
     return 1
 
 
-PIPELINES = Path(__file__).parent / "pipelines"
+PIPELINES = Path(__file__).parents[1] / "pipelines"
 
 
 def config_path(name: str) -> Path:

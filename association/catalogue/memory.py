@@ -36,7 +36,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from association.schema import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 
 _MAX_CHUNK = 2**31 - 1
 _PENDING_MIN = 4096
