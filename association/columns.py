@@ -55,3 +55,7 @@ def band_index(names: np.ndarray) -> np.ndarray:
     uniq, inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
     lut = np.array([BANDS.index(u) if len(u) == 1 and u in BANDS else -1 for u in uniq], "i1")
     return lut[inverse.ravel()] if len(uniq) else np.empty(0, "i1")
+
+
+MATCH_COLUMNS = ("ra", "dec", "diaObjectId", "isVariable")
+"""The Object columns the cross-match reads (and margin strips keep)."""

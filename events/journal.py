@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from os import PathLike
 from types import TracebackType
 from typing import Any
@@ -46,6 +47,25 @@ _INSERT = (
     "INSERT OR IGNORE INTO events (id, type, fov_id, time, received, direction, json)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+_ORPHANS = (
+    " WHERE e.direction = 'in' AND e.expired = 0 AND e.type != ?"
+    " AND e.fov_id IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM events s WHERE s.fov_id = e.fov_id"
+    "                 AND s.type = ? AND s.direction = 'in' AND s.expired = 0)"
+    " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.fov_id = e.fov_id)"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journaled event: its place in the journal, when and which way it went."""
+
+    seq: int
+    received: float
+    direction: str
+    event: Event
 
 
 class Journal:
@@ -197,15 +217,20 @@ class Journal:
             params.extend(types)
         return [_event(t) for (t,) in self._query(sql + " ORDER BY seq", params)]
 
-    def expire_orphans(self, start_type: str, older_than: float) -> list[Event]:
-        """Expire inbound events of visits that never started.
+    def orphan_fovs(self, start_type: str) -> list[int]:
+        """FOVs with live inbound events but neither a start event nor an outcome."""
+        rows = self._query(f"SELECT DISTINCT e.fov_id FROM events e{_ORPHANS}", (start_type,) * 2)
+        return sorted(int(f) for (f,) in rows)
+
+    def expire_fovs(self, fov_ids: Collection[int], start_type: str) -> list[Event]:
+        """Expire the inbound events of these FOVs if they are still orphans.
 
         Parameters
         ----------
+        fov_ids : collection of int
+            FOVs whose events waited too long for a start event.
         start_type : str
             The type that starts a visit.
-        older_than : float
-            Unix time; only events received before it are expired.
 
         Returns
         -------
@@ -213,29 +238,45 @@ class Journal:
             The events just marked expired: non-start inbound events whose
             visit has neither a start event nor an outcome.
         """
-        where = (
-            " WHERE e.direction = 'in' AND e.expired = 0 AND e.type != ? AND e.received < ?"
-            " AND e.fov_id IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM events s WHERE s.fov_id = e.fov_id"
-            "                 AND s.type = ? AND s.direction = 'in' AND s.expired = 0)"
-            " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.fov_id = e.fov_id)"
-        )
-        params = (start_type, older_than, start_type)
+        fovs = sorted(set(fov_ids))
+        if not fovs:
+            return []
+        where = f"{_ORPHANS} AND e.fov_id IN ({', '.join('?' * len(fovs))})"
+        params = (start_type, start_type, *fovs)
         with self._tx() as db:
             rows = db.execute(f"SELECT e.seq, e.json FROM events e{where} ORDER BY e.seq", params)
             rows = rows.fetchall()
             db.executemany("UPDATE events SET expired = 1 WHERE seq = ?", [(s,) for s, _ in rows])
         return [_event(t) for _, t in rows]
 
+    def entries(
+        self,
+        direction: str | None = None,
+        type: str | None = None,
+        fov_id: int | None = None,
+    ) -> list[Entry]:
+        """Journaled events (expired included) with their place and time, in order."""
+        conds, params = _filters(direction, type)
+        if fov_id is not None:
+            conds.append("fov_id = ?")
+            params.append(fov_id)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        rows = self._query(f"SELECT seq, received, direction, json FROM events{where}", params)
+        return [Entry(int(s), float(r), str(d), _event(j)) for s, r, d, j in rows]
+
+    def ids(self, direction: str | None = None) -> set[str]:
+        """The ids of every journaled event, or of one direction."""
+        conds, params = _filters(direction, None)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        return {str(i) for (i,) in self._query(f"SELECT id FROM events{where}", params)}
+
+    def outcome_times(self) -> dict[int, float]:
+        """When each visit's outcome was recorded (Unix time)."""
+        return {int(f): float(t) for f, t in self._query("SELECT fov_id, time FROM outcomes", ())}
+
     def count(self, direction: str | None = None, type: str | None = None) -> int:
         """Number of journaled events (expired included), optionally filtered."""
-        conds, params = [], []
-        if direction is not None:
-            conds.append("direction = ?")
-            params.append(direction)
-        if type is not None:
-            conds.append("type = ?")
-            params.append(type)
+        conds, params = _filters(direction, type)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         return int(self._query(f"SELECT COUNT(*) FROM events{where}", params)[0][0])
 
@@ -258,6 +299,18 @@ class Journal:
     def _query(self, sql: str, params: Iterable[object]) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, tuple(params)).fetchall()
+
+
+def _filters(direction: str | None, type: str | None) -> tuple[list[str], list[object]]:
+    conds: list[str] = []
+    params: list[object] = []
+    if direction is not None:
+        conds.append("direction = ?")
+        params.append(direction)
+    if type is not None:
+        conds.append("type = ?")
+        params.append(type)
+    return conds, params
 
 
 def _row(event: Event, received: float, direction: str) -> tuple[object, ...]:

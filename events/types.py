@@ -14,9 +14,6 @@ ALERTS_READY = "association.alerts_ready"
 VISIT_DONE = "association.visit_done"
 VISIT_FAILED = "association.visit_failed"
 
-INBOUND_TYPES: frozenset[str] = frozenset({NEXT_VISIT, DIASOURCES_READY, PREDICTIONS_READY})
-CONTROL_TYPES: frozenset[str] = frozenset({SHUTDOWN})
-OUTBOUND_TYPES: frozenset[str] = frozenset({ALERTS_READY, VISIT_DONE, VISIT_FAILED})
 
 FILTERS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
 
@@ -88,7 +85,7 @@ def one_of(choices: tuple[str, ...]) -> Check:
     return check
 
 
-BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
+INBOUND_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
     NEXT_VISIT: (
         FieldSpec("mjd", "float"),
         FieldSpec("ra", "float", check=in_range(0, 360, hi_open=True)),
@@ -105,6 +102,10 @@ BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
     ),
     PREDICTIONS_READY: (FieldSpec("paths", "str_list"),),
     SHUTDOWN: (FieldSpec("reason", "str", required=False),),
+}
+"""Body fields of the events the observatory sends in, and of control events."""
+
+ASSOCIATION_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
     ALERTS_READY: (
         FieldSpec("path", "str"),
         FieldSpec("n_alerts", "int"),
@@ -124,9 +125,51 @@ BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
         FieldSpec("traceback", "str", required=False),
     ),
 }
+"""Body fields of the events the association pipeline sends out; it registers them."""
+
+BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {**INBOUND_SPECS, **ASSOCIATION_SPECS}
 """Body fields per event type; every known type has an entry."""
 
 KNOWN_TYPES: frozenset[str] = frozenset(BODY_SPECS)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The event types a validator knows: body fields per type, and which go out only.
+
+    Parameters
+    ----------
+    specs : mapping
+        Body fields per event type.
+    outbound : frozenset of str
+        Types a pipeline sends; an event of one of them is refused inbound.
+    """
+
+    specs: Mapping[str, tuple[FieldSpec, ...]]
+    outbound: frozenset[str] = frozenset()
+
+    @property
+    def known(self) -> frozenset[str]:
+        """Every type named."""
+        return frozenset(self.specs)
+
+    @property
+    def inbound(self) -> frozenset[str]:
+        """The types accepted from outside."""
+        return self.known - self.outbound
+
+    def register(self, specs: Mapping[str, tuple[FieldSpec, ...]], *, outbound: bool) -> Vocabulary:
+        """A vocabulary with `specs` added (a type already known keeps its fields)."""
+        merged = {**specs, **self.specs}
+        out = self.outbound | frozenset(specs) if outbound else self.outbound
+        return Vocabulary(merged, out)
+
+
+INBOUND = Vocabulary(INBOUND_SPECS)
+"""What any pipeline accepts from the observatory: its events and control events."""
+
+VOCABULARY = INBOUND.register(ASSOCIATION_SPECS, outbound=True)
+"""The whole vocabulary, for tools that read any event (report, inject, tests)."""
 
 
 def is_control(event_type: str) -> bool:

@@ -7,7 +7,7 @@ import math
 from typing import Any, NoReturn
 
 from events.envelope import Event
-from events.types import BODY_SPECS, KNOWN_TYPES, FieldSpec, is_control, short_repr
+from events.types import VOCABULARY, FieldSpec, Vocabulary, is_control, short_repr
 
 MAX_BYTES = 65536
 MAX_ID_CHARS = 128
@@ -57,7 +57,13 @@ class EventError(ValueError):
         return (type(self), (self.reason, self.event_id, self.field, self.event_type))
 
 
-def parse_event(raw: bytes | str | dict[str, Any], max_bytes: int = MAX_BYTES) -> Event:
+def parse_event(
+    raw: bytes | str | dict[str, Any],
+    max_bytes: int = MAX_BYTES,
+    vocabulary: Vocabulary = VOCABULARY,
+    *,
+    inbound: bool = False,
+) -> Event:
     """Validate one event and build it.
 
     Parameters
@@ -66,6 +72,10 @@ def parse_event(raw: bytes | str | dict[str, Any], max_bytes: int = MAX_BYTES) -
         The event as received: UTF-8 JSON bytes, JSON text, or a decoded dict.
     max_bytes : int
         Largest accepted encoded size; larger input is rejected before parsing.
+    vocabulary : Vocabulary
+        The types known and their body fields.
+    inbound : bool
+        The event comes from outside: a type the pipeline sends is refused.
 
     Returns
     -------
@@ -78,20 +88,20 @@ def parse_event(raw: bytes | str | dict[str, Any], max_bytes: int = MAX_BYTES) -
         For any invalid input, and for nothing else.
     """
     try:
-        return _parse(raw, max_bytes)
+        return _parse(raw, max_bytes, vocabulary, inbound)
     except EventError:
         raise
     except Exception as exc:  # the contract is EventError for any input whatsoever
         raise EventError(f"internal validation error: {type(exc).__name__}: {exc}") from exc
 
 
-def _parse(raw: Any, max_bytes: int) -> Event:
+def _parse(raw: Any, max_bytes: int, vocabulary: Vocabulary, inbound: bool) -> Event:
     d = _load(raw, max_bytes)
     if not isinstance(d, dict):
         raise EventError(f"must be a JSON object, got {type(d).__name__}")
     eid = _check_id(d)
-    etype = _check_type(d, eid)
-    ctx = _Ctx(eid, etype)
+    etype = _check_type(d, eid, vocabulary, inbound)
+    ctx = _Ctx(eid, etype, vocabulary)
     for key in d:
         if key not in ENVELOPE_FIELDS:
             name = str(key) if len(str(key)) <= 64 else short_repr(key, 64)
@@ -158,15 +168,19 @@ def _check_id(d: dict[Any, Any]) -> str:
     return eid
 
 
-def _check_type(d: dict[Any, Any], eid: str) -> str:
+def _check_type(d: dict[Any, Any], eid: str, vocabulary: Vocabulary, inbound: bool) -> str:
     if "type" not in d:
         raise EventError("required field missing", eid, "type")
     etype = d["type"]
     if not isinstance(etype, str):
         raise EventError(f"must be a string, got {_kind(etype)}", eid, "type")
-    if etype not in KNOWN_TYPES:
-        known = ", ".join(sorted(KNOWN_TYPES))
+    if etype not in vocabulary.known:
+        known = ", ".join(sorted(vocabulary.inbound if inbound else vocabulary.known))
         raise EventError(f"unknown event type {short_repr(etype)}; known: {known}", eid, "type")
+    if inbound and etype in vocabulary.outbound:
+        raise EventError(
+            f"{etype} is an event this pipeline sends; it is not accepted inbound", eid, "type"
+        )
     return etype
 
 
@@ -178,9 +192,10 @@ def _kind(v: Any) -> str:
 class _Ctx:
     """Field checks for one event, raising errors that name it."""
 
-    def __init__(self, eid: str, etype: str) -> None:
+    def __init__(self, eid: str, etype: str, vocabulary: Vocabulary) -> None:
         self.eid = eid
         self.etype = etype
+        self.specs = vocabulary.specs[etype]
 
     def fail(self, field: str | None, reason: str) -> NoReturn:
         raise EventError(reason, self.eid, field, self.etype)
@@ -217,7 +232,7 @@ class _Ctx:
         if not isinstance(body, dict):
             self.fail("body", f"must be a JSON object, got {_kind(body)}")
         out = dict(body)
-        for spec in BODY_SPECS[self.etype]:
+        for spec in self.specs:
             if spec.name in body:
                 out[spec.name] = self.field(spec, body[spec.name])
             elif spec.required:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framework.hooks import PipelineHooks
 from framework.stage import Stage
 
 WAIT_POLICIES = ("fail", "continue")
@@ -62,7 +63,11 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A whole pipeline definition."""
+    """A whole pipeline definition.
+
+    ``done_event`` and ``failed_event`` name the outcome events; by default
+    ``{name}.execution_done`` and ``{name}.execution_failed``.
+    """
 
     name: str
     start: str
@@ -70,10 +75,24 @@ class PipelineConfig:
     max_in_flight: int = 8
     ordered: tuple[str, str] | None = None
     resources: Any = None
-    done_event: str = "association.visit_done"
-    failed_event: str = "association.visit_failed"
+    done_event: str = ""
+    failed_event: str = ""
+    hooks: type[PipelineHooks] = PipelineHooks
+    settings: Any = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.done_event:
+            object.__setattr__(self, "done_event", f"{self.name}.execution_done")
+        if not self.failed_event:
+            object.__setattr__(self, "failed_event", f"{self.name}.execution_failed")
+        if self.settings is None:
+            object.__setattr__(self, "settings", self.hooks.ConfigClass())
+
+    def build_hooks(self) -> PipelineHooks:
+        """A fresh instance of the pipeline's hooks."""
+        return self.hooks(self.settings)
 
     def stage_index(self, name: str) -> int:
         """Index of the stage called `name`."""
@@ -185,6 +204,18 @@ def _stage(entry: dict[str, Any], i: int, where: str, base: Path) -> StageSpec:
     return StageSpec(entry["name"], cls, config, wait)
 
 
+def _hooks(ref: Any, where: str, base: Path) -> type[PipelineHooks]:
+    if ref is None:
+        return PipelineHooks
+    try:
+        cls = import_object(str(ref), base)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [pipeline].hooks: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, PipelineHooks)):
+        raise ConfigError(f"{where}: [pipeline].hooks: {ref} is not a PipelineHooks subclass")
+    return cls
+
+
 def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineConfig:
     """Turn a TOML document into a `PipelineConfig`."""
     where = str(source or "<config>")
@@ -205,6 +236,10 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     resources = pipe.pop("resources", None)
     if resources is not None:
         resources = import_object(resources, base)
+    hooks = _hooks(pipe.pop("hooks", None), where, base)
+    settings = build_dataclass(
+        hooks.ConfigClass, dict(data.get("settings", {})), f"{where}: [settings]"
+    )
     ordered = pipe.pop("ordered", None)
     cfg = PipelineConfig(
         name=str(pipe.pop("name", source.stem if source else "pipeline")),
@@ -213,8 +248,10 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
         max_in_flight=int(pipe.pop("max_in_flight", 8)),
         ordered=tuple(ordered) if ordered else None,
         resources=resources,
-        done_event=str(pipe.pop("done_event", "association.visit_done")),
-        failed_event=str(pipe.pop("failed_event", "association.visit_failed")),
+        done_event=str(pipe.pop("done_event", "")),
+        failed_event=str(pipe.pop("failed_event", "")),
+        hooks=hooks,
+        settings=settings,
         runtime=runtime,
         source=source,
     )
@@ -240,8 +277,9 @@ def load_config(
 ) -> PipelineConfig:
     """Read a pipeline config from a TOML file.
 
-    `overrides` are merged into top-level tables (``{"runtime": {...}}``),
-    `stage_overrides` into the config of the named stages.
+    `overrides` are merged into top-level tables (``{"runtime": {...}}``,
+    ``{"settings": {...}}``), `stage_overrides` into the config of the named
+    stages.
     """
     path = Path(path).resolve()
     try:

@@ -1,16 +1,21 @@
 """One execution (one visit through the pipeline) as a state machine, free of I/O.
 
-The master feeds it small typed events and carries out the instructions it
-returns. Nothing here sends, sleeps or reads a clock.
+The scheduler feeds it small typed inputs and carries out the instructions it
+returns. Nothing here sends, sleeps or reads a clock: times come in with the
+inputs. Every input is kept in a short transition log, which a failure carries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from framework.config import WaitSpec
+
+TRANSITION_LOG = 24
+"""Transitions an execution remembers for its failure record."""
 
 
 class Phase(enum.Enum):
@@ -28,15 +33,16 @@ class Phase(enum.Enum):
 TERMINAL = (Phase.DONE, Phase.FAILED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Failure:
-    """Why an execution failed: where, and the error."""
+    """Why an execution failed: where, the error, and how it got there."""
 
     stage: str
     hook: str
     rank: int
     error: str
     traceback: str = ""
+    transitions: tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
         """One line naming stage, hook and rank."""
@@ -51,38 +57,38 @@ def describe_exception(exc: BaseException) -> str:
 # Inputs ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Start:
     """Begin at the first stage."""
 
     now: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventArrived:
     """An event of `type` arrived for this execution."""
 
     type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; deadlines are checked."""
 
     now: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Admitted:
     """The ordered section lets this execution in."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PreprocessDone:
     """The master ran `preprocess` of the current stage."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SliceReplied:
     """A Slice answered for `stage`; `failure` is set if its hook raised."""
 
@@ -91,59 +97,98 @@ class SliceReplied:
     failure: Failure | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PostprocessDone:
     """The master ran `postprocess` of the current stage."""
 
     now: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HookFailed:
     """A master hook of the current stage raised."""
 
     failure: Failure
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A `preprocess` ended the execution early, as done (`reason` says why)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Something outside the execution ends it as failed: a shutdown, a hung Slice."""
+
+    failure: Failure
+
+
+ExecutionInput = (
+    Start
+    | EventArrived
+    | Tick
+    | Admitted
+    | PreprocessDone
+    | SliceReplied
+    | PostprocessDone
+    | HookFailed
+    | Ended
+    | Abort
+)
+
+
 # Instructions -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestEntry:
     """Ask the ordered section for entry at `stage`."""
 
     stage: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class LeaveSection:
+    """The execution has passed the ordered section's last stage."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunPreprocess:
     """Run `preprocess` of `stage` on the master."""
 
     stage: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """Send `process` of `stage` to every Slice."""
 
     stage: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunPostprocess:
     """Run `postprocess` of `stage` on the master."""
 
     stage: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finish:
-    """The execution ended; `failure` is None when done."""
+    """The execution ended; `failure` is None when done.
+
+    ``skipped_waits`` names the events it went on without; ``ended_early``
+    says why a stage ended it before the last.
+    """
 
     failure: Failure | None
+    skipped_waits: tuple[str, ...] = ()
+    ended_early: str | None = None
 
 
-Instruction = RequestEntry | RunPreprocess | Dispatch | RunPostprocess | Finish
+Instruction = RequestEntry | LeaveSection | RunPreprocess | Dispatch | RunPostprocess | Finish
 
 
 @dataclass
@@ -160,15 +205,15 @@ class Execution:
         Per stage, the event it first waits for.
     n_slices : int
         Slices that answer each barrier.
-    gate : int or None
-        Index of the stage that opens the ordered section.
+    section : (int, int) or None
+        First and last stage index of the ordered section.
     """
 
     key: int
     stage_names: tuple[str, ...]
     waits: tuple[WaitSpec | None, ...]
     n_slices: int
-    gate: int | None = None
+    section: tuple[int, int] | None = None
     stage: int = 0
     phase: Phase = Phase.WAITING
     deadline: float | None = None
@@ -177,6 +222,8 @@ class Execution:
     slice_failures: list[Failure] = field(default_factory=list)
     failure: Failure | None = None
     skipped_waits: list[str] = field(default_factory=list)
+    ended_early: str | None = None
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=TRANSITION_LOG))
 
     @property
     def stage_name(self) -> str:
@@ -188,10 +235,27 @@ class Execution:
         """True once done or failed."""
         return self.phase in TERMINAL
 
-    def handle(self, ev: Any) -> list[Instruction]:
-        """Apply one input event; return what the master must do next."""
+    @property
+    def in_section(self) -> bool:
+        """True from admission to the section until it has been left."""
+        if self.section is None or self.terminal:
+            return False
+        lo, hi = self.section
+        return lo <= self.stage <= hi and self.phase is not Phase.GATED
+
+    def handle(self, ev: ExecutionInput) -> list[Instruction]:
+        """Apply one input; return what the scheduler must do next."""
         if self.terminal:
             return []
+        before = f"{self.phase.value}@{self.stage_name}"
+        out = self._handle(ev)
+        self.log.append(f"{type(ev).__name__}: {before} -> {self.phase.value}@{self.stage_name}")
+        if self.failure is not None and self.phase is Phase.FAILED and not self.failure.transitions:
+            self.failure = dataclasses.replace(self.failure, transitions=tuple(self.log))
+            out = [Finish(self.failure) if isinstance(i, Finish) else i for i in out]
+        return out
+
+    def _handle(self, ev: ExecutionInput) -> list[Instruction]:
         match ev:
             case Start(now):
                 return self._enter(0, now)
@@ -210,8 +274,7 @@ class Execution:
                     return self._timed_out()
                 return []
             case Admitted():
-                if self.phase is not Phase.GATED:
-                    raise RuntimeError(f"execution {self.key}: admitted while {self.phase.value}")
+                self._expect(Phase.GATED)
                 self.phase = Phase.PREPROCESS
                 return [RunPreprocess(self.stage)]
             case PreprocessDone():
@@ -236,11 +299,19 @@ class Execution:
                 return [RunPostprocess(self.stage)]
             case PostprocessDone(now=now):
                 self._expect(Phase.POSTPROCESS)
+                out: list[Instruction] = []
+                if self.section is not None and self.stage == self.section[1]:
+                    out.append(LeaveSection())
                 if self.stage + 1 == len(self.stage_names):
                     self.phase = Phase.DONE
-                    return [Finish(None)]
-                return self._enter(self.stage + 1, now)
-            case HookFailed(failure=f):
+                    return [*out, self._done()]
+                return [*out, *self._enter(self.stage + 1, now)]
+            case Ended(reason=why):
+                self._expect(Phase.PREPROCESS)
+                self.ended_early = why
+                self.phase = Phase.DONE
+                return [self._done()]
+            case HookFailed(failure=f) | Abort(failure=f):
                 return self._fail(f)
         raise TypeError(f"unknown execution input {ev!r}")
 
@@ -261,7 +332,7 @@ class Execution:
 
     def _after_wait(self) -> list[Instruction]:
         self.deadline = None
-        if self.gate is not None and self.stage == self.gate:
+        if self.section is not None and self.stage == self.section[0]:
             self.phase = Phase.GATED
             return [RequestEntry(self.stage)]
         self.phase = Phase.PREPROCESS
@@ -281,6 +352,9 @@ class Execution:
                 error=f"timed out after {wait.timeout:g} s waiting for {wait.event}",
             )
         )
+
+    def _done(self) -> Finish:
+        return Finish(None, tuple(self.skipped_waits), self.ended_early)
 
     def _fail(self, failure: Failure) -> list[Instruction]:
         self.phase = Phase.FAILED

@@ -39,12 +39,14 @@ class SliceRunner:
         self.n_slices = transport.size - 1
         self.log = setup_logging(self.run_dir, self.rank)
         self.board = Board(self.rank)
-        self.shared: dict[str, Any] = {}
+        self.hooks = config.build_hooks()
+        self.shared: Any = None
         self.board.set(state="setup", items_done=0, busy_seconds=0.0)
         self.stages = [s.build() for s in config.stages]
         rt = config.runtime
         self.waiter = Waiter(rt.waiting, rt.min_sleep_ms / 1e3, rt.max_sleep_ms / 1e3)
-        self.clipboards: dict[int, dict[str, Any]] = {}
+        self.executions: dict[int, tuple[Any, dict[str, Any]]] = {}
+        """Per execution in hand: its typed state and its clipboard."""
         if install_signals:
             # The master owns shutdown; mpiexec forwards signals to every rank.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -52,10 +54,19 @@ class SliceRunner:
 
     def _rctx(self) -> RankContext:
         return RankContext(
-            self.rank, self.n_slices, self.run_dir, self.log, self.board, self.shared
+            self.rank,
+            self.n_slices,
+            self.run_dir,
+            self.log,
+            self.board,
+            self.shared,
+            self.cfg.settings,
         )
 
     def _ectx(self, key: int, events: dict[str, Any]) -> ExecutionContext:
+        held = self.executions.get(key)
+        if held is None:
+            held = self.executions[key] = (self.hooks.execution_state(self._rctx(), key), {})
         return ExecutionContext(
             rank=self.rank,
             n_slices=self.n_slices,
@@ -63,23 +74,33 @@ class SliceRunner:
             log=self.log,
             board=self.board,
             shared=self.shared,
+            settings=self.cfg.settings,
             key=key,
-            clipboard=self.clipboards.setdefault(key, {}),
+            state=held[0],
             events=events,
+            clipboard=held[1],
         )
+
+    def _setup(self) -> Failure | None:
+        """The pipeline's set-up hook, then every stage's; the first failure, if any."""
+        hooks: list[tuple[str, Any]] = [("pipeline", None), *((s.name, s) for s in self.stages)]
+        for name, stage in hooks:
+            try:
+                if stage is None:
+                    self.shared = self.hooks.setup(self._rctx())
+                else:
+                    stage.setup(self._rctx())
+            except Exception as exc:
+                failure = Failure(
+                    name, "setup", self.rank, describe_exception(exc), traceback.format_exc()
+                )
+                self.log.error("%s\n%s", failure.describe(), failure.traceback)
+                return failure
+        return None
 
     def run(self) -> int:
         """Serve until told to shut down."""
-        failure = None
-        for stage in self.stages:
-            try:
-                stage.setup(self._rctx())
-            except Exception as exc:
-                failure = Failure(
-                    stage.name, "setup", self.rank, describe_exception(exc), traceback.format_exc()
-                )
-                self.log.error("%s\n%s", failure.describe(), failure.traceback)
-                break
+        failure = self._setup()
         self.board.set(state="idle")
         self.t.send(0, Ready(self.index, failure, self.board.snapshot()))
         while True:
@@ -122,7 +143,7 @@ class SliceRunner:
             state="idle",
             last_seconds=dt,
             busy_seconds=self.board.values["busy_seconds"] + dt,
-            in_memory_executions=len(self.clipboards),
+            in_memory_executions=len(self.executions),
         )
         self.t.send(
             0, Result(w.key, w.stage, self.index, value, failure, self.board.snapshot(), dt)
@@ -137,8 +158,8 @@ class SliceRunner:
             except Exception:
                 self.log.exception("fov %s: stage %r finish failed", r.key, stage.name)
         current_execution.reset(token)
-        self.clipboards.pop(r.key, None)
-        self.board.set(in_memory_executions=len(self.clipboards))
+        self.executions.pop(r.key, None)
+        self.board.set(in_memory_executions=len(self.executions))
 
     def _shutdown(self) -> None:
         self.board.set(state="stopping")
@@ -147,6 +168,10 @@ class SliceRunner:
                 stage.shutdown(self._rctx())
             except Exception:
                 self.log.exception("stage %r shutdown failed", stage.name)
+        try:
+            self.hooks.shutdown(self._rctx())
+        except Exception:
+            self.log.exception("pipeline shutdown failed")
         self.board.set(state="stopped")
         self.t.send(0, Bye(self.index, self.board.snapshot()))
         self.t.close()

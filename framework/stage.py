@@ -49,6 +49,22 @@ class Later:
     future: Future[Any]
 
 
+@dataclass(frozen=True)
+class EndExecution:
+    """A `preprocess` result that ends the execution here, as done.
+
+    The later stages do not run; `finish` runs on every rank as for any
+    execution that is done.
+
+    Parameters
+    ----------
+    reason : str
+        Why, for the log and the outcome event.
+    """
+
+    reason: str
+
+
 @dataclass
 class RankContext:
     """What every hook can see of the process it runs in."""
@@ -58,22 +74,26 @@ class RankContext:
     run_dir: Path
     log: logging.Logger | logging.LoggerAdapter
     board: Board
-    shared: dict[str, Any] = field(default_factory=dict)
-    """State that lives for the night on this rank, shared by its stages."""
+    shared: Any = None
+    """What the pipeline's `setup` hook made: this rank's state for the night."""
+    settings: Any = None
+    """The pipeline's settings (its ``[settings]`` table), typed."""
 
 
 @dataclass
 class ExecutionContext(RankContext):
     """What a hook of one execution can see.
 
-    ``key`` is the execution's FOV id; ``clipboard`` is this rank's store for
-    the execution, freed when it ends; ``events`` holds the events received for
-    it, by type.
+    ``key`` is the execution's FOV id; ``state`` is this rank's typed state of
+    the execution, made by the pipeline's `execution_state` hook and freed when
+    it ends; ``events`` holds the events received for it, by type;
+    ``clipboard`` is an untyped store for pipelines that want one.
     """
 
     key: int = 0
-    clipboard: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
     events: dict[str, Event] = field(default_factory=dict)
+    clipboard: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slice_index(self) -> int:
@@ -87,6 +107,8 @@ class MasterContext(ExecutionContext):
 
     emit: Any = None
     """``emit(type, body)`` publishes an outbound event for this execution."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Figures a stage adds to the execution's outcome event (``counts``)."""
 
 
 class Stage:
@@ -106,7 +128,11 @@ class Stage:
         """Once per rank, before any execution."""
 
     def preprocess(self, ctx: MasterContext) -> Any:
-        """On the master, serial. Returns the payload for the Slices (or a `Scatter`)."""
+        """On the master, serial.
+
+        Returns the payload for the Slices, a `Scatter`, a `Later`, or an
+        `EndExecution` to end the execution here as done.
+        """
         return None
 
     def process(self, ctx: ExecutionContext, payload: Any) -> Any:

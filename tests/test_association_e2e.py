@@ -236,3 +236,26 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
     _drop_visits(ref, {v_missing, v_column, v_nan, v_dup, victim})
     assert replay(ref, tmp_path / "refrun", ranks=3)["failed"] == 0
     assert rows == db_rows(tmp_path / "refrun")
+
+
+def test_a_stage_added_through_the_toml_alone(pole_archive, tmp_path):
+    """A toy stage reads the typed visit state and puts its figures in the outcome."""
+    from association.cli.main import PIPELINES
+
+    toy = Path(__file__).parent / "pipelines" / "band_counts.py"
+    cfg = tmp_path / "association_plus.toml"
+    cfg.write_text(
+        (PIPELINES / "association.toml").read_text()
+        + f'\n[[stages]]\nname = "bands"\nclass = "{toy}:BandCounts"\n'
+    )
+    summary = replay(pole_archive, tmp_path / "run", ranks=2, config=str(cfg))
+    assert summary["failed"] == 0, summary
+    with Journal(tmp_path / "run" / "journal.sqlite") as j:
+        done = {e.event.fov_id: e.event.body for e in j.entries("out", "association.visit_done")}
+        ready = {e.event.fov_id: e.event.body for e in j.entries("out", "association.alerts_ready")}
+    assert len(done) == summary["visits"] > 0
+    for fov, body in done.items():
+        per_band = {k: v for k, v in body["counts"].items() if k.startswith("band_")}
+        assert per_band and set(per_band) <= {f"band_{b}" for b in "ugrizy"}
+        assert sum(per_band.values()) == ready[fov]["n_sources"]
+        assert "bands" in body["timings"]

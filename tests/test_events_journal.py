@@ -134,12 +134,13 @@ def test_expire_orphans(journal: Journal) -> None:
     journal.accept([sources(3, "s3")])  # fov 3 done (outcome without start)
     journal.record_outcome(3, "failed", Event.new(T.VISIT_FAILED, 3, {}))
     journal.accept([Event.new(T.SHUTDOWN, None, {}, id="stop")])
-    cutoff = time.time() + 1
 
-    assert journal.expire_orphans(T.NEXT_VISIT, older_than=0.0) == []
-    expired = journal.expire_orphans(T.NEXT_VISIT, older_than=cutoff)
+    assert journal.orphan_fovs(T.NEXT_VISIT) == [1]
+    assert journal.expire_fovs([], T.NEXT_VISIT) == []
+    expired = journal.expire_fovs([1, 2, 3], T.NEXT_VISIT)
     assert [e.id for e in expired] == ["orphan-s", "orphan-p"]
-    assert journal.expire_orphans(T.NEXT_VISIT, older_than=cutoff) == []
+    assert journal.expire_fovs([1, 2, 3], T.NEXT_VISIT) == []
+    assert journal.orphan_fovs(T.NEXT_VISIT) == []
     assert journal.events_for(1) == []
     assert journal.count(direction="in") == 6
 
@@ -148,12 +149,12 @@ def test_expire_orphans(journal: Journal) -> None:
     assert [e.id for e in journal.pending_starts(T.NEXT_VISIT, (), 10)] == ["v2", "v1-late"]
 
 
-def test_expire_orphans_respects_receive_time(journal: Journal) -> None:
+def test_expire_touches_only_the_fovs_named(journal: Journal) -> None:
     journal.accept([sources(1, "old")])
-    cutoff = time.time()
-    time.sleep(0.01)
     journal.accept([sources(2, "new")])
-    assert [e.id for e in journal.expire_orphans(T.NEXT_VISIT, older_than=cutoff)] == ["old"]
+    assert journal.orphan_fovs(T.NEXT_VISIT) == [1, 2]
+    assert [e.id for e in journal.expire_fovs([1], T.NEXT_VISIT)] == ["old"]
+    assert journal.orphan_fovs(T.NEXT_VISIT) == [2]
 
 
 def test_accept_is_fast(journal: Journal) -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from framework.config import WaitSpec
 from framework.execution import (
+    Abort,
     Admitted,
     Dispatch,
+    Ended,
     EventArrived,
     Execution,
     Failure,
     Finish,
     HookFailed,
+    LeaveSection,
     Phase,
     PostprocessDone,
     PreprocessDone,
@@ -27,8 +32,11 @@ from framework.execution import (
 PRED = "nightmops.predictions_ready"
 
 
-def machine(waits=(None, None, None), n_slices=2, gate=None) -> Execution:
-    return Execution(7, ("a", "b", "c")[: len(waits)], tuple(waits), n_slices, gate)
+def machine(waits=(None, None, None), n_slices=2, gate=None, section_end=None) -> Execution:
+    section = (
+        None if gate is None else (gate, len(waits) - 1 if section_end is None else section_end)
+    )
+    return Execution(7, ("a", "b", "c")[: len(waits)], tuple(waits), n_slices, section)
 
 
 def run_stage(m: Execution, k: int, now: float = 0.0) -> list:
@@ -131,3 +139,70 @@ def test_wait_comes_before_gate():
     m.handle(Start(0.0))
     assert run_stage(m, 0) == []
     assert m.handle(EventArrived(PRED)) == [RequestEntry(1)]
+
+
+def test_section_is_left_after_its_last_stage():
+    m = machine(gate=0, section_end=1)
+    assert m.handle(Start(0.0)) == [RequestEntry(0)]
+    m.handle(Admitted())
+    assert run_stage(m, 0) == [RunPreprocess(1)]
+    assert run_stage(m, 1) == [LeaveSection(), RunPreprocess(2)]
+    assert not m.in_section
+    assert run_stage(m, 2) == [Finish(None)]
+
+
+def test_a_preprocess_may_end_the_execution_as_done():
+    m = machine()
+    m.handle(Start(0.0))
+    (fin,) = m.handle(Ended("already stored"))
+    assert fin == Finish(None, (), "already stored")
+    assert m.phase is Phase.DONE
+    assert m.handle(PreprocessDone()) == []  # a terminal execution takes nothing more
+
+
+def test_abort_fails_from_any_phase_and_failure_carries_the_transitions():
+    m = machine((None, WaitSpec(PRED, 5.0, "fail"), None))
+    m.handle(Start(0.0))
+    run_stage(m, 0)
+    assert m.phase is Phase.WAITING
+    f = Failure("-", "shutdown", 0, "pipeline stopped")
+    (fin,) = m.handle(Abort(f))
+    assert fin == Finish(f) and m.phase is Phase.FAILED
+    assert fin.failure.transitions[-1] == "Abort: waiting@b -> failed@b"
+    assert fin.failure.transitions[0] == "Start: waiting@a -> preprocess@a"
+
+
+def test_transition_log_is_bounded():
+    m = machine((None, WaitSpec(PRED, 5.0, "fail"), None))
+    m.handle(Start(0.0))
+    run_stage(m, 0)
+    for i in range(100):
+        m.handle(Tick(float(i) / 100))
+    assert len(m.log) == m.log.maxlen
+
+
+def test_inputs_and_instructions_are_slotted():
+    import framework.execution as ex
+
+    for name in [
+        "Start",
+        "EventArrived",
+        "Tick",
+        "Admitted",
+        "PreprocessDone",
+        "SliceReplied",
+        "PostprocessDone",
+        "HookFailed",
+        "Ended",
+        "Abort",
+        "RequestEntry",
+        "LeaveSection",
+        "RunPreprocess",
+        "Dispatch",
+        "RunPostprocess",
+        "Finish",
+        "Failure",
+    ]:
+        cls = getattr(ex, name)
+        assert dataclasses.is_dataclass(cls) and hasattr(cls, "__slots__"), name
+        assert not hasattr(cls.__new__(cls), "__dict__"), name

@@ -59,14 +59,10 @@ class Running:
         return (self.run_dir / "nightpipe.log").read_text()
 
     def failed_event(self, fov) -> dict:
+        failed = self.pipe.config.failed_event
         with Journal(self.run_dir / "journal.sqlite") as j:
-            rows = j._query(
-                "SELECT json FROM events WHERE direction='out' AND fov_id=? AND type=?",
-                (fov, "association.visit_failed"),
-            )
-        import json
-
-        return json.loads(rows[0][0])["body"]
+            (entry,) = j.entries(direction="out", type=failed, fov_id=fov)
+        return entry.event.body
 
 
 @pytest.fixture

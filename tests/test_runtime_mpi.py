@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -34,11 +33,8 @@ STAGES = [
 
 def _failed_body(run_dir, fov) -> dict:
     with Journal(run_dir / "journal.sqlite") as j:
-        rows = j._query(
-            "SELECT json FROM events WHERE direction='out' AND fov_id=? AND type='association.visit_failed'",
-            (fov,),
-        )
-    return json.loads(rows[0][0])["body"]
+        (entry,) = j.entries(direction="out", type="trace.execution_failed", fov_id=fov)
+    return entry.event.body
 
 
 def test_night_of_runtime_features(tmp_path):
@@ -185,9 +181,7 @@ def test_resume_after_kill9(tmp_path):
         p.close()
     with Journal(run / "journal.sqlite") as j:
         for f in fovs:
-            n = j._query(
-                "SELECT COUNT(*) FROM events WHERE direction='out' AND fov_id=? AND type LIKE 'association.visit_%'",
-                (f,),
-            )[0][0]
+            out = j.entries(direction="out", fov_id=f)
+            n = sum(e.event.type.startswith("trace.execution_") for e in out)
             assert n == 1, f"fov {f}: {n} outcomes"
     assert "resuming" in (run / "nightpipe.log").read_text()

@@ -105,7 +105,10 @@ def config_path(name: str) -> Path:
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``--set stage.key=value`` options as stage config overrides (values as TOML)."""
+    """``--set STAGE.KEY=VALUE`` options as config overrides (values as TOML).
+
+    ``settings.KEY`` names a pipeline setting; any other prefix names a stage.
+    """
     import tomllib
 
     out: dict[str, dict[str, Any]] = {}
@@ -135,8 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_in_flight:
         overrides.setdefault("pipeline", {})["max_in_flight"] = args.max_in_flight
     stage_overrides = parse_sets(args.set)
+    settings = stage_overrides.pop("settings", {})
     if args.db:
-        stage_overrides.setdefault("load", {})["db_url"] = args.db
+        settings["db_url"] = args.db
+    if settings:
+        overrides["settings"] = settings
     try:
         config = load_config(config_path(args.config), overrides, stage_overrides)
     except ConfigError as exc:

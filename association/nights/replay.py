@@ -185,7 +185,7 @@ class Replayer:
         if not path.exists():
             return set()
         with Journal(path) as j:
-            return {r[0] for r in j._query("SELECT id FROM events WHERE direction='in'", ())}
+            return j.ids("in")
 
     def _outcomes(self) -> dict[int, str]:
         with Journal(self.run_dir / "journal.sqlite") as j:

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from association.columns import MATCH_COLUMNS
 from association.inputs.readers import BadInputError, read_diasources
 from association.matching.zoneindex import ZoneIndex, warm_up
 from association.sky.fov import angular_distance_deg, fov_of, match_radius_arcsec
-from association.stages.load import MATCH_COLUMNS
-from association.stages.rank import state_of
+from association.stages.rank import AssociationState
+from association.stages.visit import MasterVisit, SliceVisit
 from events.types import DIASOURCES_READY, NEXT_VISIT
 from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
 
@@ -90,17 +91,16 @@ class CrossMatchStage(Stage):
     def setup(self, ctx: RankContext) -> None:
         warm_up()
         c = self.config
-        margin_arcsec = state_of(ctx).margin_deg * 3600
+        margin_arcsec = ctx.settings.margin_arcsec
         if max(c.default_radius_arcsec, c.max_radius_arcsec) >= margin_arcsec:
             raise ValueError(
                 f"crossmatch radius up to {c.max_radius_arcsec} arcsec must be below the load "
                 f"margin ({margin_arcsec:g} arcsec)"
             )
 
-    def preprocess(self, ctx: MasterContext) -> Any:
-        if ctx.clipboard["stored"]:
-            return None
-        st = state_of(ctx)
+    def preprocess(self, ctx: MasterContext) -> Scatter:
+        st: AssociationState = ctx.shared
+        visit: MasterVisit = ctx.state
         c = self.config
         paths = list(ctx.events[DIASOURCES_READY].body["paths"])
         sources = read_visit_sources(paths, ctx.key, st.partition.fine_index)
@@ -118,10 +118,10 @@ class CrossMatchStage(Stage):
                 f"match radius {r} arcsec (from the {why}) is not below the load margin "
                 f"({st.margin_deg * 3600:g} arcsec)"
             )
-        ctx.clipboard["sources"] = sources
-        ctx.clipboard["radius_arcsec"] = r
+        visit.sources = sources
+        visit.radius_arcsec, visit.radius_from = r, why
         chunk = st.partition.chunk_of_fine(sources["fine"])
-        chunks, owner = ctx.clipboard["chunks"], ctx.clipboard["owner"]
+        chunks, owner = visit.chunks, visit.owner
         slot = np.searchsorted(chunks, chunk)
         slot = np.minimum(slot, len(chunks) - 1)
         if len(sources) and not np.array_equal(chunks[slot], chunk):
@@ -129,14 +129,14 @@ class CrossMatchStage(Stage):
         which = owner[slot] if len(sources) else np.empty(0, np.int64)
         return Scatter([(sources[which == i], r) for i in range(ctx.n_slices)])
 
-    def process(self, ctx: ExecutionContext, payload: Any) -> Matches | None:
-        if payload is None:
-            return None
+    def process(self, ctx: ExecutionContext, payload: tuple[np.ndarray, float]) -> Matches:
+        st: AssociationState = ctx.shared
+        visit: SliceVisit = ctx.state
         sources, radius = payload
-        cat = state_of(ctx).catalogue
+        cat = st.catalogue
         assert cat is not None
-        held = cat.columns(ctx.clipboard["held"], MATCH_COLUMNS)
-        strip = ctx.clipboard["strip"]
+        held = cat.columns(visit.held, MATCH_COLUMNS)
+        strip = visit.strip
         objects = {k: np.concatenate([held[k], strip[k]]) for k in MATCH_COLUMNS}
         n = len(sources)
         obj_id = np.zeros(n, np.int64)
@@ -153,10 +153,9 @@ class CrossMatchStage(Stage):
             dist[hit] = d[hit]
         return Matches(sources["diaSourceId"].copy(), obj_id, var, dist)
 
-    def postprocess(self, ctx: MasterContext, results: list[Matches | None]) -> None:
-        if ctx.clipboard["stored"]:
-            return
-        sources = ctx.clipboard["sources"]
+    def postprocess(self, ctx: MasterContext, results: list[Matches]) -> None:
+        visit: MasterVisit = ctx.state
+        sources = visit.sources
         ids = np.concatenate([m.diaSourceId for m in results])
         order = np.argsort(ids)
         if not np.array_equal(ids[order], sources["diaSourceId"]):
@@ -164,12 +163,12 @@ class CrossMatchStage(Stage):
         sources["diaObjectId"] = np.concatenate([m.diaObjectId for m in results])[order]
         matched_variable = np.concatenate([m.isVariable for m in results])[order]
         # flagged: no known variable Object explains it; a candidate mover
-        ctx.clipboard["flagged"] = ~matched_variable
+        visit.flagged = ~matched_variable
         ctx.log.info(
             "fov %s: %d DIASources, %d matched (radius %.2f arcsec), %d flagged",
             ctx.key,
             len(sources),
             int((sources["diaObjectId"] > 0).sum()),
-            ctx.clipboard["radius_arcsec"],
+            visit.radius_arcsec,
             int((~matched_variable).sum()),
         )

@@ -2,71 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
+from sqlalchemy import select
 
-from association.catalogue.memory import CatalogueConfig, warm_up
-from association.columns import OBJECT_DTYPE
+from association.columns import MATCH_COLUMNS, OBJECT_DTYPE
 from association.sky.fov import fov_of
-from association.stages.rank import new_state, state_of
+from association.stages.rank import AssociationState
+from association.stages.visit import LoadResult, MasterVisit, SliceVisit
+from association.storage import tables as db
 from association.storage.sql import (
     load_object_columns,
     load_objects,
     load_recent_diasources,
     visit_stored,
 )
-from events.types import NEXT_VISIT
-from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
-
-MATCH_COLUMNS = ("ra", "dec", "diaObjectId", "isVariable")
-"""The Object columns the cross-match reads."""
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    """Settings of the catalogue and the database, for the whole pipeline.
-
-    Parameters
-    ----------
-    db_url : str
-        SQLAlchemy URL; empty for SQLite in the run directory.
-    chunk_order, fine_order : int
-        HEALPix orders of the chunks and of the fine index.
-    margin_arcsec : float
-        Read-only margin around a Slice's chunks; wider than any match radius.
-    catalogue_mb : float
-        Memory budget of each Slice's catalogue (least recently used chunks go).
-    recent_per_object : int
-        Recent DIASources kept per Object.
-    variable_min_sources : int
-        An Object is variable once it has this many DIASources.
-    """
-
-    db_url: str = ""
-    chunk_order: int = 6
-    fine_order: int = 20
-    margin_arcsec: float = 30.0
-    catalogue_mb: float = 4096.0
-    recent_per_object: int = 10
-    variable_min_sources: int = 2
-
-
-@dataclass
-class LoadResult:
-    """What one Slice did for a visit's Load."""
-
-    chunks_loaded: int
-    chunks_cached: int
-    objects_loaded: int
-    objects_held: int
-    seconds: float
-    rss_mb: float
+from events.types import ALERTS_READY, NEXT_VISIT
+from framework.stage import EndExecution, ExecutionContext, MasterContext, Scatter, Stage
 
 
 def rss_mb() -> float:
@@ -77,51 +32,47 @@ def rss_mb() -> float:
 class LoadStage(Stage):
     """Triggered by ``telescope.next_visit``: load Objects and recent DIASources.
 
-    The master splits the field's chunks between the Slices by the
+    A visit an earlier run already stored ends here, as done: its
+    ``association.alerts_ready`` is published again from the stored record.
+    Otherwise the master splits the field's chunks between the Slices by the
     partition's fixed rule; each Slice loads its chunks plus a read-only
     margin of neighbours, skipping what it already holds, and pins them until
     the visit ends.
     """
 
-    ConfigClass = LoadConfig
-
-    def setup(self, ctx: RankContext) -> None:
-        c = self.config
-        cat = None
-        if ctx.rank > 0:
-            cat = CatalogueConfig(c.catalogue_mb, c.recent_per_object, c.variable_min_sources)
-            # The Slices share the cores: each runs its compiled kernels on its share.
-            numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))
-            warm_up()
-        st = new_state(
-            ctx,
-            db_url=c.db_url,
-            chunk_order=c.chunk_order,
-            fine_order=c.fine_order,
-            margin_deg=c.margin_arcsec / 3600.0,
-            catalogue=cat,
-        )
-        if ctx.rank == 0:
-            st.create_schema()
-
     def preprocess(self, ctx: MasterContext) -> Any:
-        st = state_of(ctx)
+        st: AssociationState = ctx.shared
+        visit: MasterVisit = ctx.state
+        if visit_stored(st.engine, ctx.key):
+            self._announce_stored(ctx)
+            return EndExecution("already stored by an earlier run; not computed again")
         ra, dec, radius = fov_of(ctx.events[NEXT_VISIT])
-        ctx.clipboard["stored"] = visit_stored(st.engine, ctx.key)
-        if ctx.clipboard["stored"]:
-            ctx.log.info("fov %s: already stored by an earlier run; not computed again", ctx.key)
         chunks = st.partition.fov_chunks(ra, dec, radius + 2 * st.margin_deg)
         owner = st.partition.owner(chunks, ctx.n_slices)
-        ctx.clipboard["chunks"] = chunks
-        ctx.clipboard["owner"] = owner
+        visit.chunks, visit.owner = chunks, owner
         items = []
         for i in range(ctx.n_slices):
             owned = chunks[owner == i]
             items.append((owned, st.partition.margin_chunks(owned, st.margin_deg)))
         return Scatter(items)
 
+    def _announce_stored(self, ctx: MasterContext) -> None:
+        st: AssociationState = ctx.shared
+        with st.engine.connect() as conn:
+            row = conn.execute(select(db.visits).where(db.visits.c.visit == ctx.key)).one()
+        path = ctx.settings.alerts_path(ctx.run_dir, ctx.key)
+        body = {
+            "path": str(path),
+            "n_alerts": row.n_alerts,
+            "n_sources": row.n_sources,
+            "n_new_objects": row.n_new_objects,
+            "n_moving": row.n_moving,
+        }
+        ctx.emit(ALERTS_READY, body)
+
     def process(self, ctx: ExecutionContext, payload: tuple[np.ndarray, np.ndarray]) -> LoadResult:
-        st = state_of(ctx)
+        st: AssociationState = ctx.shared
+        visit: SliceVisit = ctx.state
         cat = st.catalogue
         assert cat is not None
         owned, margin = payload
@@ -150,12 +101,12 @@ class LoadStage(Stage):
                 columns["isVariable"] = columns["isVariable"].astype(bool)
                 strip = st.strips.put(chunk, key, lo, hi, columns)
             strips.append(strip.columns)
-        ctx.clipboard["strip"] = {
+        visit.strip = {
             k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
             for k in MATCH_COLUMNS
         }
-        ctx.clipboard["owned"] = owned
-        ctx.clipboard["held"] = need
+        visit.owned = owned
+        visit.held = need
         stats = cat.stats()
         ctx.board.set(
             catalogue_objects=stats["n_objects"],
@@ -166,14 +117,15 @@ class LoadStage(Stage):
         return LoadResult(
             chunks_loaded=len(missing),
             chunks_cached=len(need) - len(missing),
-            objects_loaded=loaded + len(ctx.clipboard["strip"]["ra"]),
+            objects_loaded=loaded + len(visit.strip["ra"]),
             objects_held=int(sum(cat.chunk(int(c)).n_objects for c in need)),
             seconds=time.perf_counter() - t0,
             rss_mb=rss_mb(),
         )
 
     def postprocess(self, ctx: MasterContext, results: list[LoadResult]) -> None:
-        ctx.clipboard["load"] = results
+        visit: MasterVisit = ctx.state
+        visit.load = results
         ctx.log.info(
             "fov %s: loaded %d chunk(s) (%d objects), %d cached",
             ctx.key,
@@ -184,9 +136,6 @@ class LoadStage(Stage):
 
     def finish(self, ctx: ExecutionContext, ok: bool) -> None:
         if ctx.rank > 0:
-            cat = state_of(ctx).catalogue
-            assert cat is not None
-            cat.unpin(ctx.key)
-
-    def shutdown(self, ctx: RankContext) -> None:
-        state_of(ctx).close()
+            st: AssociationState = ctx.shared
+            assert st.catalogue is not None
+            st.catalogue.unpin(ctx.key)

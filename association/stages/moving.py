@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from association.inputs.readers import read_predictions
 from association.matching.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
+from association.stages.visit import MasterVisit, MovingMatches
 from events.types import PREDICTIONS_READY
 from framework.stage import MasterContext, Stage
 
@@ -42,17 +42,15 @@ class MovingStage(Stage):
 
     ConfigClass = MovingConfig
 
-    def preprocess(self, ctx: MasterContext) -> Any:
-        ctx.clipboard["moving"] = (np.empty(0, np.int64), np.empty(0, np.int64))
-        if ctx.clipboard["stored"]:
-            return None
+    def preprocess(self, ctx: MasterContext) -> None:
+        visit: MasterVisit = ctx.state
         ev = ctx.events.get(PREDICTIONS_READY)
         if ev is None:
             ctx.log.warning("fov %s: no predictions came; no moving-object matching", ctx.key)
             return None
         preds = read_visit_predictions(list(ev.body["paths"]))
-        sources = ctx.clipboard["sources"]
-        cand = np.flatnonzero(ctx.clipboard["flagged"])
+        sources = visit.sources
+        cand = np.flatnonzero(visit.flagged)
         c = self.config
         p_idx, s_idx = ellipse_pairs(
             preds["ra"],
@@ -68,7 +66,7 @@ class MovingStage(Stage):
         rows = cand[s_idx]
         sources["ssObjectId"][rows] = preds["ssObjectId"][p_idx]
         sources["diaObjectId"][rows] = 0
-        ctx.clipboard["moving"] = (preds["ssObjectId"][p_idx], sources["diaSourceId"][rows])
+        visit.moving = MovingMatches(preds["ssObjectId"][p_idx], sources["diaSourceId"][rows])
         ctx.log.info(
             "fov %s: %d predictions, %d conclusive moving-object matches",
             ctx.key,

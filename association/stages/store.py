@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from association.alerts.avro import warm_up as avro_warm_up
 from association.alerts.packets import write_visit_alerts
-from association.stages.load import MATCH_COLUMNS
-from association.stages.rank import state_of
+from association.columns import MATCH_COLUMNS
+from association.stages.rank import AssociationState
+from association.stages.visit import MasterVisit, VisitCounts
 from association.storage import tables as db
 from association.storage.sql import VisitRecord, native_writer, store_visit
 from association.storage.sqlite.checkpoint import WalCheckpointer
 from events.types import ALERTS_READY, NEXT_VISIT
 from framework.stage import ExecutionContext, Later, MasterContext, RankContext, Stage
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """Where alert files go, relative to the run directory."""
-
-    alerts_dir: str = "alerts"
 
 
 class StoreStage(Stage):
@@ -36,8 +28,6 @@ class StoreStage(Stage):
     Storing a visit again leaves the same rows.
     """
 
-    ConfigClass = StoreConfig
-
     def setup(self, ctx: RankContext) -> None:
         self._checkpointer = self._writer = None
         if ctx.rank == 0:
@@ -45,7 +35,7 @@ class StoreStage(Stage):
             self._alerts = ThreadPoolExecutor(1, thread_name_prefix="alerts")
             # One writer thread: visits commit one at a time, in the order they got here.
             self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
-            engine = state_of(ctx).engine
+            engine = ctx.shared.engine
             self._writer = native_writer(engine)
             path = db.sqlite_file(engine)
             if path is not None:
@@ -62,51 +52,43 @@ class StoreStage(Stage):
             if self._checkpointer is not None:
                 self._checkpointer.close()
 
-    def preprocess(self, ctx: MasterContext) -> Any:
-        out_dir = Path(ctx.run_dir) / self.config.alerts_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"visit_{ctx.key}.avro"
-        ctx.clipboard["alerts_path"] = str(path)
-        if ctx.clipboard["stored"]:
-            with state_of(ctx).engine.connect() as conn:
-                row = conn.execute(select(db.visits).where(db.visits.c.visit == ctx.key)).one()
-            ctx.clipboard["counts"] = _counts(
-                row.n_alerts, row.n_sources, row.n_new_objects, row.n_moving
-            )
-            return None
-        sources = ctx.clipboard["sources"]
+    def preprocess(self, ctx: MasterContext) -> Later:
+        st: AssociationState = ctx.shared
+        visit: MasterVisit = ctx.state
+        path = ctx.settings.alerts_path(ctx.run_dir, ctx.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        visit.alerts_path = str(path)
+        sources = visit.sources
         # one packet per DIASource still in alerting; alertId is its diaSourceId
         alerting = sources[sources["ssObjectId"] == 0]
-        ss_ids, src_ids = ctx.clipboard["moving"]
+        moving = visit.moving
         nv = ctx.events[NEXT_VISIT].body
+        counts = VisitCounts(len(alerting), len(sources), visit.n_new, len(moving))
         record = VisitRecord(
             visit=ctx.key,
             mjd=float(nv["mjd"]),
             ra=float(nv["ra"]),
             dec=float(nv["dec"]),
             filter=str(nv["filter"]),
-            n_sources=len(sources),
-            n_alerts=len(alerting),
-            n_new_objects=ctx.clipboard["n_new"],
-            n_moving=len(src_ids),
+            **asdict(counts),
         )
-        ctx.clipboard["counts"] = _counts(
-            len(alerting), len(sources), ctx.clipboard["n_new"], len(src_ids)
-        )
-        objects = ctx.clipboard["objects"]
+        visit.counts = counts
+        objects, recent = visit.objects, visit.recent
 
         def store() -> dict[str, np.ndarray]:
             # The alert file is written beside the database transaction, which
             # commits only once the file is complete.
-            writing = self._alerts.submit(
-                write_visit_alerts, path, alerting, objects, ctx.clipboard["recent"]
-            )
+            writing = self._alerts.submit(write_visit_alerts, path, alerting, objects, recent)
             store_visit(
-                state_of(ctx).engine,
+                st.engine,
                 record,
                 sources,
                 objects,
-                moving=(np.full(len(src_ids), ctx.key), ss_ids, src_ids),
+                moving=(
+                    np.full(len(moving), ctx.key),
+                    moving.ssObjectId,
+                    moving.diaSourceId,
+                ),
                 alerts=(alerting["diaSourceId"], alerting["diaSourceId"], alerting["diaObjectId"]),
                 before_commit=writing.result,
                 writer=self._writer,
@@ -118,9 +100,7 @@ class StoreStage(Stage):
 
     def process(self, ctx: ExecutionContext, payload: Any) -> None:
         """Keep each Slice's cached margin strips equal to the stored Objects."""
-        if payload is None:
-            return
-        st = state_of(ctx)
+        st: AssociationState = ctx.shared
         try:
             st.strips.patch(st.partition.chunk_of_fine(payload["fine"]), payload["fine"], payload)
         except Exception:
@@ -129,13 +109,6 @@ class StoreStage(Stage):
             st.strips.clear()
 
     def postprocess(self, ctx: MasterContext, results: list[None]) -> None:
-        ctx.emit(ALERTS_READY, {"path": ctx.clipboard["alerts_path"], **ctx.clipboard["counts"]})
-
-
-def _counts(alerts: int, sources: int, new_objects: int, moving: int) -> dict[str, int]:
-    return {
-        "n_alerts": alerts,
-        "n_sources": sources,
-        "n_new_objects": new_objects,
-        "n_moving": moving,
-    }
+        visit: MasterVisit = ctx.state
+        assert visit.counts is not None
+        ctx.emit(ALERTS_READY, {"path": visit.alerts_path, **asdict(visit.counts)})

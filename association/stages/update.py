@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from association.stages.rank import state_of
+from association.stages.rank import AssociationState
+from association.stages.visit import MasterVisit, SliceVisit
 from framework.stage import ExecutionContext, MasterContext, Stage
 
 
@@ -30,40 +30,37 @@ class UpdateStage(Stage):
     rolled back when it fails.
     """
 
-    def preprocess(self, ctx: MasterContext) -> Any:
-        if ctx.clipboard["stored"]:
-            return None
-        sources = ctx.clipboard["sources"]
+    def preprocess(self, ctx: MasterContext) -> tuple[np.ndarray, np.ndarray]:
+        visit: MasterVisit = ctx.state
+        sources = visit.sources
         moving = sources["ssObjectId"] != 0
         matched = (sources["diaObjectId"] != 0) & ~moving
         new = (sources["diaObjectId"] == 0) & ~moving
-        ctx.clipboard["n_new"] = int(new.sum())
+        visit.n_new = int(new.sum())
         return sources[matched], sources[new]
 
-    def process(self, ctx: ExecutionContext, payload: Any) -> Changes | None:
-        if payload is None:
-            return None
+    def process(self, ctx: ExecutionContext, payload: tuple[np.ndarray, np.ndarray]) -> Changes:
+        st: AssociationState = ctx.shared
+        visit: SliceVisit = ctx.state
         matched, new = payload
-        cat = state_of(ctx).catalogue
+        cat = st.catalogue
         assert cat is not None
-        txn = cat.begin(ctx.key)
-        ctx.clipboard["txn"] = txn
+        txn = visit.txn = cat.begin(ctx.key)
         txn.associate(matched)
         txn.create(new)
-        changed = txn.changed(ctx.clipboard["owned"])
+        changed = txn.changed(visit.owned)
         recent = cat.recent_for(changed["diaObjectId"])
         return Changes(changed, recent[recent["visit"] != ctx.key])
 
-    def postprocess(self, ctx: MasterContext, results: list[Changes | None]) -> None:
-        if ctx.clipboard["stored"]:
-            return
+    def postprocess(self, ctx: MasterContext, results: list[Changes]) -> None:
+        visit: MasterVisit = ctx.state
         objects = np.concatenate([r.objects for r in results])
         recent = np.concatenate([r.recent for r in results])
         objects = objects[np.argsort(objects["diaObjectId"], kind="stable")]
         ids = objects["diaObjectId"]
         if np.any(ids[1:] == ids[:-1]):
             raise RuntimeError(f"fov {ctx.key}: an Object was returned by two Slices")
-        sources = ctx.clipboard["sources"]
+        sources = visit.sources
         new = (sources["diaObjectId"] == 0) & (sources["ssObjectId"] == 0)
         sources["diaObjectId"][new] = sources["diaSourceId"][new]
         missing = np.setdiff1d(sources["diaObjectId"][sources["ssObjectId"] == 0], ids)
@@ -71,13 +68,11 @@ class UpdateStage(Stage):
             raise RuntimeError(
                 f"fov {ctx.key}: {missing.size} Object(s) not held by any Slice, e.g. {missing[0]}"
             )
-        ctx.clipboard["objects"] = objects
-        ctx.clipboard["recent"] = recent[
-            np.lexsort((recent["midpointMjdTai"], recent["diaObjectId"]))
-        ]
+        visit.objects = objects
+        visit.recent = recent[np.lexsort((recent["midpointMjdTai"], recent["diaObjectId"]))]
 
     def finish(self, ctx: ExecutionContext, ok: bool) -> None:
-        txn = ctx.clipboard.get("txn")
+        txn = ctx.state.txn if isinstance(ctx.state, SliceVisit) else None
         if txn is None or not txn.open:
             return
         if ok:

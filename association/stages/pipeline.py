@@ -1,0 +1,85 @@
+"""The association pipeline's own hooks: its settings, its state per rank and per visit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+
+from association.catalogue.memory import Catalogue, CatalogueConfig, warm_up
+from association.sky.partition import Partition
+from association.stages.rank import AssociationState
+from association.stages.visit import MasterVisit, SliceVisit
+from events.types import ASSOCIATION_SPECS
+from framework.hooks import PipelineHooks
+from framework.stage import RankContext
+
+
+@dataclass(frozen=True)
+class AssociationSettings:
+    """Settings of the catalogue and the database, for the whole pipeline (``[settings]``).
+
+    Parameters
+    ----------
+    db_url : str
+        SQLAlchemy URL; empty for SQLite in the run directory.
+    chunk_order, fine_order : int
+        HEALPix orders of the chunks and of the fine index. Frozen into the
+        database when it is made.
+    margin_arcsec : float
+        Read-only margin around a Slice's chunks; wider than any match radius.
+    catalogue_mb : float
+        Memory budget of each Slice's catalogue (least recently used chunks go).
+    recent_per_object : int
+        Recent DIASources kept per Object.
+    variable_min_sources : int
+        An Object is variable once it has this many DIASources.
+    alerts_dir : str
+        Where alert files go, relative to the run directory.
+    """
+
+    db_url: str = ""
+    chunk_order: int = 6
+    fine_order: int = 20
+    margin_arcsec: float = 30.0
+    catalogue_mb: float = 4096.0
+    recent_per_object: int = 10
+    variable_min_sources: int = 2
+    alerts_dir: str = "alerts"
+
+    def alerts_path(self, run_dir: Path, visit: int) -> Path:
+        """The alert file of a visit."""
+        return Path(run_dir) / self.alerts_dir / f"visit_{visit}.avro"
+
+
+class AssociationPipeline(PipelineHooks):
+    """Makes each rank's state: partition and database; on a Slice, its catalogue."""
+
+    ConfigClass = AssociationSettings
+    event_types = ASSOCIATION_SPECS
+
+    def setup(self, ctx: RankContext) -> AssociationState:
+        s: AssociationSettings = self.settings
+        st = AssociationState(
+            Partition(s.chunk_order, s.fine_order),
+            s.db_url or None,
+            Path(ctx.run_dir),
+            s.margin_arcsec / 3600.0,
+        )
+        if ctx.rank == 0:
+            st.create_schema()
+        else:
+            config = CatalogueConfig(s.catalogue_mb, s.recent_per_object, s.variable_min_sources)
+            st.catalogue = Catalogue(config, 2 * (s.fine_order - s.chunk_order))
+            # The Slices share the cores: each runs its compiled kernels on its share.
+            numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))
+            warm_up()
+        return st
+
+    def execution_state(self, ctx: RankContext, key: int) -> MasterVisit | SliceVisit:
+        return MasterVisit() if ctx.rank == 0 else SliceVisit()
+
+    def shutdown(self, ctx: RankContext) -> None:
+        ctx.shared.close()

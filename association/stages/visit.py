@@ -1,0 +1,122 @@
+"""What the stages of one visit leave for the next: the master's side and each Slice's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
+
+if TYPE_CHECKING:
+    from association.catalogue.memory import Transaction
+
+
+def _none(dtype: np.dtype | str) -> np.ndarray:
+    return np.empty(0, dtype)
+
+
+@dataclass
+class LoadResult:
+    """What one Slice did for a visit's Load."""
+
+    chunks_loaded: int
+    chunks_cached: int
+    objects_loaded: int
+    objects_held: int
+    seconds: float
+    rss_mb: float
+
+
+@dataclass(frozen=True)
+class MovingMatches:
+    """Conclusive moving-object matches: one row per DIASource taken by a prediction."""
+
+    ssObjectId: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    diaSourceId: np.ndarray = field(default_factory=lambda: _none(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.diaSourceId)
+
+
+@dataclass(frozen=True)
+class VisitCounts:
+    """The figures of a stored visit, as ``association.alerts_ready`` gives them."""
+
+    n_alerts: int
+    n_sources: int
+    n_new_objects: int
+    n_moving: int
+
+
+@dataclass
+class MasterVisit:
+    """The master's state of one visit, filled in stage by stage.
+
+    Attributes
+    ----------
+    chunks : ndarray of int64
+        load: the field's chunks (and its margin), sorted.
+    owner : ndarray of int64
+        load: the Slice that owns each of `chunks`.
+    load : list of LoadResult
+        load: each Slice's figures.
+    sources : ndarray of DIASOURCE_DTYPE
+        crossmatch: the visit's DIASources, by diaSourceId; later stages fill
+        in ``diaObjectId`` (the Object each belongs to) and ``ssObjectId``.
+    radius_arcsec : float
+        crossmatch: the match radius used, and `radius_from` where it came from.
+    flagged : ndarray of bool
+        crossmatch: per source, True when no known variable Object explains it
+        (a candidate mover).
+    moving : MovingMatches
+        moving: the conclusive moving-object matches.
+    n_new : int
+        update: Objects created by the visit.
+    objects : ndarray of OBJECT_DTYPE
+        update: every Object the visit changed or created, by diaObjectId.
+    recent : ndarray of DIASOURCE_DTYPE
+        update: those Objects' earlier recent DIASources, by Object then time.
+    alerts_path : str
+        store: the visit's alert file.
+    counts : VisitCounts or None
+        store: the visit's figures once stored.
+    """
+
+    chunks: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    owner: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    load: list[LoadResult] = field(default_factory=list)
+    sources: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
+    radius_arcsec: float = float("nan")
+    radius_from: str = ""
+    flagged: np.ndarray = field(default_factory=lambda: _none(bool))
+    moving: MovingMatches = field(default_factory=MovingMatches)
+    n_new: int = 0
+    objects: np.ndarray = field(default_factory=lambda: _none(OBJECT_DTYPE))
+    recent: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
+    alerts_path: str = ""
+    counts: VisitCounts | None = None
+
+
+@dataclass
+class SliceVisit:
+    """One Slice's state of one visit.
+
+    Attributes
+    ----------
+    owned : ndarray of int64
+        load: the field's chunks this Slice owns.
+    held : ndarray of int64
+        load: the chunks pinned in memory for the visit (owned, and margin
+        chunks the Slice holds whole).
+    strip : dict of str to ndarray
+        load: match columns of the thin strips of margin chunks it does not hold.
+    txn : Transaction or None
+        update: the visit's open catalogue transaction on this Slice.
+    """
+
+    owned: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    held: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    strip: dict[str, np.ndarray] = field(default_factory=dict)
+    txn: Transaction | None = None

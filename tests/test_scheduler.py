@@ -1,0 +1,183 @@
+"""The scheduler on its own: admission, the cap, the ordered section, deadlines, orphans."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from framework.config import parse_config
+from framework.execution import (
+    Dispatch,
+    Failure,
+    Finish,
+    HookFailed,
+    PostprocessDone,
+    PreprocessDone,
+    RunPostprocess,
+    RunPreprocess,
+    SliceReplied,
+)
+from framework.scheduler import (
+    ORPHAN_SWEEP_S,
+    Accepted,
+    Begin,
+    Clock,
+    Drain,
+    ExpireOrphans,
+    Feed,
+    FetchStarts,
+    Scheduler,
+    Step,
+    Stop,
+)
+
+NV, DET = "telescope.next_visit", "detection.diasources_ready"
+TRACE = "tests/pipelines/trace_stages.py:Trace"
+
+
+def scheduler(max_in_flight=2, ordered=None, det_timeout=None, n_slices=1, orphan_timeout=60):
+    stages = [{"name": n, "class": TRACE} for n in ("a", "b", "c")]
+    if det_timeout is not None:
+        stages[1]["wait"] = {"event": DET, "timeout": det_timeout, "policy": "fail"}
+    pipeline = {"name": "t", "start": NV, "max_in_flight": max_in_flight}
+    if ordered:
+        pipeline["ordered"] = list(ordered)
+    cfg = parse_config(
+        {"pipeline": pipeline, "stages": stages, "runtime": {"orphan_timeout": orphan_timeout}}
+    )
+    return Scheduler(cfg, n_slices)
+
+
+def begin(s, key, resources=None, queued=(), now=0.0):
+    return s.handle(Begin(key, frozenset(queued), resources, now))
+
+
+def finish_stage(s, key, stage, now=0.0):
+    """Drive one stage from preprocess to its postprocess; returns what follows."""
+    assert s.handle(Feed(key, PreprocessDone())) == [Step(key, Dispatch(stage))]
+    out = []
+    for i in range(s.n_slices):
+        out = s.handle(Feed(key, SliceReplied(stage, i)))
+    assert out == [Step(key, RunPostprocess(stage))]
+    return s.handle(Feed(key, PostprocessDone(now)))
+
+
+def run_to_end(s, key, first=0, last=2):
+    for k in range(first, last + 1):
+        out = finish_stage(s, key, k)
+    return out
+
+
+def test_admission_asks_for_starts_up_to_the_cap():
+    s = scheduler(max_in_flight=2)
+    assert s.handle(Clock(0.0)) == [FetchStarts(2, ())]
+    assert s.handle(Clock(0.1)) == []  # nothing new since
+    assert begin(s, 5) == [Step(5, RunPreprocess(0))]
+    assert s.handle(Accepted(NV, 6, 0.2)) == []
+    assert s.handle(Clock(0.2)) == [FetchStarts(1, (5,))]
+    begin(s, 6)
+    assert s.handle(Accepted(NV, 7, 0.3)) == []
+    assert s.handle(Clock(0.3)) == []  # full: the start waits in the journal
+    (fin,) = run_to_end(s, 5)
+    assert fin == Step(5, Finish(None))
+    assert s.handle(Clock(0.4)) == [FetchStarts(1, (6,))]
+
+
+def test_begin_twice_is_a_bug():
+    s = scheduler()
+    begin(s, 1)
+    with pytest.raises(RuntimeError, match="already running"):
+        begin(s, 1)
+
+
+def test_ordered_section_admits_overlapping_executions_in_start_order():
+    s = scheduler(max_in_flight=3, ordered=("b", "c"))
+    begin(s, 1, frozenset({"x"}))
+    begin(s, 2, frozenset({"x", "y"}))
+    begin(s, 3, frozenset({"z"}))
+    assert finish_stage(s, 2, 0) == []  # 2 gated: 1 overlaps and has not passed
+    assert finish_stage(s, 3, 0) == [Step(3, RunPreprocess(1))]  # disjoint: goes on
+    assert s.behind(2) == [1]
+    assert finish_stage(s, 1, 0) == [Step(1, RunPreprocess(1))]
+    finish_stage(s, 1, 1)
+    out = finish_stage(s, 1, 2)  # 1 leaves the section and ends: 2 goes in
+    assert Step(2, RunPreprocess(1)) in out and Step(1, Finish(None)) in out
+    assert s.behind(2) == []
+
+
+def test_section_is_released_when_an_execution_fails_inside_it():
+    s = scheduler(max_in_flight=2, ordered=("a", "b"))
+    begin(s, 1, frozenset({"x"}))
+    assert begin(s, 2, frozenset({"x"})) == []  # gated at its first stage
+    f = Failure("a", "preprocess", 0, "bad")
+    out = s.handle(Feed(1, HookFailed(f)))
+    assert out == [Step(1, Finish(f)), Step(2, RunPreprocess(0))]
+
+
+def test_none_resources_overlap_everything():
+    s = scheduler(max_in_flight=2, ordered=("a", "c"))
+    begin(s, 1, None)
+    assert begin(s, 2, frozenset({"q"})) == []
+
+
+def test_wait_deadline_fails_on_the_monotonic_clock():
+    s = scheduler(det_timeout=10.0)
+    begin(s, 1, now=100.0)
+    assert finish_stage(s, 1, 0, now=100.0) == []  # waits for DET
+    assert not [i for i in s.handle(Clock(109.9)) if isinstance(i, Step)]
+    (step,) = [i for i in s.handle(Clock(110.0)) if isinstance(i, Step)]
+    assert step.key == 1 and "timed out after 10 s" in step.instruction.failure.error
+
+
+def test_event_for_a_running_execution_ends_its_wait():
+    s = scheduler(det_timeout=10.0)
+    begin(s, 1)
+    finish_stage(s, 1, 0)
+    assert s.handle(Accepted(DET, 1, 1.0)) == [Step(1, RunPreprocess(1))]
+
+
+def test_queued_events_count_as_received():
+    s = scheduler(det_timeout=10.0)
+    begin(s, 1, queued={DET})
+    assert finish_stage(s, 1, 0) == [Step(1, RunPreprocess(1))]
+
+
+def test_orphans_expire_after_the_timeout_unless_a_start_comes():
+    s = scheduler(orphan_timeout=60.0)
+    s.handle(Clock(0.0))
+    s.handle(Accepted(DET, 8, 1.0))  # fov 8 never starts
+    s.handle(Accepted(DET, 9, 1.0))  # fov 9 starts later
+    begin(s, 9, queued={DET}, now=2.0)
+    assert s.orphans == {8: 1.0}
+    t = 1.0 + 60.0
+    out = s.handle(Clock(t))
+    assert ExpireOrphans((8,)) in out
+    assert s.orphans == {}
+    assert not [i for i in s.handle(Clock(t + 2 * ORPHAN_SWEEP_S)) if isinstance(i, ExpireOrphans)]
+
+
+def test_orphan_timer_uses_first_arrival_only():
+    s = scheduler(orphan_timeout=60.0)
+    s.handle(Accepted(DET, 8, 1.0))
+    s.handle(Accepted("nightmops.predictions_ready", 8, 50.0))
+    assert s.orphans == {8: 1.0}
+
+
+def test_drain_stops_once_nothing_is_in_flight():
+    s = scheduler()
+    begin(s, 1)
+    assert s.handle(Drain()) == []
+    assert s.handle(Accepted(NV, 2, 0.0)) == []
+    assert s.handle(Clock(1.0)) == []  # no admission while draining
+    out = run_to_end(s, 1)
+    assert out == [Step(1, Finish(None))]
+    assert s.handle(Clock(2.0)) == [Stop()]
+    assert s.handle(Clock(3.0)) == []  # once
+
+
+def test_scheduler_inputs_and_instructions_are_slotted():
+    import framework.scheduler as sch
+
+    for cls in (sch.Accepted, sch.Clock, sch.Begin, sch.Feed, sch.Drain, sch.Step):
+        assert dataclasses.is_dataclass(cls) and not hasattr(cls.__new__(cls), "__dict__")
