@@ -21,6 +21,9 @@ from events.envelope import Event
 
 OUTCOMES = ("done", "failed")
 
+WAIT_EXPIRED = "control.wait_expired"
+"""Type of the journal's own record that a visit's wait for an event ran out."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -39,7 +42,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     fov_id INTEGER PRIMARY KEY,
     outcome TEXT NOT NULL CHECK (outcome IN ('done', 'failed')),
     event_id TEXT NOT NULL,
-    time REAL NOT NULL
+    time REAL NOT NULL,
+    retriable INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -90,6 +94,9 @@ class Journal:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outcomes)")}
+            if "retriable" not in columns:  # a journal written before retries existed
+                db.execute("ALTER TABLE outcomes ADD COLUMN retriable INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -116,18 +123,47 @@ class Journal:
             Per event: True if new, False if its id was already journaled
             (earlier, or earlier in this batch).
         """
+        return [seq is not None for seq in self.accept_seq(events)]
+
+    def accept_seq(self, events: Sequence[Event]) -> list[int | None]:
+        """As `accept`, but per event its journal position, or None for a duplicate."""
         if not events:
             return []
         received = time.time()
+        out: list[int | None] = []
         with self._tx() as db:
-            return [db.execute(_INSERT, _row(e, received, "in")).rowcount == 1 for e in events]
+            for e in events:
+                cur = db.execute(_INSERT, _row(e, received, "in"))
+                out.append(cur.lastrowid if cur.rowcount == 1 else None)
+        return out
+
+    def record_expiry(self, fov_id: int, event_type: str) -> int:
+        """Journal that a visit's wait for `event_type` ran out; its journal position.
+
+        The record is a ``control.wait_expired`` event of the visit, so that a
+        resumed run goes on without waiting again, at the same place in the order.
+        """
+        ev = Event(
+            id=f"expired:{fov_id}:{event_type}",
+            type=WAIT_EXPIRED,
+            time=time.time(),
+            source="journal",
+            fov_id=fov_id,
+            body={"event": event_type},
+        )
+        with self._tx() as db:
+            db.execute(_INSERT, _row(ev, ev.time, "in"))
+            (seq,) = db.execute("SELECT seq FROM events WHERE id = ?", (ev.id,)).fetchone()
+        return int(seq)
 
     def record_out(self, event: Event) -> None:
         """Journal an outbound event; a repeated id is ignored."""
         with self._tx() as db:
             db.execute(_INSERT, _row(event, time.time(), "out"))
 
-    def record_outcome(self, fov_id: int, outcome: str, event: Event) -> bool:
+    def record_outcome(
+        self, fov_id: int, outcome: str, event: Event, retriable: bool = False
+    ) -> bool:
         """Record a visit's outcome and its outbound event, exactly once.
 
         Parameters
@@ -138,6 +174,9 @@ class Journal:
             How it ended.
         event : Event
             The outbound event announcing it, journaled in the same transaction.
+        retriable : bool
+            A failure for a passing reason (a database outage, a shutdown):
+            `reopen_retriable` takes it back, so that the next run retries it.
 
         Returns
         -------
@@ -152,10 +191,21 @@ class Journal:
                 return False
             db.execute(_INSERT, _row(event, now, "out"))
             db.execute(
-                "INSERT INTO outcomes (fov_id, outcome, event_id, time) VALUES (?, ?, ?, ?)",
-                (fov_id, outcome, event.id, now),
+                "INSERT INTO outcomes (fov_id, outcome, event_id, time, retriable)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (fov_id, outcome, event.id, now, int(retriable and outcome == "failed")),
             )
             return True
+
+    def reopen_retriable(self) -> list[int]:
+        """Take back the outcomes of visits that failed for a passing reason; their FOVs.
+
+        Their events are still journaled, so they run again.
+        """
+        with self._tx() as db:
+            rows = db.execute("SELECT fov_id FROM outcomes WHERE retriable = 1").fetchall()
+            db.execute("DELETE FROM outcomes WHERE retriable = 1")
+        return sorted(int(f) for (f,) in rows)
 
     def outcome(self, fov_id: int) -> str | None:
         """The visit's outcome, or None if it has none yet."""
@@ -207,7 +257,14 @@ class Journal:
 
     def events_for(self, fov_id: int, types: Collection[str] | None = None) -> list[Event]:
         """Inbound, non-expired events of one visit, in arrival order."""
-        sql = "SELECT json FROM events WHERE fov_id = ? AND direction = 'in' AND expired = 0"
+        return [e.event for e in self.entries_for(fov_id, types)]
+
+    def entries_for(self, fov_id: int, types: Collection[str] | None = None) -> list[Entry]:
+        """Inbound, non-expired events of one visit with their journal positions, in order."""
+        sql = (
+            "SELECT seq, received, direction, json FROM events"
+            " WHERE fov_id = ? AND direction = 'in' AND expired = 0"
+        )
         params: list[object] = [fov_id]
         if types is not None:
             types = list(types)
@@ -215,7 +272,8 @@ class Journal:
                 return []
             sql += f" AND type IN ({', '.join('?' * len(types))})"
             params.extend(types)
-        return [_event(t) for (t,) in self._query(sql + " ORDER BY seq", params)]
+        rows = self._query(sql + " ORDER BY seq", params)
+        return [Entry(int(s), float(r), str(d), _event(j)) for s, r, d, j in rows]
 
     def orphan_fovs(self, start_type: str) -> list[int]:
         """FOVs with live inbound events but neither a start event nor an outcome."""
@@ -263,6 +321,10 @@ class Journal:
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         rows = self._query(f"SELECT seq, received, direction, json FROM events{where}", params)
         return [Entry(int(s), float(r), str(d), _event(j)) for s, r, d, j in rows]
+
+    def has_id(self, event_id: str) -> bool:
+        """Whether an event with this id is journaled."""
+        return bool(self._query("SELECT 1 FROM events WHERE id = ?", (event_id,)))
 
     def ids(self, direction: str | None = None) -> set[str]:
         """The ids of every journaled event, or of one direction."""

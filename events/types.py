@@ -30,7 +30,7 @@ class FieldSpec:
         Key in the event body.
     kind : str
         One of ``float`` (finite number; ints accepted), ``int`` (not bool),
-        ``str``, ``str_list`` (list of str) or ``dict``.
+        ``bool``, ``str``, ``str_list`` (list of str) or ``dict``.
     required : bool
         Whether the field must be present.
     check : callable or None
@@ -61,19 +61,31 @@ def in_range(lo: float, hi: float, hi_open: bool = False) -> Check:
     return check
 
 
-def positive(v: Any) -> str | None:
-    """Check ``v > 0``."""
-    return None if v > 0 else f"must be > 0, got {short_repr(v)}"
+def in_open_closed(lo: float, hi: float) -> Check:
+    """Check ``lo < v <= hi``."""
+
+    def check(v: Any) -> str | None:
+        return None if lo < v <= hi else f"must be in ({lo:g}, {hi:g}], got {short_repr(v)}"
+
+    return check
 
 
-def non_negative(v: Any) -> str | None:
-    """Check ``v >= 0``."""
-    return None if v >= 0 else f"must be >= 0, got {short_repr(v)}"
+def between_items(lo: int, hi: int) -> Check:
+    """Check a list has `lo` to `hi` items."""
+
+    def check(v: Any) -> str | None:
+        return None if lo <= len(v) <= hi else f"must have {lo} to {hi} items, got {len(v)}"
+
+    return check
 
 
-def non_empty(v: Any) -> str | None:
-    """Check a list or string has at least one element."""
-    return None if len(v) > 0 else "must not be empty"
+def at_most_chars(n: int) -> Check:
+    """Check a string has at most `n` characters."""
+
+    def check(v: Any) -> str | None:
+        return None if len(v) <= n else f"must be at most {n} characters, got {len(v)}"
+
+    return check
 
 
 def one_of(choices: tuple[str, ...]) -> Check:
@@ -85,25 +97,57 @@ def one_of(choices: tuple[str, ...]) -> Check:
     return check
 
 
+MJD_RANGE = (40587.0, 88069.0)
+"""Plausible MJDs: 1970 to 2100."""
+
+MAX_FOV_RADIUS_DEG = 6.0
+"""The largest field of view taken: wider than any survey camera's (ZTF's 47 deg² is 3.9°)."""
+
+MAX_MATCH_RADIUS_ARCSEC = 30.0
+"""The largest match radius taken."""
+
 INBOUND_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
     NEXT_VISIT: (
-        FieldSpec("mjd", "float"),
+        FieldSpec("mjd", "float", check=in_range(*MJD_RANGE)),
         FieldSpec("ra", "float", check=in_range(0, 360, hi_open=True)),
         FieldSpec("dec", "float", check=in_range(-90, 90)),
         FieldSpec("filter", "str", check=one_of(FILTERS)),
-        FieldSpec("seeing", "float", required=False, check=positive),
-        FieldSpec("radius", "float", required=False, check=positive),
-        FieldSpec("exposure_time", "float", required=False, check=non_negative),
+        FieldSpec("seeing", "float", required=False, check=in_open_closed(0, 20)),
+        FieldSpec("radius", "float", required=False, check=in_open_closed(0, MAX_FOV_RADIUS_DEG)),
+        FieldSpec("exposure_time", "float", required=False, check=in_range(0, 3600)),
     ),
     DIASOURCES_READY: (
-        FieldSpec("paths", "str_list", check=non_empty),
-        FieldSpec("match_radius", "float", required=False, check=positive),
-        FieldSpec("n_sources", "int", required=False, check=non_negative),
+        FieldSpec("paths", "str_list", check=between_items(1, 1000)),
+        FieldSpec(
+            "match_radius",
+            "float",
+            required=False,
+            check=in_open_closed(0, MAX_MATCH_RADIUS_ARCSEC),
+        ),
+        FieldSpec("n_sources", "int", required=False, check=in_range(0, 10**8)),
     ),
-    PREDICTIONS_READY: (FieldSpec("paths", "str_list"),),
-    SHUTDOWN: (FieldSpec("reason", "str", required=False),),
+    PREDICTIONS_READY: (FieldSpec("paths", "str_list", check=between_items(0, 1000)),),
+    SHUTDOWN: (FieldSpec("reason", "str", required=False, check=at_most_chars(1000)),),
 }
 """Body fields of the events the observatory sends in, and of control events."""
+
+OUTCOME_DONE_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("timings", "dict", required=False),
+    FieldSpec("counts", "dict", required=False),
+    FieldSpec("ended_early", "str", required=False),
+)
+"""Body of a pipeline's "execution done" event, whatever the pipeline names it."""
+
+OUTCOME_FAILED_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("stage", "str"),
+    FieldSpec("hook", "str"),
+    FieldSpec("rank", "int"),
+    FieldSpec("error", "str"),
+    FieldSpec("traceback", "str", required=False),
+    FieldSpec("transitions", "str_list", required=False),
+    FieldSpec("retriable", "bool", required=False),
+)
+"""Body of a pipeline's "execution failed" event."""
 
 ASSOCIATION_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
     ALERTS_READY: (
@@ -113,21 +157,20 @@ ASSOCIATION_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
         FieldSpec("n_new_objects", "int"),
         FieldSpec("n_moving", "int"),
     ),
-    VISIT_DONE: (
-        FieldSpec("timings", "dict", required=False),
-        FieldSpec("counts", "dict", required=False),
-    ),
-    VISIT_FAILED: (
-        FieldSpec("stage", "str"),
-        FieldSpec("hook", "str"),
-        FieldSpec("rank", "int"),
-        FieldSpec("error", "str"),
-        FieldSpec("traceback", "str", required=False),
-    ),
 }
 """Body fields of the events the association pipeline sends out; it registers them."""
 
-BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {**INBOUND_SPECS, **ASSOCIATION_SPECS}
+OUTCOME_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
+    VISIT_DONE: OUTCOME_DONE_FIELDS,
+    VISIT_FAILED: OUTCOME_FAILED_FIELDS,
+}
+"""The association pipeline's outcome events."""
+
+BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
+    **INBOUND_SPECS,
+    **ASSOCIATION_SPECS,
+    **OUTCOME_SPECS,
+}
 """Body fields per event type; every known type has an entry."""
 
 KNOWN_TYPES: frozenset[str] = frozenset(BODY_SPECS)
@@ -168,7 +211,7 @@ class Vocabulary:
 INBOUND = Vocabulary(INBOUND_SPECS)
 """What any pipeline accepts from the observatory: its events and control events."""
 
-VOCABULARY = INBOUND.register(ASSOCIATION_SPECS, outbound=True)
+VOCABULARY = INBOUND.register({**ASSOCIATION_SPECS, **OUTCOME_SPECS}, outbound=True)
 """The whole vocabulary, for tools that read any event (report, inject, tests)."""
 
 

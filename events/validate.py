@@ -14,6 +14,8 @@ MAX_ID_CHARS = 128
 MAX_SOURCE_CHARS = 256
 MAX_DEPTH = 32
 MAX_FOV_ID = 2**63 - 1
+TIME_RANGE = (946684800.0, 4102444800.0)
+"""Plausible send times: 2000-01-01 to 2100-01-01, Unix seconds."""
 
 ENVELOPE_FIELDS = frozenset({"id", "type", "time", "source", "fov_id", "body"})
 
@@ -109,6 +111,8 @@ def _parse(raw: Any, max_bytes: int, vocabulary: Vocabulary, inbound: bool) -> E
     if "time" not in d:
         ctx.fail("time", "required field missing")
     time = ctx.number("time", d["time"])
+    if not TIME_RANGE[0] <= time <= TIME_RANGE[1]:
+        ctx.fail("time", f"must be Unix seconds between 2000 and 2100, got {short_repr(time)}")
     if "source" not in d:
         ctx.fail("source", "required field missing")
     source = d["source"]
@@ -128,6 +132,16 @@ def _parse(raw: Any, max_bytes: int, vocabulary: Vocabulary, inbound: bool) -> E
 
 def _load(raw: Any, max_bytes: int) -> Any:
     if isinstance(raw, dict):
+        try:
+            size = len(json.dumps(raw, default=repr).encode("utf-8", "surrogatepass"))
+        except (TypeError, ValueError, RecursionError):
+            return raw  # not plain JSON: the field checks say where
+        if size > max_bytes:
+            eid = raw.get("id")
+            raise EventError(
+                f"event is {size} bytes as JSON, more than the limit of {max_bytes}",
+                eid if isinstance(eid, str) and eid else None,
+            )
         return raw
     if isinstance(raw, bytes | bytearray | memoryview):
         data = bytes(raw)
@@ -232,6 +246,12 @@ class _Ctx:
         if not isinstance(body, dict):
             self.fail("body", f"must be a JSON object, got {_kind(body)}")
         out = dict(body)
+        known = {spec.name for spec in self.specs}
+        for key in body:
+            if key not in known:
+                name = str(key) if len(str(key)) <= 64 else short_repr(key, 64)
+                expected = ", ".join(sorted(known)) or "none"
+                self.fail(f"body.{name}", f"unknown field; {self.etype} takes: {expected}")
         for spec in self.specs:
             if spec.name in body:
                 out[spec.name] = self.field(spec, body[spec.name])
@@ -246,6 +266,9 @@ class _Ctx:
             v = self.number(name, v)
         elif spec.kind == "int":
             v = self.integer(name, v)
+        elif spec.kind == "bool":
+            if not isinstance(v, bool):
+                self.fail(name, f"must be true or false, got {_kind(v)}")
         elif spec.kind == "str":
             if not isinstance(v, str):
                 self.fail(name, f"must be a string, got {_kind(v)}")

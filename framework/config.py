@@ -59,6 +59,10 @@ class RuntimeConfig:
     status_interval: float = 1.0
     orphan_timeout: float = 3600.0
     max_event_bytes: int = 65536
+    slice_timeout: float = 300.0
+    """A Slice with work in hand that answers nothing for this long is hung (0: never)."""
+    retry_for: float = 600.0
+    """How long a hook that fails for a passing reason is retried, s (0: never)."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class Failure:
     error: str
     traceback: str = ""
     transitions: tuple[str, ...] = field(default=(), compare=False)
+    retriable: bool = False
+    """A passing fault (a database outage, a shutdown): the next run retries the execution."""
 
     def describe(self) -> str:
         """One line naming stage, hook and rank."""
@@ -66,9 +68,18 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class EventArrived:
-    """An event of `type` arrived for this execution."""
+    """An event of `type` arrived for this execution, journaled at position `seq`."""
 
     type: str
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WaitExpired:
+    """The expiry of the wait for `type` is journaled, at `seq`: go on without it."""
+
+    type: str
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,7 @@ class Abort:
 ExecutionInput = (
     Start
     | EventArrived
+    | WaitExpired
     | Tick
     | Admitted
     | PreprocessDone
@@ -147,6 +159,13 @@ class RequestEntry:
     """Ask the ordered section for entry at `stage`."""
 
     stage: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordExpiry:
+    """Journal that the wait for `event` ran out (policy ``continue``); `WaitExpired` follows."""
+
+    event: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +207,9 @@ class Finish:
     ended_early: str | None = None
 
 
-Instruction = RequestEntry | LeaveSection | RunPreprocess | Dispatch | RunPostprocess | Finish
+Instruction = (
+    RequestEntry | RecordExpiry | LeaveSection | RunPreprocess | Dispatch | RunPostprocess | Finish
+)
 
 
 @dataclass
@@ -207,6 +228,8 @@ class Execution:
         Slices that answer each barrier.
     section : (int, int) or None
         First and last stage index of the ordered section.
+    start_seq : int
+        Journal position of the starting event.
     """
 
     key: int
@@ -214,10 +237,12 @@ class Execution:
     waits: tuple[WaitSpec | None, ...]
     n_slices: int
     section: tuple[int, int] | None = None
+    start_seq: int = 0
     stage: int = 0
     phase: Phase = Phase.WAITING
     deadline: float | None = None
-    received: set[str] = field(default_factory=set)
+    received: dict[str, int] = field(default_factory=dict)
+    """Journal position of each event received (or of its wait's expiry), by type."""
     pending: set[int] = field(default_factory=set)
     slice_failures: list[Failure] = field(default_factory=list)
     failure: Failure | None = None
@@ -234,6 +259,20 @@ class Execution:
     def terminal(self) -> bool:
         """True once done or failed."""
         return self.phase in TERMINAL
+
+    @property
+    def before_section(self) -> tuple[str, ...]:
+        """The events the stages before the ordered section wait for."""
+        if self.section is None:
+            return ()
+        return tuple(w.event for w in self.waits[: self.section[0]] if w is not None)
+
+    @property
+    def order_key(self) -> int | None:
+        """Journal position of the last event needed before the section; None until all are in."""
+        if any(e not in self.received for e in self.before_section):
+            return None
+        return max([self.start_seq, *(self.received[e] for e in self.before_section)])
 
     @property
     def in_section(self) -> bool:
@@ -259,10 +298,15 @@ class Execution:
         match ev:
             case Start(now):
                 return self._enter(0, now)
-            case EventArrived(type=t):
-                self.received.add(t)
-                wait = self.waits[self.stage]
-                if self.phase is Phase.WAITING and wait is not None and wait.event == t:
+            case EventArrived(type=t, seq=seq):
+                self.received.setdefault(t, seq)
+                if self._waiting_for(t):
+                    return self._after_wait()
+                return []
+            case WaitExpired(type=t, seq=seq):
+                self.received.setdefault(t, seq)
+                self.skipped_waits.append(t)
+                if self._waiting_for(t):
                     return self._after_wait()
                 return []
             case Tick(now):
@@ -315,6 +359,10 @@ class Execution:
                 return self._fail(f)
         raise TypeError(f"unknown execution input {ev!r}")
 
+    def _waiting_for(self, event: str) -> bool:
+        wait = self.waits[self.stage]
+        return self.phase is Phase.WAITING and wait is not None and wait.event == event
+
     def _expect(self, phase: Phase) -> None:
         if self.phase is not phase:
             raise RuntimeError(
@@ -342,8 +390,8 @@ class Execution:
         wait = self.waits[self.stage]
         assert wait is not None
         if wait.policy == "continue":
-            self.skipped_waits.append(wait.event)
-            return self._after_wait()
+            self.deadline = None
+            return [RecordExpiry(wait.event)]
         return self._fail(
             Failure(
                 stage=self.stage_name,

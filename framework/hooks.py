@@ -45,3 +45,12 @@ class PipelineHooks:
 
     def shutdown(self, ctx: RankContext) -> None:
         """Once per rank, after the stages' `shutdown`."""
+
+    def retriable(self, exc: BaseException) -> bool:
+        """Whether `exc` is a passing fault (a database outage) worth retrying, not bad data.
+
+        A hook that raises one is retried with back-off (``[runtime]
+        retry_for``); an execution that still fails with one is failed as
+        retriable and runs again when the pipeline next starts.
+        """
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,9 @@ class Intake:
     max_bytes : int
         Largest accepted event.
     log : Logger
+    start_conflict : callable, optional
+        ``start_conflict(fov_id)`` says why a new starting event for that FOV
+        cannot be taken (it is running, queued or ended), or returns None.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Intake:
         endpoint: Endpoint | None,
         max_bytes: int,
         log: logging.Logger,
+        start_conflict: Callable[[int], str | None] | None = None,
     ) -> None:
         self.journal = journal
         self.dead = dead
@@ -63,6 +68,7 @@ class Intake:
         self.endpoint = endpoint
         self.max_bytes = max_bytes
         self.log = log
+        self.start_conflict = start_conflict
         self.counts = IntakeCounts()
         self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
 
@@ -71,10 +77,11 @@ class Intake:
         for ev in events:
             self._inbox.put(ev)
 
-    def poll(self, timeout: float, draining: bool) -> list[Event]:
-        """Take what has arrived (waiting up to `timeout` on the network); returns the new events.
+    def poll(self, timeout: float, draining: bool) -> list[tuple[Event, int]]:
+        """Take what has arrived (waiting up to `timeout` on the network).
 
-        The events returned are journaled, in arrival order.
+        Returns the new events, journaled, in arrival order, each with its
+        journal position.
         """
         items: list[tuple[Event, Any]] = []
         while True:
@@ -112,26 +119,37 @@ class Intake:
         self.dead.write(raw, error, source)
         self.log.warning("rejected event: %s", error)
 
+    def _refuse_start(self, ev: Event, draining: bool) -> str | None:
+        """Why a starting event cannot be taken, or None (a duplicate id is taken, and ignored)."""
+        if self.journal.has_id(ev.id):
+            return None
+        if draining:
+            return f"event {ev.id!r}: pipeline is shutting down and takes no new {ev.type}"
+        why = None if self.start_conflict is None else self.start_conflict(ev.fov_id)  # type: ignore[arg-type]
+        if why is not None:
+            return f"event {ev.id!r} ({ev.type}): fov {ev.fov_id} {why}; a visit starts once"
+        return None
+
     def _take(
         self, items: list[tuple[Event, Any]], draining: bool
-    ) -> tuple[list[dict[str, Any]], list[Event]]:
+    ) -> tuple[list[dict[str, Any]], list[tuple[Event, int]]]:
         replies: list[dict[str, Any] | None] = [None] * len(items)
         keep = []
         for i, (ev, _) in enumerate(items):
-            if draining and ev.type == self.start:
-                msg = f"event {ev.id!r}: pipeline is shutting down and takes no new {ev.type}"
+            msg = self._refuse_start(ev, draining) if ev.type == self.start else None
+            if msg is not None:
                 self._reject(ev.to_json(), msg, "endpoint")
                 replies[i] = {"ok": False, "error": msg, "event_id": ev.id, "field": "type"}
             else:
                 keep.append(i)
-        flags = self.journal.accept([items[i][0] for i in keep]) if keep else []
+        seqs = self.journal.accept_seq([items[i][0] for i in keep]) if keep else []
         new = []
-        for i, is_new in zip(keep, flags, strict=True):
+        for i, seq in zip(keep, seqs, strict=True):
             ev = items[i][0]
-            replies[i] = ok_reply(ev, is_new)
-            if is_new:
+            replies[i] = ok_reply(ev, seq is not None)
+            if seq is not None:
                 self.counts.accepted += 1
-                new.append(ev)
+                new.append((ev, seq))
             else:
                 self.counts.duplicates += 1
                 self.log.info("duplicate event %s (%s) ignored", ev.id, ev.type)

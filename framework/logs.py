@@ -5,10 +5,28 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from pathlib import Path
 
 LOG_FILE = "nightpipe.log"
 current_execution: contextvars.ContextVar[str] = contextvars.ContextVar("execution", default="-")
+
+FILE_ONLY = {"console": False}
+"""``extra=`` of a record that goes to the log file but not to the console."""
+
+
+class _UTCFormatter(logging.Formatter):
+    """Times in UTC with the offset: ``2026-11-27T15:47:56.811+00:00``."""
+
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{stamp}.{int(record.msecs):03d}+00:00"
+
+
+def _console(record: logging.LogRecord) -> bool:
+    return getattr(record, "console", True)
 
 
 class _Context(logging.Filter):
@@ -42,13 +60,14 @@ def setup_logging(
     ctx = _Context(rank)
     fh = logging.FileHandler(Path(run_dir) / LOG_FILE, mode="a")
     fh.setLevel(logging.INFO)
-    fh.setFormatter(logging.Formatter(FORMAT))
+    fh.setFormatter(_UTCFormatter(FORMAT))
     fh.addFilter(ctx)
     logger.addHandler(fh)
     if console_level is not None and rank == 0:
         sh = logging.StreamHandler(sys.stderr)
         sh.setLevel(console_level)
-        sh.setFormatter(logging.Formatter(FORMAT))
+        sh.setFormatter(_UTCFormatter(FORMAT))
         sh.addFilter(ctx)
+        sh.addFilter(_console)
         logger.addHandler(sh)
     return logger

@@ -20,8 +20,14 @@ from typing import Any
 
 from events.deadletter import DeadLetters
 from events.envelope import Event
-from events.journal import Journal
-from events.types import INBOUND, SHUTDOWN, FieldSpec, Vocabulary
+from events.journal import WAIT_EXPIRED, Journal
+from events.types import (
+    INBOUND,
+    OUTCOME_DONE_FIELDS,
+    OUTCOME_FAILED_FIELDS,
+    SHUTDOWN,
+    Vocabulary,
+)
 from events.validate import parse_event
 from framework.config import PipelineConfig
 from framework.execution import (
@@ -34,14 +40,18 @@ from framework.execution import (
     Phase,
     PostprocessDone,
     PreprocessDone,
+    RecordExpiry,
     RunPostprocess,
     RunPreprocess,
     SliceReplied,
+    WaitExpired,
     describe_exception,
 )
 from framework.intake import Intake
+from framework.liveness import Liveness
 from framework.logs import current_execution, setup_logging
-from framework.messages import Bye, Ready, Release, Result, Shutdown, Work
+from framework.messages import Alive, Bye, Ready, Release, Result, Shutdown, Work
+from framework.retry import Backoff
 from framework.rundir import RunDir
 from framework.scheduler import (
     Accepted,
@@ -63,34 +73,42 @@ from framework.transport import Transport, Waiter
 LATER_POLL_S = 0.001
 """Longest wait for events while a `Later` preprocess is pending, s."""
 
-OUTCOME_SPECS: dict[str, tuple[FieldSpec, ...]] = {
-    "done": (
-        FieldSpec("timings", "dict", required=False),
-        FieldSpec("counts", "dict", required=False),
-        FieldSpec("ended_early", "str", required=False),
-    ),
-    "failed": (
-        FieldSpec("stage", "str"),
-        FieldSpec("hook", "str"),
-        FieldSpec("rank", "int"),
-        FieldSpec("error", "str"),
-        FieldSpec("traceback", "str", required=False),
-        FieldSpec("transitions", "str_list", required=False),
-    ),
-}
-"""Body fields of the outcome events, whatever the pipeline names them."""
-
 
 class SetupError(RuntimeError):
     """A rank could not set up its stages: the pipeline cannot start."""
 
 
+class SliceHung(RuntimeError):
+    """A Slice has work in hand and has not answered within the slice timeout."""
+
+
+def stop_slices(
+    transport: Transport,
+    waiter: Waiter,
+    boards: dict[int, dict[str, Any]] | None = None,
+    timeout: float = 60.0,
+) -> list[int]:
+    """Tell every Slice to shut down and wait for their goodbyes; those that did not answer."""
+    for r in range(1, transport.size):
+        transport.send(r, Shutdown())
+    waiting = set(range(transport.size - 1))
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        got = transport.poll()
+        if got is None:
+            waiter.idle()
+            continue
+        _, msg = got
+        if isinstance(msg, Bye):
+            waiting.discard(msg.slice)
+            if boards is not None:
+                boards[msg.slice] = msg.board
+    return sorted(waiting)
+
+
 def pipeline_vocabulary(config: PipelineConfig) -> Vocabulary:
     """The events a pipeline knows: the observatory's, its own, and its outcomes."""
-    outcomes = {
-        config.done_event: OUTCOME_SPECS["done"],
-        config.failed_event: OUTCOME_SPECS["failed"],
-    }
+    outcomes = {config.done_event: OUTCOME_DONE_FIELDS, config.failed_event: OUTCOME_FAILED_FIELDS}
     return INBOUND.register(config.hooks.event_types, outbound=True).register(
         outcomes, outbound=True
     )
@@ -143,6 +161,7 @@ class Master:
         self.t = transport
         self.n_slices = transport.size - 1
         self.log = setup_logging(self.run_dir, 0)
+        self._lock = self.dir.lock("master").acquire()
         self.board = Board(0)
         self.hooks = config.build_hooks()
         self.shared: Any = None
@@ -165,11 +184,16 @@ class Master:
             endpoint,
             rt.max_event_bytes,
             self.log,
+            self._start_conflict,
         )
         self.scheduler = Scheduler(config, self.n_slices)
         self.execs: dict[int, Running] = {}
         self._later: list[tuple[int, Future[Any]]] = []
         self.slice_boards: dict[int, dict[str, Any]] = {}
+        self.liveness = Liveness(self.n_slices, config.runtime.slice_timeout)
+        self.backoff = Backoff(config.runtime.retry_for)
+        self._retries: list[tuple[float, int, Any]] = []
+        self._attempts: dict[int, tuple[int, float]] = {}
         self.outcomes = {"done": 0, "failed": 0}
         self.stop_now = False
         self._stopped = False
@@ -184,26 +208,51 @@ class Master:
     # -- lifecycle ---------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until shut down; returns the exit code."""
-        self._setup()
+        """Serve until shut down; returns the exit code.
+
+        Raises
+        ------
+        SetupError
+            A rank could not set up: every Slice has been told to stop.
+        SliceHung
+            A Slice stopped answering; the job must end so that a restart recovers.
+        """
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
         self._write_endpoint()
+        again = self.journal.reopen_retriable()
+        if again:
+            self.log.info(
+                "%d execution(s) failed for a passing reason last time: retrying them (%s)",
+                len(again),
+                ", ".join(map(str, again[:20])),
+            )
         resumable = len(self.journal.pending_starts(self.cfg.start, (), 1_000_000))
         if resumable:
             self.log.info("journal holds %d unfinished execution(s): resuming them", resumable)
         now = time.monotonic()
         for fov in self.journal.orphan_fovs(self.cfg.start):
-            self._handle(Accepted("", fov, now))
+            # journaled by an earlier run: their expiry clock starts now
+            self._handle(Accepted(WAIT_EXPIRED, fov, now))
         self.board.set(state="running")
         while not (self.stop_now or self._stopped):
             busy = self._poll_slices()
             busy = self._poll_later() or busy
+            busy = self._poll_retries() or busy
             timeout = 0.0 if busy or self.intake.busy else self.waiter.next_timeout()
             if self._later:
                 timeout = min(timeout, LATER_POLL_S)
-            for ev in self.intake.poll(timeout, self.scheduler.draining):
+            for ev, seq in self.intake.poll(timeout, self.scheduler.draining):
                 busy = True
-                self._route(ev)
-            self._handle(Clock(time.monotonic()))
+                self._route(ev, seq)
+            mono = time.monotonic()
+            self._handle(Clock(mono))
+            hung = self.liveness.hung(mono)
+            if hung is not None:
+                self._slice_hung(*hung)
             now = time.time()
             if now >= self._next_status:
                 self._write_status(now)
@@ -243,6 +292,7 @@ class Master:
                 raise SetupError(
                     f"stage {stage.name!r} setup on rank 0: {describe_exception(exc)}"
                 ) from exc
+        self.liveness.reset(time.monotonic())
         waiting = set(range(self.n_slices))
         failures = []
         while waiting:
@@ -298,25 +348,15 @@ class Master:
         self._handle(Drain())
 
     def _stop_slices(self) -> None:
-        for r in range(1, self.t.size):
-            self.t.send(r, Shutdown())
-        waiting = set(range(self.n_slices))
-        deadline = time.monotonic() + 60
-        while waiting and time.monotonic() < deadline:
-            got = self.t.poll()
-            if got is None:
-                self.waiter.idle()
-                continue
-            _, msg = got
-            if isinstance(msg, Bye):
-                waiting.discard(msg.slice)
-                self.slice_boards[msg.slice] = msg.board
-        if waiting:
-            self.log.error("slice(s) %s did not answer shutdown", sorted(waiting))
+        missing = stop_slices(self.t, self.waiter, self.slice_boards)
+        if missing:
+            self.log.error("slice(s) %s did not answer shutdown", missing)
 
     def _shutdown(self) -> None:
         self.board.set(state="stopping")
-        stopped = Failure("-", "shutdown", 0, "pipeline stopped before the execution ended")
+        stopped = Failure(
+            "-", "shutdown", 0, "pipeline stopped before the execution ended", retriable=True
+        )
         for key in list(self.scheduler.executions):
             self._handle(Feed(key, Abort(stopped)))
         self._stop_slices()
@@ -331,9 +371,7 @@ class Master:
             self.log.exception("pipeline shutdown on rank 0 failed")
         self.board.set(state="stopped")
         self._write_status(time.time())
-        if self.endpoint is not None:
-            self.endpoint.close()
-        self.journal.close()
+        self.close()
         self.log.info(
             "stopped: %d done, %d failed, %d events accepted",
             self.outcomes["done"],
@@ -341,9 +379,48 @@ class Master:
             self.intake.counts.accepted,
         )
 
+    def close(self) -> None:
+        """Release the endpoint, the journal and the run directory's lock."""
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+        self.journal.close()
+        self._lock.release()
+
+    def _slice_hung(self, slice_index: int, since: float) -> None:
+        rank = slice_index + 1
+        waited = time.monotonic() - since
+        msg = (
+            f"slice {slice_index} (rank {rank}) has not answered for {waited:.0f} s "
+            f"(runtime.slice_timeout = {self.cfg.runtime.slice_timeout:g} s): it is hung or "
+            "stopped; ending the job so that a restart resumes from the journal"
+        )
+        self.log.error(msg)
+        self.board.set(state="failed", error=msg)
+        self.slice_boards.setdefault(slice_index, {}).update(
+            state="hung", hung_since=time.time() - waited
+        )
+        self._write_status(time.time())
+        raise SliceHung(msg)
+
     # -- events in -----------------------------------------------------------
 
-    def _route(self, ev: Event) -> None:
+    def _stop_for(self, reason: str) -> None:
+        if not self.draining:
+            self.log.error("stopping: %s", reason)
+            self._handle(Drain())
+
+    def _start_conflict(self, fov: int) -> str | None:
+        if fov in self.execs:
+            return "is already running"
+        outcome = self.journal.outcome(fov)
+        if outcome is not None:
+            return f"has already ended ({outcome})"
+        if self.journal.entries(direction="in", type=self.cfg.start, fov_id=fov):
+            return "is already queued"
+        return None
+
+    def _route(self, ev: Event, seq: int) -> None:
         if ev.type == SHUTDOWN:
             self.log.info(
                 "control.shutdown (%s): draining %d in flight",
@@ -370,7 +447,7 @@ class Master:
                 ev.fov_id,
             )
             return
-        self._handle(Accepted(ev.type, ev.fov_id, time.monotonic()))
+        self._handle(Accepted(ev.type, ev.fov_id, time.monotonic(), seq))
 
     # -- the scheduler's instructions ----------------------------------------
 
@@ -396,8 +473,15 @@ class Master:
         for start in self.journal.pending_starts(self.cfg.start, running, room):
             key = int(start.fov_id)  # type: ignore[arg-type]
             events = {start.type: start}
-            for ev in self.journal.events_for(key):
-                events.setdefault(ev.type, ev)
+            seqs: dict[str, int] = {}
+            expired: dict[str, int] = {}
+            for entry in self.journal.entries_for(key):
+                ev = entry.event
+                if ev.type == WAIT_EXPIRED:
+                    expired.setdefault(str(ev.body.get("event")), entry.seq)
+                elif ev.type not in seqs:
+                    events.setdefault(ev.type, ev)
+                    seqs[ev.type] = entry.seq
             resources = None
             if self.cfg.resources is not None:
                 try:
@@ -414,8 +498,8 @@ class Master:
             self.log.info(
                 "fov %s: execution starts (%d event(s) already queued)", key, len(events) - 1
             )
-            queued = frozenset(t for t in events if t != start.type)
-            out.append(Begin(key, queued, resources, time.monotonic()))
+            start_seq = seqs.pop(start.type)
+            out.append(Begin(key, seqs, resources, time.monotonic(), start_seq, expired))
         return out
 
     def _expire(self, fovs: tuple[int, ...]) -> None:
@@ -442,6 +526,7 @@ class Master:
             clipboard=rec.clipboard,
             emit=lambda type, body: self._emit(type, key, body),
             counts=rec.counts,
+            shutdown=self._stop_for,
         )
 
     def _stage_name(self, key: int) -> str:
@@ -449,9 +534,46 @@ class Master:
         return ex.stage_name if ex is not None else "-"
 
     def _hook_failure(self, key: int, stage: str, hook: str, exc: BaseException) -> Failure:
-        f = Failure(stage, hook, 0, describe_exception(exc), traceback.format_exc())
+        f = Failure(
+            stage,
+            hook,
+            0,
+            describe_exception(exc),
+            traceback.format_exc(),
+            retriable=self.hooks.retriable(exc),
+        )
         self.log.error("fov %s: %s\n%s", key, f.describe(), f.traceback.rstrip())
         return f
+
+    def _retry_later(self, key: int, instr: Any, stage: str, exc: BaseException) -> bool:
+        """Schedule a master hook that failed for a passing reason again; False when not to."""
+        if not self.hooks.retriable(exc):
+            return False
+        attempt, first = self._attempts.get(key, (0, time.monotonic()))
+        attempt += 1
+        delay = self.backoff.delay(attempt)
+        if time.monotonic() + delay - first > self.backoff.budget:
+            return False
+        self._attempts[key] = (attempt, first)
+        what = f"fov {key} {stage}: {describe_exception(exc)}"
+        self.log.warning("%s; retry %d in %.1f s", what, attempt, delay)
+        self.board.set(retrying=f"{what} (retry {attempt})")
+        self._retries.append((time.monotonic() + delay, key, instr))
+        return True
+
+    def _poll_retries(self) -> bool:
+        now = time.monotonic()
+        due = [r for r in self._retries if r[0] <= now]
+        for item in due:
+            self._retries.remove(item)
+            _, key, instr = item
+            if key in self.execs:
+                follow = self._step(key, instr)
+                if follow is not None:
+                    self._handle(Feed(key, follow))
+        if due and not self._retries:
+            self.board.values.pop("retrying", None)
+        return bool(due)
 
     def _step(self, key: int, instr: Any) -> Any:
         """Carry out one execution instruction; returns the input that follows, if any."""
@@ -466,7 +588,10 @@ class Master:
                     try:
                         payload = stage.preprocess(self._mctx(key, rec))
                     except Exception as exc:
+                        if self._retry_later(key, instr, stage.name, exc):
+                            return None
                         return HookFailed(self._hook_failure(key, stage.name, "preprocess", exc))
+                    self._attempts.pop(key, None)
                     if isinstance(payload, EndExecution):
                         self.log.info("fov %s: ends at %s: %s", key, stage.name, payload.reason)
                         return Ended(payload.reason)
@@ -487,20 +612,30 @@ class Master:
                         self.log.error("fov %s: %s", key, f.describe())
                         return HookFailed(f)
                     rec.results = [None] * self.n_slices
+                    now = time.monotonic()
                     for i in range(self.n_slices):
                         item = payload.items[i] if isinstance(payload, Scatter) else payload
                         self.t.send(i + 1, Work(key, k, item, rec.events))
+                        self.liveness.sent(i, now)
                     return None
                 case RunPostprocess(stage=k):
                     stage = self.stages[k]
                     self.board.set(exec=key, stage=stage.name, hook="postprocess")
-                    results, rec.results = rec.results, []
+                    results = rec.results
                     try:
                         stage.postprocess(self._mctx(key, rec), results)
                     except Exception as exc:
+                        if self._retry_later(key, instr, stage.name, exc):
+                            return None
                         return HookFailed(self._hook_failure(key, stage.name, "postprocess", exc))
+                    self._attempts.pop(key, None)
+                    rec.results = []
                     rec.timings[stage.name] = time.perf_counter() - rec.t_stage
                     return PostprocessDone(time.monotonic())
+                case RecordExpiry(event=etype):
+                    seq = self.journal.record_expiry(key, etype)
+                    self.log.warning("fov %s: no %s came in time; going on without it", key, etype)
+                    return WaitExpired(etype, seq)
                 case Finish():
                     self._finish(key, instr)
                     return None
@@ -540,9 +675,11 @@ class Master:
                 "error": failure.error,
                 "traceback": failure.traceback[-4000:],
                 "transitions": list(failure.transitions),
+                "retriable": failure.retriable,
             }
             ev = Event.new(self.cfg.failed_event, key, body)
-        if self.journal.record_outcome(key, "done" if ok else "failed", ev):
+        retriable = failure is not None and failure.retriable
+        if self.journal.record_outcome(key, "done" if ok else "failed", ev, retriable):
             self._publish(ev)
         self.outcomes["done" if ok else "failed"] += 1
         if ok:
@@ -595,6 +732,7 @@ class Master:
             busy = True
             _, msg = got
             if isinstance(msg, Result):
+                self.liveness.answered(msg.slice, time.monotonic())
                 self.slice_boards[msg.slice] = msg.board
                 ex = self.scheduler.executions.get(msg.key)
                 if ex is None or ex.phase is not Phase.DISPATCHED:
@@ -602,6 +740,9 @@ class Master:
                     continue
                 self.execs[msg.key].results[msg.slice] = msg.value
                 self._handle(Feed(msg.key, SliceReplied(msg.stage, msg.slice, msg.failure)))
+            elif isinstance(msg, Alive):
+                self.liveness.heard(msg.slice, time.monotonic())
+                self.slice_boards[msg.slice] = msg.board
             else:
                 self.log.warning("unexpected message from a slice: %r", msg)
 

@@ -50,6 +50,14 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Alive:
+    """A Slice is still at its work (retrying it after a passing fault): its board."""
+
+    slice: int
+    board: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """Run `shutdown` and exit."""
 

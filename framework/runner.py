@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from framework.config import PipelineConfig
-from framework.master import Master
+from framework.execution import describe_exception
+from framework.logs import FILE_ONLY
+from framework.master import Master, SliceHung, stop_slices
+from framework.rundir import RunDir
 from framework.slices import SliceRunner
-from framework.transport import InProcessHub, MPITransport
+from framework.transport import InProcessHub, MPITransport, Waiter
+
+START_FAILED = 2
+"""Exit code of a pipeline that could not start."""
+
+HUNG = 3
+"""Exit code of a pipeline that ended because a Slice stopped answering."""
 
 
 def run_mpi(config: PipelineConfig, run_dir: Path) -> int:
-    """Run this rank's role in an ``mpiexec`` job; returns the exit code."""
+    """Run this rank's role in an ``mpiexec`` job; returns the exit code.
+
+    If the master cannot start (a Slice's set-up failed, the run directory is
+    in use, the database is unreachable...), it says why in one paragraph on
+    stderr (the traceback goes to the log), stops the Slices and returns
+    `START_FAILED`; if they do not stop, the whole job is aborted.
+    """
     from mpi4py import MPI
 
     transport = MPITransport(MPI.COMM_WORLD)
@@ -26,11 +44,39 @@ def run_mpi(config: PipelineConfig, run_dir: Path) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     MPI.COMM_WORLD.Barrier()
     if transport.rank == 0:
-        code = Master(config, run_dir, transport, abort=MPI.COMM_WORLD.Abort).run()
+        code = _run_master(config, run_dir, transport, MPI.COMM_WORLD.Abort)
     else:
         code = SliceRunner(config, run_dir, transport).run()
     transport.close()
     return code
+
+
+def _run_master(
+    config: PipelineConfig, run_dir: Path, transport: MPITransport, abort: Callable[[int], None]
+) -> int:
+    started = False
+    try:
+        master = Master(config, run_dir, transport, abort=abort)
+        started = True
+        return master.run()
+    except SliceHung as exc:
+        _say(f"nightpipe: the pipeline stopped: {exc}.", run_dir)
+        abort(HUNG)
+        return HUNG
+    except Exception as exc:
+        _say(f"nightpipe: the pipeline could not start: {describe_exception(exc)}", run_dir)
+        if not started:
+            rt = config.runtime
+            waiter = Waiter(rt.waiting, rt.min_sleep_ms / 1e3, rt.max_sleep_ms / 1e3)
+            if stop_slices(transport, waiter, timeout=30.0):
+                abort(START_FAILED)
+        return START_FAILED
+
+
+def _say(paragraph: str, run_dir: Path) -> None:
+    """One paragraph on stderr; the traceback goes to the run's log only."""
+    logging.getLogger("nightpipe.rank0").error(paragraph, exc_info=True, extra=FILE_ONLY)
+    print(f"{paragraph}\n(the traceback is in {RunDir(run_dir).log})", file=sys.stderr)
 
 
 class InProcessPipeline:

@@ -8,15 +8,17 @@ returns, as dask's worker state machine does.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from framework.config import PipelineConfig
 from framework.execution import (
+    Abort,
     Admitted,
     EventArrived,
     Execution,
     ExecutionInput,
+    Failure,
     Finish,
     LeaveSection,
     Phase,
@@ -36,11 +38,12 @@ ORPHAN_SWEEP_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A new event was journaled: its type and FOV (None for control events)."""
+    """A new event was journaled at `seq`: its type and FOV (None for control events)."""
 
     type: str
     fov_id: int | None
     now: float
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +57,18 @@ class Clock:
 class Begin:
     """Start an execution for FOV `key`, whose starting event was fetched.
 
-    ``queued`` holds the types of its events already journaled; `resources`
-    are what it may touch in the ordered section (None: everything).
+    ``queued`` maps the types of its events already journaled to their
+    journal positions, ``expired`` the waits whose expiry is journaled;
+    `resources` are what it may touch in the ordered section (None:
+    everything); ``start_seq`` is the journal position of its starting event.
     """
 
     key: int
-    queued: frozenset[str]
+    queued: Mapping[str, int]
     resources: frozenset[Hashable] | None
     now: float
+    start_seq: int = 0
+    expired: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +159,8 @@ class Scheduler:
     def handle(self, inp: SchedulerInput) -> list[SchedulerInstruction]:
         """Apply one input; return what the master must carry out, in order."""
         match inp:
-            case Accepted(type=t, fov_id=fov, now=now):
-                return self._accepted(t, fov, now)
+            case Accepted(type=t, fov_id=fov, now=now, seq=seq):
+                return self._accepted(t, fov, now, seq)
             case Clock(now=now):
                 return self._clock(now)
             case Begin():
@@ -162,19 +169,29 @@ class Scheduler:
                 return self._feed(key, ev)
             case Drain():
                 self.draining = True
-                return self._maybe_stop()
+                out: list[SchedulerInstruction] = []
+                for key, ex in list(self.executions.items()):
+                    if ex.phase is Phase.WAITING:
+                        wait = ex.waits[ex.stage]
+                        assert wait is not None
+                        why = f"the pipeline shut down while it waited for {wait.event}"
+                        stop = Failure(ex.stage_name, "wait", 0, why, retriable=True)
+                        out += self._feed(key, Abort(stop))
+                return out + self._maybe_stop()
         raise TypeError(f"unknown scheduler input {inp!r}")
 
     # -- inputs -------------------------------------------------------------------
 
-    def _accepted(self, etype: str, fov: int | None, now: float) -> list[SchedulerInstruction]:
+    def _accepted(
+        self, etype: str, fov: int | None, now: float, seq: int
+    ) -> list[SchedulerInstruction]:
         if etype == self.config.start:
             self._want_admit = True
             return []
         if fov is None:
             return []
         if fov in self.executions:
-            return self._feed(fov, EventArrived(etype))
+            return self._feed(fov, EventArrived(etype, seq))
         self.orphans.setdefault(fov, now)
         return []
 
@@ -205,8 +222,12 @@ class Scheduler:
             waits=tuple(s.wait for s in self.config.stages),
             n_slices=self.n_slices,
             section=self.config.ordered_range,
+            start_seq=b.start_seq,
         )
-        ex.received |= b.queued
+        ex.received.update(b.queued)
+        for etype, seq in b.expired.items():
+            ex.received.setdefault(etype, seq)
+            ex.skipped_waits.append(etype)
         self.executions[b.key] = ex
         self.orphans.pop(b.key, None)
         if self._section is not None:
@@ -224,6 +245,8 @@ class Scheduler:
                 continue
             for instr in ex.handle(ev):
                 match instr:
+                    case RequestEntry() if self._section is None:
+                        work.append((k, Admitted()))
                     case RequestEntry():
                         assert self._section is not None
                         if self._section.may_enter(k):
@@ -241,6 +264,12 @@ class Scheduler:
                         out.append(Step(k, instr))
                     case _:
                         out.append(Step(k, instr))
+            if self._section is not None and k in self.executions:
+                key = ex.order_key
+                if key is not None and self._section.key(k) is None:
+                    self._section.ready(k, key)
+                    if ex.phase is Phase.GATED and self._section.may_enter(k):
+                        work.append((k, Admitted()))
         return out
 
     def _admissible(self) -> list[tuple[int, ExecutionInput]]:

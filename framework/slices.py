@@ -11,7 +11,8 @@ from typing import Any
 from framework.config import PipelineConfig
 from framework.execution import Failure, describe_exception
 from framework.logs import current_execution, setup_logging
-from framework.messages import Bye, Ready, Release, Result, Shutdown, Work
+from framework.messages import Alive, Bye, Ready, Release, Result, Shutdown, Work
+from framework.retry import Backoff, retrying
 from framework.stage import ExecutionContext, RankContext
 from framework.status import Board
 from framework.transport import Transport, Waiter
@@ -45,6 +46,7 @@ class SliceRunner:
         self.stages = [s.build() for s in config.stages]
         rt = config.runtime
         self.waiter = Waiter(rt.waiting, rt.min_sleep_ms / 1e3, rt.max_sleep_ms / 1e3)
+        self.backoff = Backoff(rt.retry_for)
         self.executions: dict[int, tuple[Any, dict[str, Any]]] = {}
         """Per execution in hand: its typed state and its clipboard."""
         if install_signals:
@@ -127,16 +129,32 @@ class SliceRunner:
         self.board.set(state="busy", exec=w.key, stage=stage.name, hook="process")
         t0 = time.perf_counter()
         value, failure = None, None
+        ctx = self._ectx(w.key, w.events)
+
+        def on_retry(attempt: int, delay: float, exc: BaseException) -> None:
+            what = f"fov {w.key} {stage.name}: {describe_exception(exc)}"
+            self.log.warning("%s; retry %d in %.1f s", what, attempt, delay)
+            self.board.set(state="retrying", retrying=f"{what} (retry {attempt})")
+            self.t.send(0, Alive(self.index, self.board.snapshot()))
+
         try:
-            value = stage.process(self._ectx(w.key, w.events), w.payload)
+            value = retrying(
+                lambda: stage.process(ctx, w.payload), self.hooks.retriable, self.backoff, on_retry
+            )
         except Exception as exc:
             failure = Failure(
-                stage.name, "process", self.rank, describe_exception(exc), traceback.format_exc()
+                stage.name,
+                "process",
+                self.rank,
+                describe_exception(exc),
+                traceback.format_exc(),
+                retriable=self.hooks.retriable(exc),
             )
             self.log.error("fov %s: %s\n%s", w.key, failure.describe(), failure.traceback.rstrip())
             self.board.set(last_error=f"fov {w.key}: {failure.describe()}")
         finally:
             current_execution.reset(token)
+            self.board.values.pop("retrying", None)
         dt = time.perf_counter() - t0
         self.board.incr("items_done")
         self.board.set(

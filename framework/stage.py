@@ -109,6 +109,8 @@ class MasterContext(ExecutionContext):
     """``emit(type, body)`` publishes an outbound event for this execution."""
     counts: dict[str, int] = field(default_factory=dict)
     """Figures a stage adds to the execution's outcome event (``counts``)."""
+    shutdown: Any = None
+    """``shutdown(reason)`` asks the pipeline to stop: no new executions, then exit."""
 
 
 class Stage:

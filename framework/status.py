@@ -53,6 +53,25 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no status yet (is a pipeline running there?)") from None
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether process `pid` is alive on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
+def effective_state(status: dict[str, Any]) -> str:
+    """The pipeline's state as the file says, or ``dead`` if its master is gone without stopping."""
+    state = str(status.get("state", "?"))
+    if state not in ("stopped", "failed") and not process_alive(status.get("pid")):
+        return "dead"
+    return state
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
@@ -63,9 +82,11 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
     """A human view of a status file: one block per rank, then executions."""
     now = time.time() if now is None else now
     age = now - status.get("time", now)
+    state = effective_state(status)
     lines = [
-        f"pipeline {status.get('pipeline', '?')}  state={status.get('state', '?')}  "
+        f"pipeline {status.get('pipeline', '?')}  state={state}  "
         f"written {age:.1f} s ago  pid={status.get('pid', '?')}"
+        + ("  (the master process is gone)" if state == "dead" else "")
     ]
     for key in (
         "in_flight",
@@ -83,7 +104,8 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
         skip = {"rank", "started", "updated", "pid"}
         pairs = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(board.items()) if k not in skip)
         seen = now - board.get("updated", now)
-        lines.append(f"  rank {rank} ({role}, {seen:.1f} s ago): {pairs}")
+        flag = "  HUNG" if board.get("state") == "hung" else ""
+        lines.append(f"  rank {rank} ({role}, {seen:.1f} s ago){flag}: {pairs}")
     execs = status.get("executions", [])
     if execs:
         lines.append(f"  executions in flight ({len(execs)}):")

@@ -10,10 +10,13 @@ import pytest
 from events.archive import Archive, ArchiveError, ArchiveWriter
 from events.envelope import Event
 
+T0 = 1_790_000_000.0
+"""A plausible send time (2026)."""
+
 
 def _next_visit(fov: int, t: float) -> Event:
     body = {"mjd": 60218.0, "ra": 10.0, "dec": -20.0, "filter": "r"}
-    return Event.new("telescope.next_visit", fov, body, "telescope", t, f"nv-{fov}")
+    return Event.new("telescope.next_visit", fov, body, "telescope", T0 + t, f"nv-{fov}")
 
 
 def _write(root: Path) -> dict:
@@ -24,7 +27,7 @@ def _write(root: Path) -> dict:
     w.add_event(_next_visit(2, 200.0))
     w.add_event(_next_visit(1, 100.0))
     body = {"paths": ["data/visit_1.parquet"], "n_sources": 1}
-    w.add_event(Event.new("detection.diasources_ready", 1, body, "detection", 150.0, "d-1"))
+    w.add_event(Event.new("detection.diasources_ready", 1, body, "detection", T0 + 150.0, "d-1"))
     return w.write_manifest(
         source={"cadence": "x.db"},
         counts={"visits": 2},
@@ -50,7 +53,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert a.files["catalogue_objects"] == root.resolve() / "catalogue/objects.parquet"
     events = a.events()
     assert [e.id for e in events] == ["nv-1", "d-1", "nv-2"]
-    assert [e.time for e in events] == [100.0, 150.0, 200.0]
+    assert [e.time - T0 for e in events] == [100.0, 150.0, 200.0]
     path = Path(events[1].body["paths"][0])
     assert path.is_absolute() and path.read_bytes() == b"x"
     assert a.raw_events()[1]["body"]["paths"] == ["data/visit_1.parquet"]
@@ -136,7 +139,7 @@ def test_bad_events_line_names_file_and_line(tmp_path: Path) -> None:
     assert f"{events_path}:3:" in str(info.value)
 
     late = json.loads(good[0])
-    late["time"] = 1000.0
+    late["time"] = T0 + 1000.0
     _replace_line(tmp_path, 3, good[2])
     _replace_line(tmp_path, 1, json.dumps(late))
     with pytest.raises(ArchiveError, match="time order") as info:

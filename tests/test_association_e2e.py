@@ -182,7 +182,7 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
         visits[11],
         visits[14],
     )
-    victim = visits[4]  # fails in a stage after update, before store
+    victim = visits[4]  # fails in a stage after update, before its changes are decided
 
     def path(v: int) -> Path:
         return bad / "data" / f"visit_{v}_diasources.parquet"
@@ -207,23 +207,25 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
         f'class = "{ROOT / "tests" / "pipelines" / "trace_stages.py"}:Trace"\n'
         f"config = {{ fail_fov = {victim}, fail_slice = 0 }}\n\n"
     )
-    text = text.replace('[[stages]]\nname = "store"', boom + '[[stages]]\nname = "store"')
+    text = text.replace('[[stages]]\nname = "share"', boom + '[[stages]]\nname = "share"')
     cfg = tmp_path / "boom.toml"
     cfg.write_text(text)
-    assert [s["name"] for s in tomllib.loads(text)["stages"]][-2:] == ["boom", "store"]
+    assert [s["name"] for s in tomllib.loads(text)["stages"]][-3:] == ["boom", "share", "store"]
 
     summary = replay(bad, tmp_path / "run", ranks=3, config=str(cfg))
     failed = _failures(tmp_path / "run")
     assert set(failed) == {v_missing, v_column, v_nan, v_dup, victim}
     assert summary["done"] == len(visits) - 5
     for v in (v_missing, v_column, v_nan, v_dup):
-        assert failed[v]["stage"] == "crossmatch" and failed[v]["hook"] == "preprocess"
+        assert failed[v]["stage"] == "sources" and failed[v]["hook"] == "preprocess"
         assert f"visit_{v}_diasources.parquet" in failed[v]["error"]
     assert "column 'psfFlux'" in failed[v_column]["error"]
     assert "column 'dec', row 3" in failed[v_nan]["error"]
     assert "column 'diaSourceId', row 7: duplicate value" in failed[v_dup]["error"]
     assert "already in row 2" in failed[v_dup]["error"]
-    assert "BadInputError" in failed[v_missing]["error"]
+    assert (
+        "InputError" in failed[v_missing]["error"] and "no such file" in failed[v_missing]["error"]
+    )
     assert (failed[victim]["stage"], failed[victim]["hook"]) == ("boom", "process")
     log = (tmp_path / "run" / "nightpipe.log").read_text()
     assert f"exec={victim} INFO" in log and "catalogue changes rolled back" in log

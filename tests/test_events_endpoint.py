@@ -99,7 +99,9 @@ def test_inject_round_trip(server: Server) -> None:
 
 
 def test_rejection_reply_and_dead_letter(server: Server, tmp_path: Path) -> None:
-    bad = Event.new(T.NEXT_VISIT, 2, {"mjd": 1.0, "ra": 1.0, "dec": 95.0, "filter": "r"}, id="b1")
+    bad = Event.new(
+        T.NEXT_VISIT, 2, {"mjd": 60218.0, "ra": 1.0, "dec": 95.0, "filter": "r"}, id="b1"
+    )
     reply = inject(server.endpoint.address, bad)
     assert reply["ok"] is False
     assert reply["field"] == "body.dec" and reply["event_id"] == "b1"

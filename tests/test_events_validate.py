@@ -86,15 +86,22 @@ def test_valid_examples_accepted(d: dict[str, Any], form: str) -> None:
 
 
 def test_round_trip_of_new_event() -> None:
-    e = Event.new(T.NEXT_VISIT, 0, {"mjd": 1.0, "ra": 1.0, "dec": 1.0, "filter": "g"})
+    e = Event.new(T.NEXT_VISIT, 0, {"mjd": 60001.0, "ra": 1.0, "dec": 1.0, "filter": "g"})
     assert parse_event(e.to_json()) == e
 
 
-def test_ints_become_floats_and_extras_kept() -> None:
-    d = envelope(T.NEXT_VISIT, {"mjd": 60000, "ra": 10, "dec": 0, "filter": "u", "x": [1, "a"]})
+def test_ints_become_floats() -> None:
+    d = envelope(T.NEXT_VISIT, {"mjd": 60000, "ra": 10, "dec": 0, "filter": "u"})
     event = parse_event(d)
     assert isinstance(event.body["ra"], float) and event.body["ra"] == 10.0
-    assert event.body["x"] == [1, "a"]
+
+
+def test_unknown_body_keys_rejected() -> None:
+    body = {"mjd": 60000, "ra": 10, "dec": 0, "filter": "u", "seing": 0.7}
+    with pytest.raises(EventError) as info:
+        parse_event(envelope(T.NEXT_VISIT, body))
+    assert info.value.field == "body.seing"
+    assert "unknown field" in info.value.reason and "seeing" in info.value.reason
 
 
 def test_body_may_be_absent_for_shutdown() -> None:
@@ -125,7 +132,7 @@ BAD: list[tuple[str, Any, str | None, str]] = [
     ("oversize bytes", b" " * (MAX_BYTES + 1), None, "more than the limit"),
     (
         "oversize dict",
-        _body(T.NEXT_VISIT, pad="x" * MAX_BYTES),
+        envelope(T.NEXT_VISIT, source="x" * MAX_BYTES),
         None,
         "more than the limit",
     ),
@@ -158,14 +165,17 @@ BAD: list[tuple[str, Any, str | None, str]] = [
     ("mjd inf", _body(T.NEXT_VISIT, mjd=math.inf), "body.mjd", "finite"),
     ("mjd huge int", _body(T.NEXT_VISIT, mjd=10**400), "body.mjd", "finite"),
     ("bad filter", _body(T.NEXT_VISIT, filter="R"), "body.filter", "one of u, g, r"),
-    ("seeing zero", _body(T.NEXT_VISIT, seeing=0), "body.seeing", "> 0"),
+    ("seeing zero", _body(T.NEXT_VISIT, seeing=0), "body.seeing", "(0, 20]"),
+    ("radius huge", _body(T.NEXT_VISIT, radius=1e308), "body.radius", "(0, 6]"),
+    ("mjd implausible", _body(T.NEXT_VISIT, mjd=1.0), "body.mjd", "must be in [40587"),
+    ("time implausible", envelope(T.NEXT_VISIT, time=5.0), "time", "between 2000 and 2100"),
     ("seeing null", _body(T.NEXT_VISIT, seeing=None), "body.seeing", "must be a number"),
-    ("exptime neg", _body(T.NEXT_VISIT, exposure_time=-1), "body.exposure_time", ">= 0"),
-    ("paths empty", _body(T.DIASOURCES_READY, paths=[]), "body.paths", "not be empty"),
+    ("exptime neg", _body(T.NEXT_VISIT, exposure_time=-1), "body.exposure_time", "[0, 3600]"),
+    ("paths empty", _body(T.DIASOURCES_READY, paths=[]), "body.paths", "1 to 1000 items"),
     ("paths str", _body(T.DIASOURCES_READY, paths="a"), "body.paths", "list of strings"),
     ("paths item", _body(T.DIASOURCES_READY, paths=["a", 3]), "body.paths[1]", "non-empty string"),
     ("n_sources bool", _body(T.DIASOURCES_READY, n_sources=True), "body.n_sources", "bool"),
-    ("n_sources neg", _body(T.DIASOURCES_READY, n_sources=-2), "body.n_sources", ">= 0"),
+    ("n_sources neg", _body(T.DIASOURCES_READY, n_sources=-2), "body.n_sources", "[0, "),
     ("n_sources float", _body(T.DIASOURCES_READY, n_sources=2.0), "body.n_sources", "integer"),
     ("preds missing", _body_without(T.PREDICTIONS_READY, "paths"), "body.paths", "missing"),
     ("reason int", _body(T.SHUTDOWN, reason=1), "body.reason", "must be a string"),
@@ -173,7 +183,8 @@ BAD: list[tuple[str, Any, str | None, str]] = [
     ("timings list", _body(T.VISIT_DONE, timings=[]), "body.timings", "JSON object"),
     ("rank str", _body(T.VISIT_FAILED, rank="2"), "body.rank", "integer"),
     ("nan in extra", _body(T.VISIT_DONE, counts={"a": [math.nan]}), "body.counts.a[0]", "finite"),
-    ("not json value", _body(T.VISIT_DONE, x={1, 2}), "body.x", "not a JSON value"),
+    ("not json value", _body(T.VISIT_DONE, counts={"x": {1, 2}}), "body.counts.x", "JSON value"),
+    ("unknown key", _body(T.VISIT_DONE, x=1), "body.x", "unknown field"),
 ]
 
 
@@ -249,6 +260,8 @@ def _wrong_for(kind: str) -> st.SearchStrategy[Any]:
         return JSON.filter(lambda v: not isinstance(v, list)) | with_bad_item
     if kind == "dict":
         return JSON.filter(lambda v: not isinstance(v, dict))
+    if kind == "bool":
+        return JSON.filter(lambda v: not isinstance(v, bool))
     if kind == "id":
         long = st.text(min_size=129, max_size=200)
         return JSON.filter(lambda v: not isinstance(v, str)) | st.just("") | long
@@ -342,6 +355,71 @@ def test_random_bytes_and_text_rejected(raw: bytes | str) -> None:
 @given(st.sampled_from(VALID), st.integers(0, 1000), st.sampled_from(["dict", "str", "bytes"]))
 def test_oversize_rejected(d: dict[str, Any], extra: int, form: str) -> None:
     d = copy.deepcopy(d)
-    d["body"]["pad"] = "x" * (MAX_BYTES + extra)
+    d["source"] = "x" * (MAX_BYTES + extra)
     err = _assert_clean_rejection(_encode(d, form))
     assert "more than the limit" in err.reason
+
+
+def _ranged_fields() -> list[tuple[str, Any]]:
+    """(type, spec) of every numeric body field the observatory sends."""
+    return [
+        (etype, f)
+        for etype, fields in T.INBOUND_SPECS.items()
+        for f in fields
+        if f.kind in ("float", "int") and f.check is not None
+    ]
+
+
+RANGES = {
+    (T.NEXT_VISIT, "mjd"): (40587.0, 88069.0, False),
+    (T.NEXT_VISIT, "ra"): (0.0, 360.0, True),
+    (T.NEXT_VISIT, "dec"): (-90.0, 90.0, False),
+    (T.NEXT_VISIT, "seeing"): (0.0, 20.0, False),
+    (T.NEXT_VISIT, "radius"): (0.0, T.MAX_FOV_RADIUS_DEG, False),
+    (T.NEXT_VISIT, "exposure_time"): (0.0, 3600.0, False),
+    (T.DIASOURCES_READY, "match_radius"): (0.0, T.MAX_MATCH_RADIUS_ARCSEC, False),
+    (T.DIASOURCES_READY, "n_sources"): (0, 10**8, False),
+}
+"""Every ranged body field: low end, high end, and whether the high end is open."""
+
+
+def test_every_ranged_field_is_covered() -> None:
+    assert {(e, f.name) for e, f in _ranged_fields()} == set(RANGES)
+
+
+@settings(SETTINGS, max_examples=400)
+@given(st.sampled_from(sorted(RANGES)), st.data())
+def test_body_field_ranges(key: tuple[str, str], data: st.DataObject) -> None:
+    etype, name = key
+    lo, hi, hi_open = RANGES[key]
+    is_int = isinstance(lo, int) and isinstance(hi, int)
+    span = hi - lo
+    if is_int:
+        inside = st.integers(lo, hi - 1 if hi_open else hi)
+        outside = st.integers(hi + 1, hi + 10**9) | st.integers(lo - 10**9, lo - 1)
+    else:
+        low_open = name in ("seeing", "radius", "match_radius")
+        inside = st.floats(lo, hi, exclude_min=low_open, exclude_max=hi_open)
+        outside = st.floats(hi, hi + 1e6 * span, exclude_min=not hi_open) | st.floats(
+            lo - 1e6 * span, lo, exclude_max=not low_open
+        )
+    ok = data.draw(inside)
+    body = {**VALID_BODIES[etype][0], name: ok}
+    assert parse_event(envelope(etype, body)).body[name] == ok
+    bad = data.draw(outside)
+    with pytest.raises(EventError) as info:
+        parse_event(envelope(etype, {**VALID_BODIES[etype][0], name: bad}))
+    assert info.value.field == f"body.{name}"
+
+
+@settings(SETTINGS, max_examples=200)
+@given(st.sampled_from(VALID), st.text(min_size=1, max_size=20))
+def test_unknown_body_keys_are_named(d: dict[str, Any], key: str) -> None:
+    known = {f.name for f in T.BODY_SPECS[d["type"]]}
+    if key in known:
+        return
+    d = copy.deepcopy(d)
+    d["body"][key] = 1
+    err = _assert_clean_rejection(d)
+    assert err.field is not None and err.field.startswith("body.")
+    assert "unknown field" in err.reason

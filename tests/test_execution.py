@@ -21,12 +21,14 @@ from framework.execution import (
     Phase,
     PostprocessDone,
     PreprocessDone,
+    RecordExpiry,
     RequestEntry,
     RunPostprocess,
     RunPreprocess,
     SliceReplied,
     Start,
     Tick,
+    WaitExpired,
 )
 
 PRED = "nightmops.predictions_ready"
@@ -103,8 +105,11 @@ def test_timeout_continue_policy():
     m = machine((None, WaitSpec(PRED, 5.0, "continue"), None))
     m.handle(Start(0.0))
     run_stage(m, 0, now=0.0)
-    assert m.handle(Tick(5.0)) == [RunPreprocess(1)]
+    assert m.handle(Tick(5.0)) == [RecordExpiry(PRED)]  # journaled first, for the order
+    assert m.handle(Tick(6.0)) == []
+    assert m.handle(WaitExpired(PRED, 9)) == [RunPreprocess(1)]
     assert m.skipped_waits == [PRED]
+    assert m.received[PRED] == 9
 
 
 def test_slice_failure_fails_after_all_answer():
@@ -206,3 +211,17 @@ def test_inputs_and_instructions_are_slotted():
         cls = getattr(ex, name)
         assert dataclasses.is_dataclass(cls) and hasattr(cls, "__slots__"), name
         assert not hasattr(cls.__new__(cls), "__dict__"), name
+
+
+def test_order_key_is_the_last_event_needed_before_the_section():
+    m = machine((None, WaitSpec(PRED, 5.0, "fail"), None), gate=2)
+    m.start_seq = 10
+    assert m.before_section == (PRED,)
+    m.handle(Start(0.0))
+    assert m.order_key is None  # still waits for PRED
+    m.handle(EventArrived("other", 30))
+    assert m.order_key is None
+    m.handle(EventArrived(PRED, 25))
+    assert m.order_key == 25
+    m.handle(EventArrived(PRED, 40))  # a second one changes nothing
+    assert m.order_key == 25

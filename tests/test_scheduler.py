@@ -36,10 +36,12 @@ NV, DET = "telescope.next_visit", "detection.diasources_ready"
 TRACE = "tests/pipelines/trace_stages.py:Trace"
 
 
-def scheduler(max_in_flight=2, ordered=None, det_timeout=None, n_slices=1, orphan_timeout=60):
+def scheduler(
+    max_in_flight=2, ordered=None, det_timeout=None, n_slices=1, orphan_timeout=60, policy="fail"
+):
     stages = [{"name": n, "class": TRACE} for n in ("a", "b", "c")]
     if det_timeout is not None:
-        stages[1]["wait"] = {"event": DET, "timeout": det_timeout, "policy": "fail"}
+        stages[1]["wait"] = {"event": DET, "timeout": det_timeout, "policy": policy}
     pipeline = {"name": "t", "start": NV, "max_in_flight": max_in_flight}
     if ordered:
         pipeline["ordered"] = list(ordered)
@@ -49,8 +51,10 @@ def scheduler(max_in_flight=2, ordered=None, det_timeout=None, n_slices=1, orpha
     return Scheduler(cfg, n_slices)
 
 
-def begin(s, key, resources=None, queued=(), now=0.0):
-    return s.handle(Begin(key, frozenset(queued), resources, now))
+def begin(s, key, resources=None, queued=(), now=0.0, seq=None):
+    """Begin FOV `key`; its start journaled at `seq` (default: `key`), queued events after."""
+    seq = key if seq is None else seq
+    return s.handle(Begin(key, {t: seq + 1 + i for i, t in enumerate(queued)}, resources, now, seq))
 
 
 def finish_stage(s, key, stage, now=0.0):
@@ -181,3 +185,56 @@ def test_scheduler_inputs_and_instructions_are_slotted():
 
     for cls in (sch.Accepted, sch.Clock, sch.Begin, sch.Feed, sch.Drain, sch.Step):
         assert dataclasses.is_dataclass(cls) and not hasattr(cls.__new__(cls), "__dict__")
+
+
+def test_a_visit_waiting_for_its_data_holds_back_no_overlapping_visit():
+    s = scheduler(max_in_flight=2, ordered=("c", "c"), det_timeout=600.0)
+    begin(s, 1, frozenset({"x"}))  # its detections never come
+    begin(s, 2, frozenset({"x"}), queued={DET})
+    finish_stage(s, 1, 0)
+    assert finish_stage(s, 2, 0) == [Step(2, RunPreprocess(1))]
+    assert finish_stage(s, 2, 1) == [Step(2, RunPreprocess(2))]  # into the section at once
+    assert s.behind(2) == []
+
+
+def test_the_section_follows_the_journal_order_of_the_data():
+    s = scheduler(max_in_flight=2, ordered=("c", "c"), det_timeout=600.0)
+    begin(s, 1, frozenset({"x"}), seq=1)
+    begin(s, 2, frozenset({"x"}), seq=2)
+    for k in (1, 2):
+        finish_stage(s, k, 0)
+    s.handle(Accepted(DET, 2, 1.0, seq=5))  # visit 2's data is complete first
+    s.handle(Accepted(DET, 1, 1.0, seq=6))
+    assert finish_stage(s, 1, 1) == []  # gated behind 2, whose data came first
+    assert s.behind(1) == [2]
+    assert finish_stage(s, 2, 1) == [Step(2, RunPreprocess(2))]
+    out = finish_stage(s, 2, 2)
+    assert Step(1, RunPreprocess(2)) in out
+
+
+def test_an_expired_wait_is_journaled_before_the_visit_goes_on():
+    from framework.execution import RecordExpiry, WaitExpired
+
+    s = scheduler(det_timeout=5.0, policy="continue")
+    begin(s, 1)
+    finish_stage(s, 1, 0)
+    steps = [i for i in s.handle(Clock(5.0)) if isinstance(i, Step)]
+    assert steps == [Step(1, RecordExpiry(DET))]
+    assert s.handle(Feed(1, WaitExpired(DET, 42))) == [Step(1, RunPreprocess(1))]
+
+
+def test_a_journaled_expiry_is_not_waited_for_again():
+    s = scheduler(det_timeout=5.0, policy="continue")
+    s.handle(Begin(1, {}, None, 0.0, 1, {DET: 7}))
+    assert finish_stage(s, 1, 0) == [Step(1, RunPreprocess(1))]
+    assert s.executions[1].skipped_waits == [DET]
+
+
+def test_drain_ends_pending_waits_at_once_as_retriable():
+    s = scheduler(det_timeout=600.0)
+    begin(s, 1)
+    finish_stage(s, 1, 0)
+    (step, stop) = s.handle(Drain())
+    assert step.key == 1 and step.instruction.failure.retriable
+    assert "shut down while it waited" in step.instruction.failure.error
+    assert stop == Stop()

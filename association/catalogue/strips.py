@@ -50,14 +50,18 @@ class Strip:
 class StripCache:
     """Strips of margin chunks, by (chunk, owned chunks), for matching only.
 
-    Every visit's stored Objects are applied to the strips they fall in
-    (`patch`), so what is cached always equals the database. At most
-    `max_entries` strips are kept, the least recently used going first.
+    Every visit's decided Objects are applied to the strips they fall in
+    (`decided`), so what is cached always equals the catalogue. Until the
+    visit is written (`written`) they are also kept aside and applied to any
+    strip read from the database meanwhile, which does not have them yet. At
+    most `max_entries` strips are kept, the least recently used going first.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._strips: OrderedDict[tuple[int, tuple[int, ...]], Strip] = OrderedDict()
+        self._unwritten: OrderedDict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
+        self._unwritten = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._strips)
@@ -81,6 +85,11 @@ class StripCache:
         """Keep a strip read from the database (rows in any order); return it."""
         order = np.argsort(columns[KEY_COLUMN], kind="stable")
         strip = Strip(np.asarray(lo), np.asarray(hi), {k: v[order] for k, v in columns.items()})
+        for chunk_of_row, fine, rows in self._unwritten.values():
+            take = np.flatnonzero(chunk_of_row == chunk)
+            take = take[strip.contains(fine[take])]
+            if len(take):
+                strip = strip.upserted({k: rows[k][take] for k in strip.columns})
         self._strips[(chunk, owned)] = strip
         while len(self._strips) > self.max_entries:
             self._strips.popitem(last=False)
@@ -89,6 +98,30 @@ class StripCache:
     def clear(self) -> None:
         """Drop every strip."""
         self._strips.clear()
+
+    def decided(
+        self,
+        visit: int,
+        chunk_of_row: np.ndarray,
+        fine: np.ndarray,
+        rows: Mapping[str, np.ndarray],
+    ) -> int:
+        """A visit's changed Objects are decided: patch the strips, and keep them until written.
+
+        Returns the number of strips changed (see `patch`).
+        """
+        ordered = np.argsort(rows[KEY_COLUMN], kind="stable")
+        kept = {k: np.asarray(v)[ordered] for k, v in rows.items()}
+        self._unwritten[visit] = (
+            np.asarray(chunk_of_row)[ordered],
+            np.asarray(fine)[ordered],
+            kept,
+        )
+        return self.patch(chunk_of_row, fine, rows)
+
+    def written(self, visit: int) -> None:
+        """The visit is in the database: strips read from now on have its Objects."""
+        self._unwritten.pop(visit, None)
 
     def patch(
         self, chunk_of_row: np.ndarray, fine: np.ndarray, rows: Mapping[str, np.ndarray]

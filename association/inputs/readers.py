@@ -80,7 +80,14 @@ class BadInputError(ValueError):
 
 
 def _bad_input(problem, path, column, row, kind) -> BadInputError:
-    return BadInputError(problem, path=path, column=column, row=row, kind=kind)
+    cls = MissingInputError if problem == MissingInputError.PROBLEM else BadInputError
+    return cls(problem, path=path, column=column, row=row, kind=kind)
+
+
+class MissingInputError(BadInputError):
+    """An input file that is not there at all."""
+
+    PROBLEM = "no such file"
 
 
 @dataclass(frozen=True)
@@ -254,8 +261,10 @@ def _read_checked(path: str | Path, spec: tuple[_Col, ...], kind: str) -> dict[s
     """
     path = Path(path)
     err = _Reporter(path, kind)
+    if not path.exists():
+        raise MissingInputError(MissingInputError.PROBLEM, path=path, kind=kind)
     if not path.is_file():
-        err.fail(None, None, "no such file" if not path.exists() else "not a regular file")
+        err.fail(None, None, "not a regular file")
     fmt = _format(path)
     if fmt is None:
         err.fail(None, None, f"unknown suffix, expected one of {_SUFFIX_HELP}")

@@ -29,6 +29,30 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def margin_strips(
+    st: AssociationState, owned: np.ndarray, chunks: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Match columns of the thin strips of margin `chunks` along the `owned` chunks.
+
+    From the Slice's strip cache, reading (and caching) what it lacks. The
+    cache holds every decided change, so the columns are current.
+    """
+    key = tuple(owned.tolist())
+    strips = []
+    for chunk in chunks.tolist():
+        strip = st.strips.get(chunk, key)
+        if strip is None:
+            lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
+            columns = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
+            columns["isVariable"] = columns["isVariable"].astype(bool)
+            strip = st.strips.put(chunk, key, lo, hi, columns)
+        strips.append(strip.columns)
+    return {
+        k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
+        for k in MATCH_COLUMNS
+    }
+
+
 class LoadStage(Stage):
     """Triggered by ``telescope.next_visit``: load Objects and recent DIASources.
 
@@ -91,22 +115,8 @@ class LoadStage(Stage):
             recent = load_recent_diasources(st.engine, int(lo), int(hi), keep)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)
-        key = tuple(owned.tolist())
-        strips = []
-        for chunk in strip_of.tolist():
-            strip = st.strips.get(chunk, key)
-            if strip is None:
-                lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
-                columns = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
-                columns["isVariable"] = columns["isVariable"].astype(bool)
-                strip = st.strips.put(chunk, key, lo, hi, columns)
-            strips.append(strip.columns)
-        visit.strip = {
-            k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
-            for k in MATCH_COLUMNS
-        }
-        visit.owned = owned
-        visit.held = need
+        visit.owned, visit.held, visit.strip_chunks = owned, need, strip_of
+        n_strip = len(margin_strips(st, owned, strip_of)["ra"])
         stats = cat.stats()
         ctx.board.set(
             catalogue_objects=stats["n_objects"],
@@ -117,7 +127,7 @@ class LoadStage(Stage):
         return LoadResult(
             chunks_loaded=len(missing),
             chunks_cached=len(need) - len(missing),
-            objects_loaded=loaded + len(visit.strip["ra"]),
+            objects_loaded=loaded + n_strip,
             objects_held=int(sum(cat.chunk(int(c)).n_objects for c in need)),
             seconds=time.perf_counter() - t0,
             rss_mb=rss_mb(),

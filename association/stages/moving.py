@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from association.inputs.readers import read_predictions
 from association.matching.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
 from association.stages.visit import MasterVisit, MovingMatches
-from events.types import PREDICTIONS_READY
 from framework.stage import MasterContext, Stage
 
 
@@ -22,16 +20,8 @@ class MovingConfig:
     max_axis_arcsec: float = 60.0
 
 
-def read_visit_predictions(paths: list[str]) -> np.ndarray:
-    """Every predictions file of a visit, concatenated."""
-    from association.inputs.readers import PREDICTION_DTYPE
-
-    parts = [read_predictions(p) for p in paths]
-    return np.concatenate(parts) if parts else np.empty(0, PREDICTION_DTYPE)
-
-
 class MovingStage(Stage):
-    """Waits for ``nightmops.predictions_ready``; conclusive matches leave alerting.
+    """NightMOPS's predictions against the flagged DIASources; conclusive matches leave alerting.
 
     A match is conclusive when a prediction's scaled ellipse holds exactly one
     flagged DIASource and that DIASource lies in no other ellipse. Such a
@@ -44,11 +34,9 @@ class MovingStage(Stage):
 
     def preprocess(self, ctx: MasterContext) -> None:
         visit: MasterVisit = ctx.state
-        ev = ctx.events.get(PREDICTIONS_READY)
-        if ev is None:
-            ctx.log.warning("fov %s: no predictions came; no moving-object matching", ctx.key)
+        preds = visit.predictions
+        if not len(preds):
             return None
-        preds = read_visit_predictions(list(ev.body["paths"]))
         sources = visit.sources
         cand = np.flatnonzero(visit.flagged)
         c = self.config

@@ -12,6 +12,7 @@ from association.catalogue.memory import Catalogue, CatalogueConfig, warm_up
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, SliceVisit
+from association.storage.errors import is_retriable
 from events.types import ASSOCIATION_SPECS
 from framework.hooks import PipelineHooks
 from framework.stage import RankContext
@@ -38,6 +39,9 @@ class AssociationSettings:
         An Object is variable once it has this many DIASources.
     alerts_dir : str
         Where alert files go, relative to the run directory.
+    write_retry_s : float
+        How long a visit's database write is retried when it fails for a
+        passing reason (the server restarting, a lock, a full disk).
     """
 
     db_url: str = ""
@@ -48,6 +52,7 @@ class AssociationSettings:
     recent_per_object: int = 10
     variable_min_sources: int = 2
     alerts_dir: str = "alerts"
+    write_retry_s: float = 600.0
 
     def alerts_path(self, run_dir: Path, visit: int) -> Path:
         """The alert file of a visit."""
@@ -83,3 +88,6 @@ class AssociationPipeline(PipelineHooks):
 
     def shutdown(self, ctx: RankContext) -> None:
         ctx.shared.close()
+
+    def retriable(self, exc: BaseException) -> bool:
+        return is_retriable(exc)

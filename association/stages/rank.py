@@ -23,6 +23,8 @@ class AssociationState:
     margin_deg: float
     catalogue: Catalogue | None = None
     strips: StripCache = field(default_factory=StripCache)
+    behind: int | None = None
+    """On the master: the first visit decided but not written; no later one is written."""
     _engine: Engine | None = field(default=None, repr=False)
 
     @property

@@ -26,8 +26,8 @@ class UpdateStage(Stage):
     to every copy it holds (owned or margin), with the same arithmetic, so
     the copies stay identical. Each Slice returns the rows of the Objects it
     owns, so every changed Object is stored once. The changes stay in an open
-    transaction on each Slice until the visit ends: committed when it is done,
-    rolled back when it fails.
+    transaction on each Slice until the share stage commits them; a visit
+    that fails before then is rolled back.
     """
 
     def preprocess(self, ctx: MasterContext) -> tuple[np.ndarray, np.ndarray]:
@@ -72,11 +72,8 @@ class UpdateStage(Stage):
         visit.recent = recent[np.lexsort((recent["midpointMjdTai"], recent["diaObjectId"]))]
 
     def finish(self, ctx: ExecutionContext, ok: bool) -> None:
+        """A visit that ends before its changes are decided (share) leaves no trace."""
         txn = ctx.state.txn if isinstance(ctx.state, SliceVisit) else None
-        if txn is None or not txn.open:
-            return
-        if ok:
-            txn.commit()
-        else:
+        if txn is not None and txn.open:
             txn.rollback()
             ctx.log.info("fov %s: catalogue changes rolled back", ctx.key)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.inputs.readers import PREDICTION_DTYPE
 
 if TYPE_CHECKING:
     from association.catalogue.memory import Transaction
@@ -63,8 +64,10 @@ class MasterVisit:
     load : list of LoadResult
         load: each Slice's figures.
     sources : ndarray of DIASOURCE_DTYPE
-        crossmatch: the visit's DIASources, by diaSourceId; later stages fill
+        sources: the visit's DIASources, by diaSourceId; later stages fill
         in ``diaObjectId`` (the Object each belongs to) and ``ssObjectId``.
+    predictions : ndarray of PREDICTION_DTYPE
+        predictions: NightMOPS's predicted positions (none if they never came).
     radius_arcsec : float
         crossmatch: the match radius used, and `radius_from` where it came from.
     flagged : ndarray of bool
@@ -78,6 +81,9 @@ class MasterVisit:
         update: every Object the visit changed or created, by diaObjectId.
     recent : ndarray of DIASOURCE_DTYPE
         update: those Objects' earlier recent DIASources, by Object then time.
+    decided : bool
+        share: the visit's changes are final in the catalogue; later visits
+        may build on them, so it must be written.
     alerts_path : str
         store: the visit's alert file.
     counts : VisitCounts or None
@@ -88,6 +94,7 @@ class MasterVisit:
     owner: np.ndarray = field(default_factory=lambda: _none(np.int64))
     load: list[LoadResult] = field(default_factory=list)
     sources: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
+    predictions: np.ndarray = field(default_factory=lambda: _none(PREDICTION_DTYPE))
     radius_arcsec: float = float("nan")
     radius_from: str = ""
     flagged: np.ndarray = field(default_factory=lambda: _none(bool))
@@ -95,6 +102,7 @@ class MasterVisit:
     n_new: int = 0
     objects: np.ndarray = field(default_factory=lambda: _none(OBJECT_DTYPE))
     recent: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
+    decided: bool = False
     alerts_path: str = ""
     counts: VisitCounts | None = None
 
@@ -110,13 +118,17 @@ class SliceVisit:
     held : ndarray of int64
         load: the chunks pinned in memory for the visit (owned, and margin
         chunks the Slice holds whole).
-    strip : dict of str to ndarray
-        load: match columns of the thin strips of margin chunks it does not hold.
+    strip_chunks : ndarray of int64
+        load: margin chunks it does not hold, of which it reads thin strips.
+    sources : ndarray of DIASOURCE_DTYPE
+        sources: the visit's DIASources in the chunks this Slice owns.
     txn : Transaction or None
-        update: the visit's open catalogue transaction on this Slice.
+        update: the visit's catalogue transaction on this Slice, open until
+        the visit's changes are decided (share).
     """
 
     owned: np.ndarray = field(default_factory=lambda: _none(np.int64))
     held: np.ndarray = field(default_factory=lambda: _none(np.int64))
-    strip: dict[str, np.ndarray] = field(default_factory=dict)
+    strip_chunks: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    sources: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
     txn: Transaction | None = None
