@@ -11,7 +11,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from association.catalogue.memory import CatalogueConfig, warm_up
+from association.catalogue import CatalogueConfig, warm_up
 from association.columns import OBJECT_DTYPE
 from association.sky.fov import fov_of
 from association.stages.rank import new_state, state_of

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from association.catalogue.memory import Catalogue, CatalogueConfig
+from association.catalogue import Catalogue, CatalogueConfig
 from association.catalogue.strips import StripCache
 from association.sky.partition import Partition
 from association.storage.tables import create_schema, make_engine
