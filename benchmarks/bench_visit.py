@@ -34,9 +34,9 @@ from association.storage.tables import create_schema, make_engine  # noqa: E402
 from events.client import Injector  # noqa: E402
 from events.envelope import Event  # noqa: E402
 from events.journal import Journal  # noqa: E402
+from framework.mpiexec import run_command  # noqa: E402
 
 RA0, DEC0, RADIUS = 150.0, 2.0, 1.75
-BIN = Path(sys.executable).parent
 
 
 def disc(rng: np.random.Generator, n: int, radius: float = RADIUS) -> tuple[np.ndarray, np.ndarray]:
@@ -150,18 +150,8 @@ def main() -> None:
         bulk_load_objects(engine, objects)
         out["preload_seconds"] = time.perf_counter() - t0
         engine.dispose()
-        mpiexec = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else "mpiexec"
         proc = subprocess.Popen(
-            [
-                mpiexec,
-                "-n",
-                "3",
-                str(BIN / "nightpipe"),
-                "run",
-                "association",
-                "--run-dir",
-                str(run),
-            ],
+            run_command(3, "association", run),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -6,18 +6,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from events.journal import Journal
+from framework.mpiexec import BIN
 from tests.nights import db_rows, make_archive, replay
 
 pytestmark = pytest.mark.mpi
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
