@@ -16,7 +16,8 @@ import fastavro
 import numpy as np
 import pytest
 
-from association.alerts.packets import alert_schema, read_alerts
+from association.alerts.avro import alert_schema
+from association.alerts.packets import read_alerts
 from association.sky.fov import fov_resources
 from events.archive import Archive
 from events.journal import Journal
