@@ -24,6 +24,8 @@ from association.catalogue.records import I8
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
 
 _PENDING_MIN = 4096
+_STATE = ("_buf", "_ids", "_n", "_base", "_base_ids", "_pend", "_pend_ids", "_pn")
+"""What `Chunk.state` saves: every buffer and count a change may replace."""
 
 
 def _append(
@@ -205,29 +207,12 @@ class Chunk:
 
     def state(self) -> tuple[Any, ...]:
         """References to the chunk's buffers and counts, for `restore`."""
-        return (
-            self._buf,
-            self._ids,
-            self._n,
-            self._base,
-            self._base_ids,
-            self._pend,
-            self._pend_ids,
-            self._pn,
-        )
+        return tuple(getattr(self, name) for name in _STATE)
 
     def restore(self, state: tuple[Any, ...], saved: list[np.ndarray]) -> None:
         """Go back to ``state``, then put back the Object rows ``saved`` since, latest first."""
-        (
-            self._buf,
-            self._ids,
-            self._n,
-            self._base,
-            self._base_ids,
-            self._pend,
-            self._pend_ids,
-            self._pn,
-        ) = state
+        for name, value in zip(_STATE, state, strict=True):
+            setattr(self, name, value)
         ids = self._ids[: self._n]
         for rows in reversed(saved):
             rid = rows["diaObjectId"]
