@@ -51,8 +51,14 @@ OBJECT_DTYPE = np.dtype(
 
 
 def band_index(names: np.ndarray) -> np.ndarray:
-    """Map band names (``'u'``..``'y'``) to their index; -1 for an unknown name."""
-    uniq, inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
+    """Map band names (``'u'``..``'y'``) to their index (int8); -1 for an unknown name."""
+    names = np.asarray(names)
+    if names.dtype == np.dtype("<U1"):  # one code point each: a lookup table
+        lut = np.full(128, -1, dtype=np.int8)
+        lut[[ord(b) for b in BANDS]] = np.arange(NBANDS)
+        codes = names.view(np.uint32)
+        return np.where(codes < 128, lut[np.minimum(codes, 127)], -1).astype(np.int8)
+    uniq, inverse = np.unique(names.astype(str), return_inverse=True)
     lut = np.array([BANDS.index(u) if len(u) == 1 and u in BANDS else -1 for u in uniq], "i1")
     return lut[inverse.ravel()] if len(uniq) else np.empty(0, "i1")
 

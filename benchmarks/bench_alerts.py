@@ -2,11 +2,11 @@
 
 For N alerts (default 10,000 and 40,000) with 5 previous DIASources each,
 times `association.alerts.packets.write_visit_alerts` (numba encoder) and the
-reference path (one `build_alert` dict per alert, as the Store stage built
-them, then ``fastavro.writer`` via `write_alerts`), both with the deflate
-codec, alternating in the same run. Checks that both files decode to the same
-records and prints JSON with the medians and their ratio; the per-visit
-budget is 1 s for everything. For the breakdown it also times the encoder
+reference path of `tests.oracles.alerts` (one `build_alert` dict per alert, as
+the Store stage once built them, then ``fastavro.writer`` via `write_alerts`),
+both with the deflate codec, alternating in the same run. Checks that both
+files decode to the same records and prints JSON with the medians and their
+ratio; the per-visit budget is 1 s for everything. For the breakdown it also times the encoder
 with no compression, and with zlib's default level 6 (fastavro's; the visit
 path uses `DEFLATE_LEVEL`).
 
@@ -85,7 +85,7 @@ def visit_arrays(n: int, n_prv: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 def fastavro_path(path: Path, sources: np.ndarray, objects: np.ndarray, recent: np.ndarray) -> int:
     """The reference: the Store stage's dict-per-alert ``build_alerts``, then fastavro."""
-    from association.alerts.packets import build_alert, write_alerts
+    from tests.oracles.alerts import build_alert, write_alerts
 
     alerting = sources[sources["ssObjectId"] == 0]
     obj_at = np.searchsorted(objects["diaObjectId"], alerting["diaObjectId"])

@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from framework.mpiexec import mpiexec_path, run_command  # noqa: E402
 from framework.stage import Stage  # noqa: E402
 
-BIN = Path(sys.executable).parent
 N_STAGES = 10
 N_SEQUENTIAL = 100
 N_LOAD = 100
@@ -33,11 +33,6 @@ VISIT = {"mjd": 60218.0, "ra": 10.0, "dec": -20.0, "filter": "r"}
 
 class Empty(Stage):
     """Does nothing on every hook."""
-
-
-def _mpiexec() -> str:
-    exe = BIN / "mpiexec"
-    return str(exe) if exe.exists() else "mpiexec"
 
 
 def pingpong(n: int = 2000) -> None:
@@ -92,7 +87,7 @@ def run_mode(mode: str, tmp: Path) -> dict:
     cfg.write_text(_config(mode, N_LOAD + 10))
     run = tmp / f"run-{mode}"
     proc = subprocess.Popen(
-        [_mpiexec(), "-n", "3", str(BIN / "nightpipe"), "run", str(cfg), "--run-dir", str(run)],
+        run_command(3, cfg, run),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -148,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ref = subprocess.run(
-            [_mpiexec(), "-n", "3", sys.executable, __file__, "--pingpong"],
+            [mpiexec_path(), "-n", "3", sys.executable, __file__, "--pingpong"],
             capture_output=True,
             text=True,
             check=True,

@@ -34,9 +34,9 @@ from association.storage.tables import create_schema, make_engine  # noqa: E402
 from events.client import Injector  # noqa: E402
 from events.envelope import Event  # noqa: E402
 from events.journal import Journal  # noqa: E402
+from framework.mpiexec import run_command  # noqa: E402
 
 RA0, DEC0, RADIUS = 150.0, 2.0, 1.75
-BIN = Path(sys.executable).parent
 
 
 def disc(rng: np.random.Generator, n: int, radius: float = RADIUS) -> tuple[np.ndarray, np.ndarray]:
@@ -93,16 +93,14 @@ def make_predictions(src: np.ndarray, n: int) -> np.ndarray:
 
 def received(run: Path, type: str, fov: int) -> float | None:
     with Journal(run / "journal.sqlite") as j:
-        rows = j._query("SELECT received FROM events WHERE type=? AND fov_id=?", (type, fov))
-    return rows[0][0] if rows else None
+        rows = j.entries(type=type, fov_id=fov)
+    return rows[0].received if rows else None
 
 
 def visit_done(run: Path, fov: int) -> dict | None:
     with Journal(run / "journal.sqlite") as j:
-        rows = j._query(
-            "SELECT json FROM events WHERE type='association.visit_done' AND fov_id=?", (fov,)
-        )
-    return json.loads(rows[0][0])["body"] if rows else None
+        rows = j.entries(type="association.visit_done", fov_id=fov)
+    return rows[0].event.body if rows else None
 
 
 def wait_for(fn, timeout: float = 600.0):
@@ -150,18 +148,8 @@ def main() -> None:
         bulk_load_objects(engine, objects)
         out["preload_seconds"] = time.perf_counter() - t0
         engine.dispose()
-        mpiexec = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else "mpiexec"
         proc = subprocess.Popen(
-            [
-                mpiexec,
-                "-n",
-                "3",
-                str(BIN / "nightpipe"),
-                "run",
-                "association",
-                "--run-dir",
-                str(run),
-            ],
+            run_command(3, "association", run),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from events.client import Injector
 from events.envelope import Event
 from events.journal import Journal
-
-BIN = Path(sys.executable).parent
-
-
-def mpiexec() -> str:
-    """The mpiexec next to this Python, else the one on PATH."""
-    exe = BIN / "mpiexec"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpiexec")
-    if not found:
-        raise RuntimeError("no mpiexec: install MPI (pip install mpich)")
-    return found
+from framework.mpiexec import run_command
 
 
 class MpiPipeline:
@@ -34,17 +20,7 @@ class MpiPipeline:
 
     def __init__(self, config: Path, run_dir: Path, n: int = 4, args: tuple[str, ...] = ()) -> None:
         self.run_dir = Path(run_dir)
-        self.cmd = [
-            mpiexec(),
-            "-n",
-            str(n),
-            str(BIN / "nightpipe"),
-            "run",
-            str(config),
-            "--run-dir",
-            str(run_dir),
-            *args,
-        ]
+        self.cmd = run_command(n, config, run_dir, *args)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> MpiPipeline:

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from fastavro.validation import validate
 
-from association.alerts.packets import alert_schema, build_alert, read_alerts, write_alerts
+from association.alerts.avro import alert_schema
+from association.alerts.packets import read_alerts
 from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from tests.oracles.alerts import build_alert, write_alerts
 
 
 def sources(n: int, object_id: int = 77) -> np.ndarray:

@@ -16,7 +16,8 @@ import fastavro
 import numpy as np
 import pytest
 
-from association.alerts.packets import alert_schema, read_alerts
+from association.alerts.avro import alert_schema
+from association.alerts.packets import read_alerts
 from association.sky.fov import fov_resources
 from events.archive import Archive
 from events.journal import Journal
@@ -103,11 +104,9 @@ def test_night_end_to_end(archive, reference):
     assert n_files == len(visits)
     # the outbound events: alerts_ready per visit, with its counts
     with Journal(run / "journal.sqlite") as j:
-        ready = j._query(
-            "SELECT fov_id, json FROM events WHERE type='association.alerts_ready'", ()
-        )
-    assert sorted(f for f, _ in ready) == visits
-    body = json.loads(ready[0][1])["body"]
+        ready = [e.event for e in j.entries(type="association.alerts_ready")]
+    assert sorted(e.fov_id for e in ready) == visits
+    body = ready[0].body
     assert Path(body["path"]).exists()
 
 
@@ -131,15 +130,10 @@ def test_overlapping_visits_in_flight_equal_one_at_a_time(archive, reference, tm
     # the reference run had overlapping visits in flight at once
     with Journal(run / "journal.sqlite") as j:
         starts = {
-            f: (received, json.loads(js))
-            for f, received, js in j._query(
-                "SELECT fov_id, received, json FROM events WHERE type='telescope.next_visit'", ()
-            )
+            e.event.fov_id: (e.received, e.event) for e in j.entries(type="telescope.next_visit")
         }
-        ends = dict(j._query("SELECT fov_id, time FROM outcomes", ()))
-    from events.envelope import Event
-
-    res = {f: fov_resources(Event.from_dict(d)) for f, (_, d) in starts.items()}
+        ends = j.outcome_times()
+    res = {f: fov_resources(ev) for f, (_, ev) in starts.items()}
     overlapping_in_flight = [
         (a, b)
         for a in starts
@@ -160,8 +154,8 @@ def _drop_visits(archive: Path, fovs: set[int]) -> None:
 
 def _failures(run: Path) -> dict[int, dict]:
     with Journal(run / "journal.sqlite") as j:
-        rows = j._query("SELECT fov_id, json FROM events WHERE type='association.visit_failed'", ())
-    return {f: json.loads(js)["body"] for f, js in rows}
+        rows = j.entries(type="association.visit_failed")
+    return {e.event.fov_id: e.event.body for e in rows}
 
 
 def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from association.alerts import avro as avro_alerts
-from association.alerts.avro import encode_alerts, write_alert_file
-from association.alerts.packets import alert_schema, build_alert, read_alerts, write_visit_alerts
+from association.alerts.avro import alert_schema, encode_alerts, write_alert_file
+from association.alerts.packets import read_alerts, write_visit_alerts
 from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from tests.oracles.alerts import build_alert
 
 SYNC = bytes(range(16))
 I64 = np.iinfo(np.int64)

@@ -6,7 +6,7 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from association.catalogue.memory import Catalogue, CatalogueConfig, ChunkConflict
+from association.catalogue import Catalogue, CatalogueConfig, ChunkConflict
 from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 
 FINE_ORDER, CHUNK_ORDER = 8, 2

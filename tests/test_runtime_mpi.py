@@ -11,7 +11,8 @@ import pytest
 from events.client import Injector
 from events.envelope import Event
 from events.journal import Journal
-from tests.mpirun import BIN, MpiPipeline
+from framework.mpiexec import BIN
+from tests.mpirun import MpiPipeline
 from tests.pipelines.trace_stages import check_barriers, config_text, read_trace
 
 pytestmark = pytest.mark.mpi

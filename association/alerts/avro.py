@@ -1,10 +1,10 @@
 """Compiled Avro encoder of the alert schema ``schemas/alert.avsc``.
 
-Writes the same records as `association.alerts.packets.build_alert` followed by
-``fastavro.writer``, but straight from columnar numpy arrays: a numba kernel
-encodes every record into one preallocated byte buffer (sized by the largest
-encoding a record can have), then the buffer is cut into blocks of an Avro
-Object Container File.
+Writes the same records as one dict per alert (the tests' reference,
+``tests/oracles/alerts.py``) given to ``fastavro.writer``, but straight from
+columnar numpy arrays: a numba kernel encodes every record into one
+preallocated byte buffer (sized by the largest encoding a record can have),
+then the buffer is cut into blocks of an Avro Object Container File.
 
 The kernel is written for this one schema; `schema_json` refuses to run if
 the ``.avsc`` no longer has the field layout the kernel encodes.
@@ -86,6 +86,11 @@ _ALERT_MAX = 10 + _SOURCE_MAX + _OBJECT_MAX + 10 + 1
 _BAND_CODES = np.frombuffer(BANDS.encode("ascii"), np.uint8)
 
 
+def alert_schema() -> dict:
+    """The parsed Avro schema ``nightpipe.alert.Alert``, read from `SCHEMA_PATH` now."""
+    return fastavro.schema.load_schema(str(SCHEMA_PATH))
+
+
 @functools.cache
 def schema_json() -> str:
     """The ``avro.schema`` header value, as fastavro writes it for the parsed schema.
@@ -93,7 +98,7 @@ def schema_json() -> str:
     fastavro puts ``json.dumps`` of the parsed schema (full names, its own
     key order) without its private ``__fastavro_parsed``/``__named_schemas`` keys.
     """
-    parsed = fastavro.schema.load_schema(str(SCHEMA_PATH))
+    parsed = alert_schema()
     if _layout(parsed) != _ALERT_LAYOUT:
         raise RuntimeError(f"{SCHEMA_PATH} changed: update the encoder in {__name__}")
     return json.dumps({k: v for k, v in parsed.items() if not k.startswith("__")})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS
+from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, band_index
 
 PREDICTION_DTYPE = np.dtype(
     [
@@ -155,7 +155,7 @@ def read_diasources(
     err.at_least("psfFluxErr", cols["psfFluxErr"], 0.0, allow_nan=False)
     for name in ("raErr", "decErr"):
         err.at_least(name, cols[name], 0.0, allow_nan=True)
-    band = _band_index(cols["band"])
+    band = band_index(cols["band"])
     bad = np.flatnonzero(band < 0)
     if bad.size:
         err.fail(
@@ -361,19 +361,6 @@ def _convert(err: _Reporter, col: _Col, values: np.ndarray, mask: np.ndarray | N
     if mask is not None and mask.any():
         err.fail(col.name, int(np.argmax(mask)), "value is missing (null)")
     return values
-
-
-def _band_index(names: np.ndarray) -> np.ndarray:
-    """Band names to their index, -1 for an unknown name."""
-    if names.dtype == np.dtype("<U1"):  # one code point each: a lookup table
-        lut = np.full(128, -1, dtype=np.int8)
-        lut[[ord(b) for b in BANDS]] = np.arange(len(BANDS))
-        codes = names.view(np.uint32)
-        return np.where(codes < 128, lut[np.minimum(codes, 127)], -1).astype(np.int8)
-    out = np.full(len(names), -1, dtype=np.int8)
-    for i, b in enumerate(BANDS):
-        out[names == b] = i
-    return out
 
 
 def _flat_columns(array: np.ndarray) -> dict[str, np.ndarray]:

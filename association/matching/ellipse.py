@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
-from association.matching import kernels
+from association.matching.compiled import DEG, JIT, wrap180
 from association.matching.zoneindex import ZoneIndex
 
 
@@ -86,10 +87,44 @@ def ellipse_pairs(
     radius = float(max(a.max(), b.max())) * (1.0 + 1e-9)
     pred_idx, src_idx, _ = index.pairs(pra, pdec, radius)
     to_rad = np.pi / (180.0 * 3600.0)
-    inside = kernels.inside_ellipse(
-        pred_idx, src_idx, pra, pdec, a * to_rad, b * to_rad, pa, sra, sdec
-    )
+    inside = _inside_ellipse(pred_idx, src_idx, pra, pdec, a * to_rad, b * to_rad, pa, sra, sdec)
     return pred_idx[inside], src_idx[inside]
+
+
+@nb.njit(**JIT)
+def _inside_ellipse(pred_idx, src_idx, pra, pdec, a, b, pa, sra, sdec):
+    """Whether each (prediction, source) pair lies inside the prediction's ellipse.
+
+    Gnomonic projection at the prediction (xi east, eta north, radians); the
+    ellipse has semi-axes ``a``, ``b`` (radians) and its major axis at position
+    angle ``pa`` (deg, north through east).
+    """
+    n = pred_idx.size
+    out = np.empty(n, np.bool_)
+    for k in range(n):
+        i = pred_idx[k]
+        j = src_idx[k]
+        d0 = DEG * pdec[i]
+        d1 = DEG * sdec[j]
+        da = DEG * wrap180(sra[j] - pra[i])
+        sin_d0 = np.sin(d0)
+        cos_d0 = np.cos(d0)
+        cos_d1 = np.cos(d1)
+        sh = np.sin(0.5 * da)
+        one_minus_cos_da = 2.0 * sh * sh
+        cos_c = sin_d0 * np.sin(d1) + cos_d0 * cos_d1 * np.cos(da)
+        if cos_c <= 0.0:
+            out[k] = False
+            continue
+        xi = cos_d1 * np.sin(da) / cos_c
+        # cos d0 sin d1 - sin d0 cos d1 cos da, without cancellation
+        eta = (np.sin(d1 - d0) + sin_d0 * cos_d1 * one_minus_cos_da) / cos_c
+        sp = np.sin(DEG * pa[i])
+        cp = np.cos(DEG * pa[i])
+        u = (xi * sp + eta * cp) / a[i]
+        v = (xi * cp - eta * sp) / b[i]
+        out[k] = u * u + v * v <= 1.0
+    return out
 
 
 def conclusive_matches(

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from association.matching import kernels
+from association.matching import zonekernels
 
 OCCUPANCY = 8
 """Mean objects per index cell that the build aims for."""
 
-ROW_MASK = kernels.ROW_MASK
+ROW_MASK = zonekernels.ROW_MASK
 """``rows & ROW_MASK`` is the input row of an index entry."""
 
 _SAMPLE = 1 << 16  # rows sampled to shape the index
@@ -84,12 +84,12 @@ class ZoneIndex:
         n = ra.size
         if n >= 2**31:
             raise ValueError(f"at most 2**31 - 1 objects, got {n}")
-        hist, dmin, dmax = kernels.sample_stats(ra, dec, max(1, n // _SAMPLE))
+        hist, dmin, dmax = zonekernels.sample_stats(ra, dec, max(1, n // _SAMPLE))
         geo = _geometry(n, hist, float(dmin), float(dmax), zone_height_deg)
         rows = np.empty(n, np.int64)
         offsets = np.empty(int(geo[6]) * int(geo[7]) + 1, np.int64)
         nt = numba.get_num_threads()
-        bad = kernels.build_cells(ra, dec, geo, nt, np.empty(n, np.int64), rows, offsets)
+        bad = zonekernels.build_cells(ra, dec, geo, nt, np.empty(n, np.int64), rows, offsets)
         if bad:
             raise ValueError(f"{bad} positions are not finite or have |dec| > 90")
         return cls(ra, dec, ids, rows, offsets, geo)
@@ -119,7 +119,7 @@ class ZoneIndex:
             Its distance, NaN where ``obj_row`` is -1.
         """
         ra, dec, r = self._queries(ra, dec, radius_arcsec)
-        return kernels.query_nearest(
+        return zonekernels.query_nearest(
             ra, dec, r, self.geometry, self.ra, self.dec, self.rows, self.ids, self.offsets
         )
 
@@ -135,7 +135,7 @@ class ZoneIndex:
         dist_arcsec : float64 array
         """
         ra, dec, r = self._queries(ra, dec, radius_arcsec)
-        return kernels.query_pairs(
+        return zonekernels.query_pairs(
             ra, dec, r, self.geometry, self.ra, self.dec, self.rows, self.ids, self.offsets
         )
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from association.sky.fov import angular_distance_deg
+
 CADENCE_DTYPE = np.dtype(
     [
         ("observationId", "i8"),
@@ -113,14 +115,9 @@ def read_cadence(
     visits = np.array(rows, dtype=CADENCE_DTYPE) if rows else np.empty(0, CADENCE_DTYPE)
     if region is not None:
         ra0, dec0, radius = (float(x) for x in region)
-        visits = visits[_separation(visits["fieldRA"], visits["fieldDec"], ra0, dec0) <= radius]
+        visits = visits[
+            angular_distance_deg(ra0, dec0, visits["fieldRA"], visits["fieldDec"]) <= radius
+        ]
     if max_visits is not None:
         visits = visits[:max_visits]
     return visits
-
-
-def _separation(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> np.ndarray:
-    """Angular distance in degrees (haversine)."""
-    ra, dec, ra0, dec0 = (np.radians(x) for x in (ra, dec, ra0, dec0))
-    h = np.sin((dec - dec0) / 2) ** 2 + np.cos(dec) * np.cos(dec0) * np.sin((ra - ra0) / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))

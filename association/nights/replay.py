@@ -6,7 +6,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from events.client import Injector
 from events.envelope import Event
 from events.journal import Journal
 from events.types import NEXT_VISIT, SHUTDOWN
+from framework.mpiexec import run_command
 
 REPLAY_FILE = "replay.json"
 SEND_LOG = "replay_sends.jsonl"
@@ -70,15 +70,6 @@ class ReplayOptions:
     sets: list[str] = dataclasses.field(default_factory=list)
     timeout: float = 600.0
     max_in_flight: int | None = None
-
-
-def mpiexec() -> str:
-    """The mpiexec beside this Python, else the one on PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
-    if not found:
-        raise ReplayError("no mpiexec found: install MPI (pip install mpich)")
-    return found
 
 
 class Progress:
@@ -148,22 +139,15 @@ class Replayer:
         """Start ``mpiexec -n RANKS nightpipe run`` on the run directory; its address."""
         endpoint = self.run_dir / "endpoint.json"
         endpoint.unlink(missing_ok=True)
-        cmd = [
-            mpiexec(),
-            "-n",
-            str(self.opts.ranks),
-            str(Path(sys.executable).parent / "nightpipe"),
-            "run",
-            self.opts.config,
-            "--run-dir",
-            str(self.run_dir),
-        ]
-        if self.opts.db_url:
-            cmd += ["--db", self.opts.db_url]
+        args = ["--db", self.opts.db_url] if self.opts.db_url else []
         for s in self.opts.sets:
-            cmd += ["--set", s]
+            args += ["--set", s]
         if self.opts.max_in_flight:
-            cmd += ["--max-in-flight", str(self.opts.max_in_flight)]
+            args += ["--max-in-flight", str(self.opts.max_in_flight)]
+        try:
+            cmd = run_command(self.opts.ranks, self.opts.config, self.run_dir, *args)
+        except FileNotFoundError as exc:
+            raise ReplayError(str(exc)) from None
         log = open(self.run_dir / "pipeline.out", "ab")  # noqa: SIM115 (kept for the job's life)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120

@@ -22,16 +22,16 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from association.nights.quality import quality
+from association.nights.replay import REPLAY_FILE
+from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
 from association.storage import tables as db
 from events.archive import Archive
 from events.types import ALERTS_READY, DIASOURCES_READY, NEXT_VISIT, VISIT_DONE, VISIT_FAILED
 
 JOURNAL = "journal.sqlite"
-REPLAY = "replay.json"
 REPORT_DIR = "report"
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "association.toml"
 SKY_NSIDE = 32
-DEFAULT_RADIUS = 1.75  # deg, a visit's field of view when its event gives none
 MAX_VISIT_ROWS = 20  # in the text; the JSON has every visit
 
 
@@ -70,7 +70,7 @@ def _journal_rows(path: Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
 
 
 def _read_replay(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / REPLAY
+    path = run_dir / REPLAY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -477,7 +477,7 @@ def _sky_plot(report: dict[str, Any], path: Path) -> None:
     counts = np.zeros(hp.nside2npix(SKY_NSIDE))
     for v in visits:
         vec = hp.ang2vec(v["ra"], v["dec"], lonlat=True)
-        radius = np.radians(v["radius"] or DEFAULT_RADIUS)
+        radius = np.radians(v["radius"] or DEFAULT_FOV_RADIUS_DEG)
         counts[hp.query_disc(SKY_NSIDE, vec, radius, inclusive=True)] += 1
     fig = plt.figure(figsize=(14, 6))
     with warnings.catch_warnings():  # healpy's own use of deprecated colormap setters
@@ -520,7 +520,7 @@ def _fields(ax: Any, visits: list[dict[str, Any]]) -> None:
     cmap = plt.get_cmap("plasma")
     span = max(float(np.nanmax(hours)), 1e-9)
     for r, d, h, v in zip(unwrap, dec, hours, visits, strict=True):
-        rad = v["radius"] or DEFAULT_RADIUS
+        rad = v["radius"] or DEFAULT_FOV_RADIUS_DEG
         # Small-circle outline; the RA offset is stretched by 1/cos(dec) on the sky.
         od = np.clip(d + rad * np.sin(theta), -90.0, 90.0)
         ora = r + rad * np.cos(theta) / np.maximum(np.cos(np.radians(od)), 1e-3)

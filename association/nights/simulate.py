@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 
 from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 from association.nights.opsim import Region, nights, read_cadence
+from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
+from association.sky.partition import DEFAULT_FINE_ORDER
 from events.archive import ArchiveWriter
 from events.envelope import Event
 from events.types import DIASOURCES_READY, NEXT_VISIT, PREDICTIONS_READY
@@ -44,7 +46,6 @@ KINDS = ("variable", "static", "transient", "mover", "spurious")
 
 PATCH_ORDER = 6
 """HEALPix order of the patches the catalogue is generated in (0.84 deg^2)."""
-FINE_ORDER = 20
 SOURCE_ID_BASE = 2**40
 HISTORY_VISIT = -1
 """Visit id of the starting catalogue's earlier DIASources: never a real visit (OpSim's start at 0)."""
@@ -152,7 +153,7 @@ class SimConfig:
     wrong_offset_sigma: tuple[float, float] = (20.0, 100.0)
     missing_prediction_fraction: float = 0.02
     unpredicted_mover_fraction: float = 0.1
-    fov_radius: float = 1.75
+    fov_radius: float = DEFAULT_FOV_RADIUS_DEG
     next_visit_lead_s: tuple[float, float] = (5.0, 30.0)
     detection_delay_s: tuple[float, float] = (30.0, 60.0)
     predictions_jitter_s: float = 20.0
@@ -221,8 +222,8 @@ def _offset_en(
 
 
 def _fine(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    """Fine HEALPix NESTED index (order `FINE_ORDER`)."""
-    return hp.ang2pix(2**FINE_ORDER, ra, dec, nest=True, lonlat=True).astype("i8")
+    """Fine HEALPix NESTED index (order `DEFAULT_FINE_ORDER`)."""
+    return hp.ang2pix(2**DEFAULT_FINE_ORDER, ra, dec, nest=True, lonlat=True).astype("i8")
 
 
 def _uniform_in_patches(
@@ -782,7 +783,7 @@ def simulate(
     extra = {
         "fov_radius_deg": cfg.fov_radius,
         "patch_order": PATCH_ORDER,
-        "fine_order": FINE_ORDER,
+        "fine_order": DEFAULT_FINE_ORDER,
         "time": "MJD (TAI) in tables; event times unix s = (mjd - 40587) * 86400",
         "raErr": "on-sky 1-sigma error along RA (of ra*cos(dec)), deg",
         "visit_midpoint": "observationStartMJD + visitTime / 2",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-import healpy as hp
 import numpy as np
 
 from events.envelope import Event
@@ -28,6 +27,8 @@ def fov_of(start: Event) -> tuple[float, float, float]:
 
 def fov_resources(start: Event) -> frozenset[Hashable]:
     """The sky cells a visit may read or change, for ordering overlapping visits."""
+    import healpy as hp  # pulls in matplotlib and astropy (~0.8 s): only where it is used
+
     ra, dec, radius = fov_of(start)
     vec = hp.ang2vec(ra, dec, lonlat=True)
     cells = hp.query_disc(

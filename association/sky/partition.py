@@ -14,6 +14,12 @@ from dataclasses import dataclass
 import healpy as hp
 import numpy as np
 
+DEFAULT_CHUNK_ORDER = 6
+"""HEALPix order of a chunk unless the pipeline says otherwise (49152 chunks of ~0.92 deg)."""
+
+DEFAULT_FINE_ORDER = 20
+"""HEALPix order of the fine index unless the pipeline says otherwise."""
+
 MARGIN_LIMIT = 0.25
 """Largest margin `Partition.margin_chunks` supports, in chunk resolutions.
 
@@ -35,8 +41,8 @@ class Partition:
         HEALPix order of the fine index stored with every row.
     """
 
-    chunk_order: int = 6
-    fine_order: int = 20
+    chunk_order: int = DEFAULT_CHUNK_ORDER
+    fine_order: int = DEFAULT_FINE_ORDER
 
     def __post_init__(self) -> None:
         if not 0 <= self.chunk_order <= self.fine_order <= 29:

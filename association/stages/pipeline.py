@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numba
 
-from association.catalogue.memory import Catalogue, CatalogueConfig, warm_up
+from association.catalogue import Catalogue, CatalogueConfig, warm_up
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, SliceVisit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from association.catalogue.memory import Catalogue
+from association.catalogue import Catalogue
 from association.catalogue.strips import StripCache
 from association.sky.partition import Partition
 from association.storage.tables import create_schema, make_engine

@@ -11,7 +11,7 @@ from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
 from association.inputs.readers import PREDICTION_DTYPE
 
 if TYPE_CHECKING:
-    from association.catalogue.memory import Transaction
+    from association.catalogue import Transaction
 
 
 def _none(dtype: np.dtype | str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Compiled kernels of the zone index and the moving-object ellipse match.
+"""Compiled kernels of the zone index (`association.matching.zoneindex`).
 
 The index is a grid of cells: zones of fixed height in dec, each cut into the
 same number of columns in a rotated RA (``(ra - ra0) mod 360``, with ``ra0``
@@ -22,11 +22,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-_DEG = np.pi / 180.0
+from association.matching.compiled import DEG, JIT, wrap180, wrap360
+
 _PAD_DEG = 1e-9  # slack on search ranges; the haversine test decides
 N_RA_BINS = 3600  # RA histogram used to find the data's largest RA gap
 
-_JIT = {"cache": True, "nogil": True}
 # An index entry packs the input row (bits 0-30) with where the object lies in
 # its cell, in 1/256ths of the cell's width (bits 31-38) and height (39-46),
 # so a query prunes most candidates without loading their positions.
@@ -35,42 +35,31 @@ _CODES = 0xFFFF << 31
 _LOCAL_SHIFT = 47  # while the build deals entries into buckets: the local cell
 
 
-@nb.njit(**_JIT, inline="always")
-def _wrap180(x):
-    # x reduced to about [-180, 180]
-    return x - 360.0 * np.floor((x + 180.0) * (1.0 / 360.0))
-
-
-@nb.njit(**_JIT, inline="always")
-def _wrap360(x):
-    return x - 360.0 * np.floor(x * (1.0 / 360.0))
-
-
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _zone(dec, zone0, inv_h, nz):
     return min(max(np.int64(np.floor((dec + 90.0) * inv_h) - zone0), 0), nz - 1)
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _zcode(dec, zone0, inv_h, z):
     # where dec lies in zone z, in 1/256ths of its height (clamped to -1..256)
     f = ((dec + 90.0) * inv_h - (zone0 + z)) * 256.0
     return np.int64(np.floor(min(max(f, -1.0), 256.0)))
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _col(ra_rot, ra_lo, inv_w, nc):
     return min(max(np.int64(np.floor((ra_rot - ra_lo) * inv_w)), 0), nc - 1)
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _ccode(ra_rot, ra_lo, inv_w, c):
     # where a rotated RA lies in column c, in 1/256ths of its width (-1..256)
     f = ((ra_rot - ra_lo) * inv_w - c) * 256.0
     return np.int64(np.floor(min(max(f, -1.0), 256.0)))
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def sample_stats(ra, dec, step):
     """RA histogram (``N_RA_BINS`` bins) and dec min/max of every ``step``-th row.
 
@@ -83,20 +72,20 @@ def sample_stats(ra, dec, step):
         r = ra[i]
         d = dec[i]
         if np.isfinite(r) and d >= -90.0 and d <= 90.0:
-            b = np.int64(_wrap360(r) * (N_RA_BINS / 360.0))
+            b = np.int64(wrap360(r) * (N_RA_BINS / 360.0))
             hist[min(max(b, 0), N_RA_BINS - 1)] += 1
             dmin = min(dmin, d)
             dmax = max(dmax, d)
     return hist, dmin, dmax
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _cell_code(r, d, ra0, ra_lo, inv_w, zone0, inv_h, nz, nc):
     # (cell << 16) | (dec code << 8) | RA code of a position, -1 if it is not
     # finite or |d| > 90; branch-free, so the loop over rows vectorises
     ok = (r - r == 0.0) & (d >= -90.0) & (d <= 90.0)
     z = _zone(d, zone0, inv_h, nz)
-    rot = _wrap360(r - ra0)
+    rot = wrap360(r - ra0)
     c = _col(rot, ra_lo, inv_w, nc)
     dcode = min(max(_zcode(d, zone0, inv_h, z), 0), 255)
     rcode = min(max(_ccode(rot, ra_lo, inv_w, c), 0), 255)
@@ -109,7 +98,7 @@ _BUCKET_ROWS = 8192  # aim of the build's first pass: buckets that fit in L2
 # not negative, and the loops compile tight (the first one vectorises).
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def _keys_block(ra, dec, geo, keys):
     # keys = (cell << 16) | code of each position
     ra0, ra_lo, inv_w, zone0, inv_h = geo[0], geo[1], 1.0 / geo[3], geo[4], 1.0 / geo[5]
@@ -119,7 +108,7 @@ def _keys_block(ra, dec, geo, keys):
         keys[j] = _cell_code(ra[j], dec[j], ra0, ra_lo, inv_w, zone0, inv_h, nz, nc)
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def _count_block(keys, shift, cnt):
     # add the keys' bucket counts to cnt; return the number of bad keys
     bad = 0
@@ -132,7 +121,7 @@ def _count_block(keys, shift, cnt):
     return bad
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def _deal_block(keys, row0, shift, nxt, tmp):
     # deal rows row0.. into their buckets' next free slots of tmp, as index
     # entries with the local cell above them
@@ -145,7 +134,7 @@ def _deal_block(keys, row0, shift, nxt, tmp):
         tmp[p] = (((key >> 16) & lmask) << _LOCAL_SHIFT) | ((key & 0xFFFF) << 31) | (row0 + j)
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def _sort_bucket(tmp, rows, start, offsets):
     # counting sort of a bucket (tmp, at `start` in the index) into rows,
     # writing its cells' offsets
@@ -166,7 +155,7 @@ def _sort_bucket(tmp, rows, start, offsets):
         rows[q] = e & (_CODES | ROW_MASK)
 
 
-@nb.njit(**_JIT, parallel=True)
+@nb.njit(**JIT, parallel=True)
 def build_cells(ra, dec, geo, nt, tmp, rows, offsets):
     """Sort objects by cell; return the count of invalid positions.
 
@@ -215,7 +204,7 @@ def build_cells(ra, dec, geo, nt, tmp, rows, offsets):
     return 0
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def _ra_pieces(ra, cosd, sin_r, ra0, ra_lo, col_w, nc, pole):
     # The rotated-RA pieces a disc of radius r around (ra, dec) can reach: at
     # most two, disjoint, ascending, each as (first col, last col, lo, hi);
@@ -225,11 +214,11 @@ def _ra_pieces(ra, cosd, sin_r, ra0, ra_lo, col_w, nc, pole):
     everything = (0, nc - 1, -1e300, 1e300, 0, -1, 0.0, 0.0, 360.0)
     if pole or s >= 0.5:
         return everything
-    half = s / np.sqrt(1.0 - s * s) / _DEG * (1.0 + 1e-9) + _PAD_DEG  # >= asin(s)
+    half = s / np.sqrt(1.0 - s * s) / DEG * (1.0 + 1e-9) + _PAD_DEG  # >= asin(s)
     if 2.0 * (half + col_w) >= 360.0:
         return everything
     inv_w = 1.0 / col_w
-    a = _wrap360(ra - ra0)
+    a = wrap360(ra - ra0)
     lo = a - half
     hi = a + half
     # [lo, hi] lies in (-180, 540): cut it at 0 or 360
@@ -248,7 +237,7 @@ def _ra_pieces(ra, cosd, sin_r, ra0, ra_lo, col_w, nc, pole):
     return c1, c2, x1, x2, c3, c4, y1, y2, half
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _sin(x):
     # sin, by its series where that is exact to double precision
     if abs(x) < 1e-3:
@@ -257,25 +246,25 @@ def _sin(x):
     return np.sin(x)
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _cos_near(cosd, sind, x, dec2):
     # cos(dec2) where dec2 = dec + x (x in radians, dec2 in degrees)
     if abs(x) < 1e-3:
         x2 = x * x
         return cosd * (1.0 - x2 * 0.5 * (1.0 - x2 * (1.0 / 12.0))) - sind * _sin(x)
-    return np.cos(_DEG * dec2)
+    return np.cos(DEG * dec2)
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _radius(r):
     # per-call constants of a search radius r (deg): padded r, sin of it,
     # haversine of r
     rpad = r * (1.0 + 1e-9) + _PAD_DEG
-    hr = _sin(0.5 * _DEG * r)
-    return rpad, np.sin(_DEG * rpad), hr * hr
+    hr = _sin(0.5 * DEG * r)
+    return rpad, np.sin(DEG * rpad), hr * hr
 
 
-@nb.njit(**_JIT)
+@nb.njit(**JIT)
 def _scan(
     qra,
     qdec,
@@ -304,8 +293,8 @@ def _scan(
     nc = np.int64(geo[7])
     z1 = _zone(qdec - rpad, zone0, inv_h, nz)
     z2 = _zone(qdec + rpad, zone0, inv_h, nz)
-    cosd = np.cos(_DEG * qdec)
-    sind = np.sin(_DEG * qdec)
+    cosd = np.cos(DEG * qdec)
+    sind = np.sin(DEG * qdec)
     pole = qdec + rpad >= 90.0 or qdec - rpad <= -90.0
     c1, c2, x1, x2, c3, c4, y1, y2, half = _ra_pieces(
         qra, cosd, sin_rpad, ra0, ra_lo, col_w, nc, pole
@@ -336,12 +325,12 @@ def _scan(
                     ddec = od - qdec
                     if abs(ddec) > rpad:
                         continue
-                    dra = _wrap180(ra[row] - qra)
+                    dra = wrap180(ra[row] - qra)
                     if abs(dra) > half:
                         continue
-                    sd = _sin(0.5 * _DEG * ddec)
-                    sa = _sin(0.5 * _DEG * dra)
-                    h = sd * sd + cosd * _cos_near(cosd, sind, _DEG * ddec, od) * sa * sa
+                    sd = _sin(0.5 * DEG * ddec)
+                    sa = _sin(0.5 * DEG * dra)
+                    h = sd * sd + cosd * _cos_near(cosd, sind, DEG * ddec, od) * sa * sa
                     if h > hav_r:
                         continue
                     if nearest:
@@ -358,15 +347,15 @@ def _scan(
     return found
 
 
-@nb.njit(**_JIT, inline="always")
+@nb.njit(**JIT, inline="always")
 def _hav_to_arcsec(h):
-    return 2.0 * np.arcsin(np.sqrt(min(max(h, 0.0), 1.0))) / _DEG * 3600.0
+    return 2.0 * np.arcsin(np.sqrt(min(max(h, 0.0), 1.0))) / DEG * 3600.0
 
 
 _PAIRS_PER_QUERY = 4  # pairs each query may keep from the first pass
 
 
-@nb.njit(**_JIT, parallel=True)
+@nb.njit(**JIT, parallel=True)
 def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     """All (query, row, distance arcsec) within ``r`` deg, sorted by (query, row)."""
     m = qra.size
@@ -443,7 +432,7 @@ def query_pairs(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     return qidx, orow, dist
 
 
-@nb.njit(**_JIT, parallel=True)
+@nb.njit(**JIT, parallel=True)
 def query_nearest(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
     """Nearest row within ``r`` deg per query (-1 if none; ties to the smaller id)."""
     m = qra.size
@@ -473,39 +462,3 @@ def query_nearest(qra, qdec, r, geo, ra, dec, rows, ids, offsets):
         orow[q] = best
         dist[q] = _hav_to_arcsec(dist[q]) if best >= 0 else np.nan
     return orow, dist
-
-
-@nb.njit(**_JIT)
-def inside_ellipse(pred_idx, src_idx, pra, pdec, a, b, pa, sra, sdec):
-    """Whether each (prediction, source) pair lies inside the prediction's ellipse.
-
-    Gnomonic projection at the prediction (xi east, eta north, radians); the
-    ellipse has semi-axes ``a``, ``b`` (radians) and its major axis at position
-    angle ``pa`` (deg, north through east).
-    """
-    n = pred_idx.size
-    out = np.empty(n, np.bool_)
-    for k in range(n):
-        i = pred_idx[k]
-        j = src_idx[k]
-        d0 = _DEG * pdec[i]
-        d1 = _DEG * sdec[j]
-        da = _DEG * _wrap180(sra[j] - pra[i])
-        sin_d0 = np.sin(d0)
-        cos_d0 = np.cos(d0)
-        cos_d1 = np.cos(d1)
-        sh = np.sin(0.5 * da)
-        one_minus_cos_da = 2.0 * sh * sh
-        cos_c = sin_d0 * np.sin(d1) + cos_d0 * cos_d1 * np.cos(da)
-        if cos_c <= 0.0:
-            out[k] = False
-            continue
-        xi = cos_d1 * np.sin(da) / cos_c
-        # cos d0 sin d1 - sin d0 cos d1 cos da, without cancellation
-        eta = (np.sin(d1 - d0) + sin_d0 * cos_d1 * one_minus_cos_da) / cos_c
-        sp = np.sin(_DEG * pa[i])
-        cp = np.cos(_DEG * pa[i])
-        u = (xi * sp + eta * cp) / a[i]
-        v = (xi * cp - eta * sp) / b[i]
-        out[k] = u * u + v * v <= 1.0
-    return out
