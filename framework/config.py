@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framework.metrics import MetricsError, check_name, parse_address
 from framework.stage import Stage
 
 WAIT_POLICIES = ("fail", "continue")
@@ -58,6 +59,10 @@ class RuntimeConfig:
     status_interval: float = 1.0
     orphan_timeout: float = 3600.0
     max_event_bytes: int = 65536
+    metrics: str = "127.0.0.1:0"
+    """``HOST:PORT`` the Prometheus metrics are served on (port 0: any free one); empty: none."""
+    metrics_noun: str = "executions"
+    """What an execution is called in metric names (``visits``: ``nightpipe_visits_done_total``)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,12 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     runtime = build_dataclass(RuntimeConfig, dict(data.get("runtime", {})), f"{where}: [runtime]")
     if runtime.waiting not in WAITING_MODES:
         raise ConfigError(f"{where}: [runtime].waiting must be one of {WAITING_MODES}")
+    try:
+        if runtime.metrics:
+            parse_address(runtime.metrics, "[runtime].metrics")
+        check_name(runtime.metrics_noun, "[runtime].metrics_noun")
+    except MetricsError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     resources = pipe.pop("resources", None)
     if resources is not None:
         resources = import_object(resources, base)

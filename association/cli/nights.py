@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -155,8 +154,7 @@ def _print_report(run_dir: Path, archive: Path | None, plots: bool, check: bool 
     if plots:
         for p in report.write_plots(run_dir, rep, run_dir / "report"):
             print(f"plot: {p}")
-    (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=str))
-    print(f"report: {run_dir / 'report.json'}")
+    print(f"report: {report.write_json(run_dir, rep)}")
     return 0
 
 
