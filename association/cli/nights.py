@@ -1,4 +1,4 @@
-"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report."""
+"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report, serve."""
 
 from __future__ import annotations
 
@@ -210,9 +210,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+def add_serve(sub: Any) -> None:
+    """``nightpipe serve``."""
+    from association.nights import serve
+
+    serve.add_parser(sub)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the live page of a run directory."""
+    from association.nights import serve
+
+    return serve.command(args)
+
+
 COMMANDS = {
     "simulate": (add_simulate, cmd_simulate),
     "replay": (add_replay, cmd_replay),
     "demo": (add_demo, cmd_demo),
     "report": (add_report, cmd_report),
+    "serve": (add_serve, cmd_serve),
 }

@@ -471,7 +471,8 @@ def _visit_lines(visits: list[dict[str, Any]]) -> list[str]:
     return [title, *_table(header, rows, "lrlrrrrrrrrl")]
 
 
-def _quality_lines(q: dict[str, Any]) -> list[str]:
+def quality_lines(q: dict[str, Any]) -> list[str]:
+    """The quality section of the report as text lines."""
     c, m, new, tr = q["completeness"], q["movers"], q["new_objects"], q["transients"]
     done, skipped = q["processed"], q["not_processed"]
 
@@ -554,7 +555,7 @@ def format_report(report: dict[str, Any]) -> str:
             *_table(["fov_id", "stage", "hook", "rank", "error"], rows, "lllrl"),
         ]
     if report["quality"]:
-        out += ["", *_quality_lines(report["quality"])]
+        out += ["", *quality_lines(report["quality"])]
     if report["notes"]:
         out += ["", *(f"note: {n}" for n in report["notes"])]
     return "\n".join(out)
