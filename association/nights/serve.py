@@ -209,9 +209,10 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a live page of a night's run directory (running or finished)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Serve a live page of a night's run directory, running or finished:"
+        " progress, latency per visit, stage times, ranks, failures, rejected events.",
     )
-    p.add_argument("run_dir", nargs="?", default="run")
+    p.add_argument("run_dir", nargs="?", default="run", help="the run directory (default: run)")
     p.add_argument(
         "--address",
         default=DEFAULT_ADDRESS,
