@@ -33,6 +33,8 @@ JOURNAL = "journal.sqlite"
 REPLAY = "replay.json"
 REPORT_DIR = "report"
 REPORT_JSON = "report.json"
+EVENT_COLUMNS = "seq, type, fov_id, time, received, direction, json, expired"
+"""The journal columns `event_row` takes, in order."""
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "association.toml"
 SKY_NSIDE = 32
 DEFAULT_RADIUS = 1.75  # deg, a visit's field of view when its event gives none
@@ -63,10 +65,6 @@ def _journal_rows(path: Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
     finally:
         conn.close()
     return [event_row(r) for r in rows], {int(k): str(v) for k, v in outcomes.items()}
-
-
-EVENT_COLUMNS = "seq, type, fov_id, time, received, direction, json, expired"
-"""The journal columns `event_row` takes, in order."""
 
 
 def event_row(row: tuple[Any, ...]) -> dict[str, Any]:
