@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   install, then simulate and replay a small night (SQLite, 3 ranks)
-#   make test   install, then run the whole test suite (MPI and PostgreSQL included)
+#   make test   install, then run the whole test suite (MPI, PostgreSQL, Prometheus and a
+#               headless browser included)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,6 +21,12 @@ $(STAMP): setup.cfg pyproject.toml
 	@# PostgreSQL binaries for the throwaway test server.
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q postgresql) || echo "warning: could not install PostgreSQL"; fi
+	@# Prometheus, for the test that has a real one scrape the metrics endpoint.
+	@if ! command -v prometheus >/dev/null 2>&1; then \
+	    (apt-get update -q && apt-get install -y -q prometheus) || echo "warning: could not install Prometheus"; fi
+	@# Headless Chromium, for the test that opens the live night page in a browser.
+	@if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then \
+	    (apt-get update -q && apt-get install -y -q chromium chromium-headless-shell) || echo "warning: could not install Chromium"; fi
 	touch $@
 
 install: $(STAMP)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.hooks import PipelineHooks
+from framework.metrics import MetricsError, check_name, parse_address
 from framework.stage import Stage
 
 WAIT_POLICIES = ("fail", "continue")
@@ -63,6 +64,10 @@ class RuntimeConfig:
     """A Slice with work in hand that answers nothing for this long is hung (0: never)."""
     retry_for: float = 600.0
     """How long a hook that fails for a passing reason is retried, s (0: never)."""
+    metrics: str = "127.0.0.1:0"
+    """``HOST:PORT`` the Prometheus metrics are served on (port 0: any free one); empty: none."""
+    metrics_noun: str = "executions"
+    """What an execution is called in metric names (``visits``: ``nightpipe_visits_done_total``)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,12 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     runtime = build_dataclass(RuntimeConfig, dict(data.get("runtime", {})), f"{where}: [runtime]")
     if runtime.waiting not in WAITING_MODES:
         raise ConfigError(f"{where}: [runtime].waiting must be one of {WAITING_MODES}")
+    try:
+        if runtime.metrics:
+            parse_address(runtime.metrics, "[runtime].metrics")
+        check_name(runtime.metrics_noun, "[runtime].metrics_noun")
+    except MetricsError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     resources = pipe.pop("resources", None)
     if resources is not None:
         resources = import_object(resources, base)

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
+OBSERVED = "observed"
+"""Board key of the durations a rank observed: ``[[seq, name, seconds], ...]``, newest last."""
+OBSERVED_KEEP = 256
 
 
 class Board:
@@ -21,6 +24,7 @@ class Board:
             "state": "starting",
             "started": time.time(),
         }
+        self._seq = 0
 
     def set(self, **values: Any) -> None:
         """Set keys; `updated` is stamped."""
@@ -31,9 +35,23 @@ class Board:
         """Add to a counter."""
         self.values[key] = self.values.get(key, 0) + by
 
+    def observe(self, name: str, seconds: float) -> None:
+        """Record one duration, e.g. ``observe("db_read", 0.012)``, for the master's metrics.
+
+        It travels with every snapshot until `OBSERVED_KEEP` newer ones push it
+        out; its sequence number lets the master count it once.
+        """
+        self._seq += 1
+        kept = self.values.setdefault(OBSERVED, [])
+        kept.append([self._seq, name, float(seconds)])
+        del kept[:-OBSERVED_KEEP]
+
     def snapshot(self) -> dict[str, Any]:
         """A copy to send or write."""
-        return dict(self.values)
+        out = dict(self.values)
+        if OBSERVED in out:
+            out[OBSERVED] = list(out[OBSERVED])
+        return out
 
 
 def write_status(run_dir: Path, status: dict[str, Any]) -> None:
@@ -101,7 +119,7 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
             lines[-1] += f"  {key}={_fmt(status[key])}"
     for rank, board in sorted(status.get("ranks", {}).items(), key=lambda kv: int(kv[0])):
         role = "master" if int(rank) == 0 else f"slice {int(rank) - 1}"
-        skip = {"rank", "started", "updated", "pid"}
+        skip = {"rank", "started", "updated", "pid", OBSERVED}
         pairs = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(board.items()) if k not in skip)
         seen = now - board.get("updated", now)
         flag = "  HUNG" if board.get("state") == "hung" else ""

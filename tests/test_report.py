@@ -186,11 +186,27 @@ def test_figures(run_dir: Path):
     assert r["wall"]["visits_per_minute"] == pytest.approx(2 / (70 / 60))
     assert r["totals"] == {"n_sources": 7, "n_alerts": 6, "n_new_objects": 2, "n_moving": 1}
 
-    lat = r["latency"]
+    assert r["night"] == {
+        "mjd": 60217.5,
+        "date": "2023-09-30",
+        "label": "night 2023-09-30 (MJD 60217.5)",
+    }
+    assert r["run"] == f"{run_dir.parent.name}/run"
+    lat = r["latency"]["end_to_end"]  # detection received -> alerts received, queue included
     assert lat["n"] == 2
     assert lat["p50"] == pytest.approx(4.0)
     assert lat["p95"] == pytest.approx(4.9)
     assert lat["max"] == pytest.approx(5.0)
+    # own work from crossmatch (the stage that waits for the detections) to store
+    proc = r["latency"]["processing"]
+    assert proc["n"] == 2
+    assert proc["p50"] == pytest.approx((0.65 + 1.4) / 2)
+    assert proc["max"] == pytest.approx(1.4)
+    # start event -> execution start (outcome time less the total timing)
+    queue = r["latency"]["queue_wait"]
+    assert queue["n"] == 2
+    assert queue["p50"] == pytest.approx((10.5 + 9.0) / 2)
+    assert queue["max"] == pytest.approx(10.5)
 
     assert list(r["stages"]) == ["load", "crossmatch", "moving", "update", "store", "total"]
     assert r["stages"]["load"]["p50"] == pytest.approx(0.75)
@@ -210,9 +226,13 @@ def test_figures(run_dir: Path):
     by_fov = {v["fov_id"]: v for v in r["per_visit"]}
     assert [v["fov_id"] for v in r["per_visit"]] == [1, 2, 3, 4]
     assert by_fov[1]["events"] == {NEXT_VISIT: 1, DIASOURCES_READY: 1, PREDICTIONS_READY: 1}
-    assert by_fov[1]["latency_s"] == pytest.approx(3.0)
-    assert by_fov[2]["latency_s"] == pytest.approx(5.0)
-    assert by_fov[3]["latency_s"] is None and by_fov[3]["outcome"] == "failed"
+    assert by_fov[1]["end_to_end_s"] == pytest.approx(3.0)
+    assert by_fov[2]["end_to_end_s"] == pytest.approx(5.0)
+    assert by_fov[1]["processing_s"] == pytest.approx(0.65)
+    assert by_fov[1]["queue_wait_s"] == pytest.approx(10.5)
+    assert by_fov[1]["started"] == pytest.approx(T0 + 10.5)
+    assert by_fov[3]["end_to_end_s"] is None and by_fov[3]["outcome"] == "failed"
+    assert by_fov[3]["processing_s"] is None and by_fov[3]["queue_wait_s"] is None
     assert by_fov[4]["outcome"] is None and by_fov[4]["events"] == {NEXT_VISIT: 1}
     assert (by_fov[1]["n_alerts"], by_fov[1]["n_new_objects"], by_fov[1]["n_moving"]) == (3, 1, 1)
     assert by_fov[2]["timings"] == TIMINGS[2]
@@ -243,7 +263,11 @@ def test_text(run_dir: Path):
     text = rep.format_report(rep.build_report(run_dir))
     assert "visits: 2 done, 1 failed, 1 unfinished; wall 70.0 s" in text
     assert "1.7 visits/min" in text
-    assert "p50 4.000, p95 4.900, max 5.000" in text
+    assert "night 2023-09-30 (MJD 60217.5)" in text
+    lines = {line.split(":")[0].strip(): line for line in text.splitlines() if ":" in line}
+    assert lines["end to end"].split()[-4:] == ["2", "4.000", "4.900", "5.000"]
+    assert lines["processing"].split()[-4:] == ["2", "1.025", "1.362", "1.400"]
+    assert lines["queue wait"].split()[-4:] == ["2", "9.750", "10.425", "10.500"]
     assert "ValueError: bad predictions" in text and "more" not in text
     assert "completeness (true links made)" in text
     lines = text.splitlines()
@@ -265,6 +289,7 @@ def test_command_line(run_dir: Path, capsys: pytest.CaptureFixture[str]):
     assert rep.main([str(run_dir), "--json", "--no-plots"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["visits"]["done"] == 2 and got["plots"] == []
+    assert json.loads((run_dir / "report.json").read_text()) == got
     assert rep.main([str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert str(run_dir / "report" / "latency.png") in out
@@ -291,6 +316,7 @@ def test_missing_journal_and_empty_run(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "empty").mkdir()
     Journal(tmp_path / "empty" / "journal.sqlite").close()
     r = rep.build_report(tmp_path / "empty")
-    assert r["visits"]["n"] == 0 and r["latency"]["p50"] is None
+    assert r["visits"]["n"] == 0
+    assert all(s["p50"] is None for s in r["latency"].values())
     assert "visits: 0 done" in rep.format_report(r)
     assert all(p.stat().st_size > 0 for p in rep.write_plots(tmp_path / "empty", r))

@@ -1,10 +1,9 @@
-"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report."""
+"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report, serve."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -155,8 +154,7 @@ def _print_report(run_dir: Path, archive: Path | None, plots: bool, check: bool 
     if plots:
         for p in report.write_plots(run_dir, rep, run_dir / "report"):
             print(f"plot: {p}")
-    (run_dir / "report.json").write_text(json.dumps(rep, indent=1, default=str))
-    print(f"report: {run_dir / 'report.json'}")
+    print(f"report: {report.write_json(run_dir, rep)}")
     return 0
 
 
@@ -212,9 +210,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+def add_serve(sub: Any) -> None:
+    """``nightpipe serve``."""
+    from association.nights import serve
+
+    serve.add_parser(sub)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the live page of a run directory."""
+    from association.nights import serve
+
+    return serve.command(args)
+
+
 COMMANDS = {
     "simulate": (add_simulate, cmd_simulate),
     "replay": (add_replay, cmd_replay),
     "demo": (add_demo, cmd_demo),
     "report": (add_report, cmd_report),
+    "serve": (add_serve, cmd_serve),
 }

@@ -118,7 +118,9 @@ class Replayer:
         path = self.run_dir / REPLAY_FILE
         info = json.loads(path.read_text()) if path.exists() else {}
         info.update(extra)
-        path.write_text(json.dumps(info, indent=1))
+        tmp = path.with_suffix(".json.tmp")  # others read it while the night runs
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, path)
 
     def preload(self) -> int:
         """Load the archive's starting catalogue into the pipeline's database."""
@@ -239,6 +241,7 @@ class Replayer:
             db_url=self.opts.db_url,
             ranks=self.opts.ranks,
             speed="max" if self.opts.speed is None else self.opts.speed,
+            visits=len(self.visits),
             started=time.time(),
             finished=None,
         )

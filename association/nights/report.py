@@ -8,12 +8,14 @@ whose archive holds the truth of a simulated night.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sqlite3
 import sys
 import tomllib
 import warnings
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,22 @@ from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
 from association.storage import tables as db
 from events.archive import Archive
 from events.types import ALERTS_READY, DIASOURCES_READY, NEXT_VISIT, VISIT_DONE, VISIT_FAILED
+from framework.metrics import processing_latency
 
 JOURNAL = "journal.sqlite"
 REPORT_DIR = "report"
+REPORT_JSON = "report.json"
+EVENT_COLUMNS = "seq, type, fov_id, time, received, direction, json, expired"
+"""The journal columns `event_row` takes, in order."""
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "association.toml"
 SKY_NSIDE = 32
 MAX_VISIT_ROWS = 20  # in the text; the JSON has every visit
+MJD_EPOCH = datetime(1858, 11, 17, tzinfo=UTC)
+LATENCY_KINDS = {
+    "processing": "processing: detections -> alerts, own work",
+    "queue_wait": f"queue wait: {NEXT_VISIT} -> start",
+    "end_to_end": "end to end: detections in -> alerts out",
+}
 
 
 class ReportError(RuntimeError):
@@ -48,25 +60,26 @@ def _journal_rows(path: Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
         raise ReportError(f"{path}: no journal; is {path.parent} a run directory?")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = conn.execute(
-            "SELECT type, fov_id, time, received, direction, json, expired FROM events ORDER BY seq"
-        ).fetchall()
+        rows = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq").fetchall()
         outcomes = dict(conn.execute("SELECT fov_id, outcome FROM outcomes").fetchall())
     finally:
         conn.close()
-    events = [
-        {
-            "type": t,
-            "fov_id": fov,
-            "time": sent,
-            "received": received,
-            "direction": direction,
-            "body": json.loads(text).get("body") or {},
-            "expired": bool(expired),
-        }
-        for t, fov, sent, received, direction, text, expired in rows
-    ]
-    return events, {int(k): str(v) for k, v in outcomes.items()}
+    return [event_row(r) for r in rows], {int(k): str(v) for k, v in outcomes.items()}
+
+
+def event_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    """One journal row (`EVENT_COLUMNS`) as the report's event dict, body decoded."""
+    seq, t, fov, sent, received, direction, text, expired = row
+    return {
+        "seq": seq,
+        "type": t,
+        "fov_id": fov,
+        "time": sent,
+        "received": received,
+        "direction": direction,
+        "body": json.loads(text).get("body") or {},
+        "expired": bool(expired),
+    }
 
 
 def _read_replay(run_dir: Path) -> dict[str, Any] | None:
@@ -74,15 +87,31 @@ def _read_replay(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+@functools.cache
+def _pipeline_stages() -> tuple[tuple[str, ...], str | None]:
+    """The shipped pipeline's stage names, and the stage that waits for the detections."""
+    try:
+        stages = tomllib.loads(PIPELINE.read_text())["stages"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return (), None
+    names = tuple(s["name"] for s in stages)
+    waits = [s["name"] for s in stages if s.get("wait", {}).get("event") == DIASOURCES_READY]
+    return names, (waits[0] if waits else None)
+
+
 def _stage_order(names: set[str]) -> list[str]:
     """Stage names in pipeline order (the shipped association pipeline), ``total`` last."""
-    try:
-        known = [s["name"] for s in tomllib.loads(PIPELINE.read_text())["stages"]]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        known = []
+    known, _ = _pipeline_stages()
     first = [n for n in known if n in names]
     rest = sorted(names - set(first) - {"total"})
     return first + rest + (["total"] if "total" in names else [])
+
+
+def _processing(timings: dict[str, float]) -> float:
+    """Own work from the stage that waits for the detections (else every stage) to the end."""
+    order = [n for n in _stage_order(set(timings)) if n != "total"]
+    _, first = _pipeline_stages()
+    return processing_latency(timings, order, first if first in order else None)
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -104,7 +133,15 @@ def _first(events: list[dict[str, Any]], type_: str, direction: str) -> dict[str
 
 
 def _visit_row(fov: int, events: list[dict[str, Any]], outcome: str | None) -> dict[str, Any]:
-    """What one visit received, did and took; latency is first detection to first alerts."""
+    """What one visit received, did and took.
+
+    ``processing_s`` is its own work from the detections to the alerts: the sum
+    of its stage timings from the stage that waits for the detections on.
+    ``queue_wait_s`` runs from its start event's arrival to its execution's
+    start (its outcome's time less its ``total`` timing). ``end_to_end_s`` is
+    what an outsider sees, first detection event to first alerts event, both
+    as received, queue included.
+    """
     start = _first(events, NEXT_VISIT, "in")
     body = start["body"] if start else {}
     det = _first(events, DIASOURCES_READY, "in")
@@ -112,7 +149,10 @@ def _visit_row(fov: int, events: list[dict[str, Any]], outcome: str | None) -> d
     done = _first(events, VISIT_DONE, "out")
     failed = _first(events, VISIT_FAILED, "out")
     counts = alerts["body"] if alerts else {}
-    latency = alerts["received"] - det["received"] if det and alerts else None
+    timings = done["body"].get("timings") if done else None
+    started = None
+    if timings and isinstance(timings.get("total"), int | float):
+        started = done["received"] - timings["total"]  # type: ignore[index]
     return {
         "fov_id": fov,
         "mjd": body.get("mjd"),
@@ -122,11 +162,17 @@ def _visit_row(fov: int, events: list[dict[str, Any]], outcome: str | None) -> d
         "radius": body.get("radius"),
         "outcome": outcome,
         "events": dict(Counter(e["type"] for e in events if e["direction"] == "in")),
+        "start_received": start["received"] if start else None,
+        "started": started,
         "detection_received": det["received"] if det else None,
         "alerts_received": alerts["received"] if alerts else None,
-        "latency_s": latency,
+        "processing_s": _processing(timings) if timings else None,
+        "queue_wait_s": (
+            max(started - start["received"], 0.0) if started is not None and start else None
+        ),
+        "end_to_end_s": alerts["received"] - det["received"] if det and alerts else None,
         **{k: counts.get(k) for k in ("n_sources", "n_alerts", "n_new_objects", "n_moving")},
-        "timings": done["body"].get("timings") if done else None,
+        "timings": timings,
         "stored": None,
         "failure": (
             {k: failed["body"].get(k) for k in ("stage", "hook", "rank", "error")}
@@ -221,58 +267,47 @@ def _quality(engine: Engine, archive: Path) -> dict[str, Any]:
 # -- the report -------------------------------------------------------------------------------
 
 
-def build_report(
-    run_dir: str | Path, archive: str | Path | None = None, db_url: str | None = None
-) -> dict[str, Any]:
-    """Gather the figures of a run directory into one JSON-able dict.
+def night_of(replay: dict[str, Any] | None, visits: list[dict[str, Any]]) -> dict[str, Any]:
+    """The night observed: its start (MJD, noon UT) and date (``dayObs``), and the run's name.
 
-    Parameters
-    ----------
-    run_dir : str or Path
-        The pipeline's run directory.
-    archive : str or Path, optional
-        Night archive with truth; by default the one in ``replay.json``.
-    db_url : str, optional
-        The database; by default ``replay.json``'s, else ``RUN_DIR/nightpipe.sqlite``.
-
-    Returns
-    -------
-    dict
-        ``run_dir``, ``replay``, ``events``, ``visits``, ``wall``, ``totals``,
-        ``latency``, ``stages``, ``failures``, ``per_visit``, ``database``,
-        ``quality`` and ``notes`` (what could not be reported, and why).
-
-    Raises
-    ------
-    ReportError
-        When the run directory has no journal.
+    From the replayed archive's manifest when there is one, else from the
+    visits' MJDs (the noon-to-noon UT night of the first); None when neither says.
     """
-    run_dir = Path(run_dir).resolve()
-    events, outcomes = _journal_rows(run_dir / JOURNAL)
-    replay = _read_replay(run_dir)
-    notes: list[str] = []
-    visits = _visits(events, outcomes)
-    db_url = db_url or (replay or {}).get("db_url")
-    archive = archive or (replay or {}).get("archive")
-
-    database = qual = None
-    engine = _engine(run_dir, db_url)
-    if engine is None:
-        notes.append("no database found: counts come from the events only")
-    else:
+    mjd = None
+    archive = (replay or {}).get("archive")
+    if archive:
         try:
-            database = _database(engine, visits)
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
-            notes.append(f"database not read: {type(exc).__name__}: {exc}")
-        if database is not None and archive is not None:
-            try:
-                qual = _quality(engine, Path(archive))
-            except (SQLAlchemyError, sqlite3.Error, OSError, ValueError, KeyError) as exc:
-                notes.append(f"quality not reported: {type(exc).__name__}: {exc}")
-        engine.dispose()
-    if archive is None:
-        notes.append("no archive with truth: quality not reported")
+            mjd = float(Archive(archive).manifest["source"]["night_mjd"])
+        except (OSError, ValueError, KeyError, TypeError):
+            mjd = None
+    if mjd is None:
+        mjds = [v["mjd"] for v in visits if isinstance(v.get("mjd"), int | float)]
+        mjd = float(np.floor(min(mjds) - 0.5) + 0.5) if mjds else None
+    if mjd is None:
+        return {"mjd": None, "date": None, "label": "night unknown"}
+    date = (MJD_EPOCH + timedelta(days=np.floor(mjd))).date().isoformat()
+    return {"mjd": mjd, "date": date, "label": f"night {date} (MJD {mjd:g})"}
 
+
+def mjd_to_datetime(mjd: float) -> datetime:
+    """UTC time of an MJD (leap seconds ignored)."""
+    return MJD_EPOCH + timedelta(days=float(mjd))
+
+
+def _totals(visits: list[dict[str, Any]]) -> dict[str, int]:
+    """DIASources, alerts, new Objects and moving-object matches of the visits done."""
+    keys = ("n_sources", "n_alerts", "n_new_objects", "n_moving")
+    return {k: sum(v[k] or 0 for v in visits if v["outcome"] == "done") for k in keys}
+
+
+def summarize(
+    run_dir: Path,
+    events: list[dict[str, Any]],
+    outcomes: dict[int, str],
+    replay: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The figures that come from the journal alone (see `build_report`)."""
+    visits = _visits(events, outcomes)
     received = [e["received"] for e in events]
     wall = max(received) - min(received) if received else 0.0
     n_done = sum(o == "done" for o in outcomes.values())
@@ -280,9 +315,10 @@ def build_report(
     for v in visits:
         for name, seconds in (v["timings"] or {}).items():
             timings.setdefault(name, []).append(float(seconds))
-    done_rows = [v for v in visits if v["outcome"] == "done"]
     return {
         "run_dir": str(run_dir),
+        "run": "/".join(Path(run_dir).parts[-2:]),
+        "night": night_of(replay, visits),
         "replay": replay,
         "events": {
             "in": dict(Counter(e["type"] for e in events if e["direction"] == "in")),
@@ -301,22 +337,75 @@ def build_report(
             "seconds": wall,
             "visits_per_minute": 60.0 * n_done / wall if wall > 0 else None,
         },
-        "totals": {
-            k: sum(v[k] or 0 for v in done_rows)
-            for k in ("n_sources", "n_alerts", "n_new_objects", "n_moving")
-        },
+        "totals": _totals(visits),
         "latency": {
-            "from": f"{DIASOURCES_READY} received",
-            "to": f"{ALERTS_READY} received",
-            **_stats([v["latency_s"] for v in visits if v["latency_s"] is not None]),
+            kind: {
+                "what": what,
+                **_stats([v[f"{kind}_s"] for v in visits if v[f"{kind}_s"] is not None]),
+            }
+            for kind, what in LATENCY_KINDS.items()
         },
         "stages": {name: _stats(timings[name]) for name in _stage_order(set(timings))},
         "failures": [{"fov_id": v["fov_id"], **v["failure"]} for v in visits if v["failure"]],
         "per_visit": visits,
-        "database": database,
-        "quality": qual,
-        "notes": notes,
     }
+
+
+def build_report(
+    run_dir: str | Path, archive: str | Path | None = None, db_url: str | None = None
+) -> dict[str, Any]:
+    """Gather the figures of a run directory into one JSON-able dict.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The pipeline's run directory.
+    archive : str or Path, optional
+        Night archive with truth; by default the one in ``replay.json``.
+    db_url : str, optional
+        The database; by default ``replay.json``'s, else ``RUN_DIR/nightpipe.sqlite``.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``run`` (its short name), ``night``, ``replay``, ``events``,
+        ``visits``, ``wall``, ``totals``, ``latency`` (``processing``,
+        ``queue_wait`` and ``end_to_end``, each with n, p50, p95, max, mean),
+        ``stages``, ``failures``, ``per_visit``, ``database``, ``quality`` and
+        ``notes`` (what could not be reported, and why).
+
+    Raises
+    ------
+    ReportError
+        When the run directory has no journal.
+    """
+    run_dir = Path(run_dir).resolve()
+    events, outcomes = _journal_rows(run_dir / JOURNAL)
+    replay = _read_replay(run_dir)
+    report = summarize(run_dir, events, outcomes, replay)
+    notes: list[str] = []
+    db_url = db_url or (replay or {}).get("db_url")
+    archive = archive or (replay or {}).get("archive")
+
+    database = qual = None
+    engine = _engine(run_dir, db_url)
+    if engine is None:
+        notes.append("no database found: counts come from the events only")
+    else:
+        try:
+            database = _database(engine, report["per_visit"])
+            report["totals"] = _totals(report["per_visit"])
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            notes.append(f"database not read: {type(exc).__name__}: {exc}")
+        if database is not None and archive is not None:
+            try:
+                qual = _quality(engine, Path(archive))
+            except (SQLAlchemyError, sqlite3.Error, OSError, ValueError, KeyError) as exc:
+                notes.append(f"quality not reported: {type(exc).__name__}: {exc}")
+        engine.dispose()
+    if archive is None:
+        notes.append("no archive with truth: quality not reported")
+    return {**report, "database": database, "quality": qual, "notes": notes}
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -353,13 +442,13 @@ def _visit_lines(visits: list[dict[str, Any]]) -> list[str]:
     if len(visits) > MAX_VISIT_ROWS:
         ranked = sorted(
             visits,
-            key=lambda v: (v["outcome"] != "failed", -(v["latency_s"] or -1.0)),
+            key=lambda v: (v["outcome"] != "failed", -(v["end_to_end_s"] or -1.0)),
         )
         keep = {v["fov_id"] for v in ranked[:MAX_VISIT_ROWS]}
         shown = [v for v in visits if v["fov_id"] in keep]
         title = f"visits ({len(shown)} of {len(visits)}: failed and slowest; --json for all)"
-    header = ["fov_id", "mjd", "filter", "sources", "alerts", "new", "moving", "latency s"]
-    header += ["total s", "outcome"]
+    header = ["fov_id", "mjd", "filter", "sources", "alerts", "new", "moving", "proc s"]
+    header += ["queue s", "e2e s", "total s", "outcome"]
     rows = [
         [
             str(v["fov_id"]),
@@ -369,16 +458,19 @@ def _visit_lines(visits: list[dict[str, Any]]) -> list[str]:
             _num(v["n_alerts"]),
             _num(v["n_new_objects"]),
             _num(v["n_moving"]),
-            _num(v["latency_s"]),
+            _num(v["processing_s"]),
+            _num(v["queue_wait_s"]),
+            _num(v["end_to_end_s"]),
             _num((v["timings"] or {}).get("total")),
             v["outcome"] or "unfinished",
         ]
         for v in shown
     ]
-    return [title, *_table(header, rows, "lrlrrrrrrl")]
+    return [title, *_table(header, rows, "lrlrrrrrrrrl")]
 
 
-def _quality_lines(q: dict[str, Any]) -> list[str]:
+def quality_lines(q: dict[str, Any]) -> list[str]:
+    """The quality section of the report as text lines."""
     c, m, new, tr = q["completeness"], q["movers"], q["new_objects"], q["transients"]
     done, skipped = q["processed"], q["not_processed"]
 
@@ -413,8 +505,8 @@ def _quality_lines(q: dict[str, Any]) -> list[str]:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a compact text summary: a few lines and tables."""
-    v, w, lat, tot = report["visits"], report["wall"], report["latency"], report["totals"]
-    out = [f"nightpipe report: {report['run_dir']}"]
+    v, w, tot = report["visits"], report["wall"], report["totals"]
+    out = [f"nightpipe report: {report['run_dir']}, {report['night']['label']}"]
     if report["replay"]:
         r = report["replay"]
         out.append(f"replay of {r.get('archive')} ({r.get('ranks')} ranks, speed {r.get('speed')})")
@@ -427,8 +519,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"totals: {tot['n_sources']} DIASources, {tot['n_alerts']} alerts,"
         f" {tot['n_new_objects']} new Objects, {tot['n_moving']} moving-object matches",
         "",
-        f"latency, {lat['from']} -> {lat['to']} (s): n {lat['n']}, p50 {_num(lat['p50'])},"
-        f" p95 {_num(lat['p95'])}, max {_num(lat['max'])}",
+        "latency (s)",
+    ]
+    lat_rows = [
+        [s["what"], str(s["n"]), _num(s["p50"]), _num(s["p95"]), _num(s["max"])]
+        for s in report["latency"].values()
+    ]
+    out += _table(["", "n", "p50", "p95", "max"], lat_rows)
+    out += [
         "",
         "stage timings (s)",
     ]
@@ -455,7 +553,7 @@ def format_report(report: dict[str, Any]) -> str:
             *_table(["fov_id", "stage", "hook", "rank", "error"], rows, "lllrl"),
         ]
     if report["quality"]:
-        out += ["", *_quality_lines(report["quality"])]
+        out += ["", *quality_lines(report["quality"])]
     if report["notes"]:
         out += ["", *(f"note: {n}" for n in report["notes"])]
     return "\n".join(out)
@@ -466,6 +564,11 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _no_data(ax: Any, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", transform=ax.transAxes)
+
+
+def _names(report: dict[str, Any]) -> str:
+    """The night and the run, for a plot's title."""
+    return f"{report['night']['label']}, run {report['run']}"
 
 
 def _sky_plot(report: dict[str, Any], path: Path) -> None:
@@ -479,33 +582,58 @@ def _sky_plot(report: dict[str, Any], path: Path) -> None:
         vec = hp.ang2vec(v["ra"], v["dec"], lonlat=True)
         radius = np.radians(v["radius"] or DEFAULT_FOV_RADIUS_DEG)
         counts[hp.query_disc(SKY_NSIDE, vec, radius, inclusive=True)] += 1
-    fig = plt.figure(figsize=(14, 6))
+    fig = plt.figure(figsize=(15, 6.5))
     with warnings.catch_warnings():  # healpy's own use of deprecated colormap setters
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         hp.mollview(
             np.where(counts > 0, counts, hp.UNSEEN),
             fig=fig.number,
             sub=(1, 2, 1),
-            title=f"visits per HEALPix pixel (nside {SKY_NSIDE}, RING), RA/Dec",
+            title=f"visits per HEALPix pixel (nside {SKY_NSIDE}), RA/Dec, RA grows to the left",
             unit="visits covering the pixel",
             cmap="viridis",
         )
     hp.graticule(dpar=30, dmer=60, alpha=0.4)
-    ax = fig.add_subplot(1, 2, 2)
+    _mollweide_labels(hp)
     if visits:
-        _fields(ax, visits)
+        _fields(fig, visits)
     else:
-        _no_data(ax, "visits")
-    ax.set_xlabel("RA (deg)")
-    ax.set_ylabel("Dec (deg)")
-    ax.set_title("fields of view, coloured by time; failed visits x")
+        _no_data(fig.add_subplot(1, 2, 2), "visits")
+    fig.suptitle(f"Sky coverage: {_names(report)}", fontsize=13)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def _fields(ax: Any, visits: list[dict[str, Any]]) -> None:
-    """Field outlines and centres around their mean position, RA growing to the left."""
+def _mollweide_labels(hp: Any) -> None:
+    """RA along the equator, Dec along the left rim, of healpy's current Mollweide panel."""
+    style = {"lonlat": True, "fontsize": 8, "color": "0.15"}
+    for ra in (0, 60, 120, 240, 300):
+        hp.projtext(ra, 2.0, f"RA {ra}\N{DEGREE SIGN}", ha="center", va="bottom", **style)
+    for dec in (-60, -30, 0, 30, 60):
+        text = f"{dec:+d}\N{DEGREE SIGN} " if dec else "Dec 0\N{DEGREE SIGN} "
+        hp.projtext(179.99, dec, text, ha="right", va="center", **style)
+
+
+def _circle(ra: float, dec: float, radius: float, n: int = 73) -> tuple[np.ndarray, np.ndarray]:
+    """RA and Dec (deg) of the small circle of `radius` deg around (`ra`, `dec`)."""
+    a, d, r = np.radians(ra), np.radians(dec), np.radians(radius)
+    theta = np.linspace(0.0, 2 * np.pi, n)
+    sin_d = np.sin(d) * np.cos(r) + np.cos(d) * np.sin(r) * np.cos(theta)
+    out_d = np.arcsin(np.clip(sin_d, -1.0, 1.0))
+    out_a = a + np.arctan2(np.sin(theta) * np.sin(r) * np.cos(d), np.cos(r) - np.sin(d) * sin_d)
+    return np.degrees(out_a), np.degrees(out_d)
+
+
+def _fields(fig: Any, visits: list[dict[str, Any]]) -> None:
+    """Field outlines and centres in a zenithal equal-area projection about their mean.
+
+    Equal scales in every direction: a round field of view looks round, at
+    any Dec (the pole too), with RA/Dec grid lines and labels drawn on it.
+    """
     import matplotlib.pyplot as plt
+    from astropy.wcs import WCS
+    from matplotlib.axes import Axes
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
 
     ra = np.array([v["ra"] for v in visits], dtype=float)
     dec = np.array([v["dec"] for v in visits], dtype=float)
@@ -513,59 +641,124 @@ def _fields(ax: Any, visits: list[dict[str, Any]]) -> None:
     hours = (mjd - np.nanmin(mjd)) * 24.0 if np.isfinite(mjd).any() else np.zeros(ra.size)
     failed = np.array([v["outcome"] == "failed" for v in visits])
     x, y = np.radians(ra), np.radians(dec)
-    mean = np.sum([np.cos(y) * np.cos(x), np.cos(y) * np.sin(x)], axis=1)
-    ra0 = np.degrees(np.arctan2(mean[1], mean[0])) % 360.0
-    unwrap = ra0 + (ra - ra0 + 180.0) % 360.0 - 180.0  # RA continuous across 0/360
-    theta = np.linspace(0.0, 2 * np.pi, 73)
+    mean = np.sum([np.cos(y) * np.cos(x), np.cos(y) * np.sin(x), np.sin(y)], axis=1)
+    ra0 = float(np.degrees(np.arctan2(mean[1], mean[0])) % 360.0)
+    dec0 = float(np.degrees(np.arctan2(mean[2], np.hypot(mean[0], mean[1]))))
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---ZEA", "DEC--ZEA"]
+    wcs.wcs.crval = [ra0, dec0]
+    wcs.wcs.crpix = [0.0, 0.0]
+    wcs.wcs.cdelt = [-1.0, 1.0]  # 1 deg per unit; RA grows to the left
+    ax = fig.add_subplot(1, 2, 2, projection=wcs)
+    world = ax.get_transform("world")
     cmap = plt.get_cmap("plasma")
     span = max(float(np.nanmax(hours)), 1e-9)
-    for r, d, h, v in zip(unwrap, dec, hours, visits, strict=True):
-        rad = v["radius"] or DEFAULT_FOV_RADIUS_DEG
-        # Small-circle outline; the RA offset is stretched by 1/cos(dec) on the sky.
-        od = np.clip(d + rad * np.sin(theta), -90.0, 90.0)
-        ora = r + rad * np.cos(theta) / np.maximum(np.cos(np.radians(od)), 1e-3)
-        ax.plot(ora, od, color=cmap(h / span), lw=0.8, alpha=0.6)
-    sc = ax.scatter(unwrap, dec, c=hours, cmap=cmap, s=20, zorder=3)
+    px, py = [], []
+    for r, d, h, v in zip(ra, dec, hours, visits, strict=True):
+        cra, cdec = _circle(r, d, v["radius"] or DEFAULT_FOV_RADIUS_DEG)
+        ax.plot(cra, cdec, color=cmap(h / span), lw=0.8, alpha=0.6, transform=world)
+        cx, cy = wcs.wcs_world2pix(cra, cdec, 0)
+        px.append(cx)
+        py.append(cy)
+    sc = ax.scatter(ra, dec, c=hours, cmap=cmap, s=20, zorder=3, transform=world)
     if failed.any():
         ax.scatter(
-            unwrap[failed], dec[failed], marker="x", color="red", s=80, zorder=4, label="failed"
+            ra[failed],
+            dec[failed],
+            marker="x",
+            color="red",
+            s=80,
+            zorder=4,
+            label="failed",
+            transform=world,
         )
         ax.legend(loc="best", fontsize=8)
-    plt.colorbar(sc, ax=ax, label="hours since the first visit")
-    ax.invert_xaxis()
-    ax.set_aspect(1.0 / max(np.cos(np.radians(np.mean(dec))), 0.05), adjustable="datalim")
-    ax.grid(alpha=0.3)
+    allx, ally = np.concatenate(px), np.concatenate(py)
+    pad = 0.05 * max(np.ptp(allx), np.ptp(ally), 1.0)
+    ax.set_xlim(allx.min() - pad, allx.max() + pad)
+    ax.set_ylim(ally.min() - pad, ally.max() + pad)
+    ax.set_aspect("equal")
+    lon, lat = ax.coords
+    lon.set_format_unit("deg")
+    lon.set_major_formatter("d.d")
+    lat.set_major_formatter("d.d")
+    lon.set_axislabel("RA (deg)")
+    lat.set_axislabel("Dec (deg)")
+    ax.coords.grid(color="0.5", alpha=0.35, linestyle="solid")
+    first = mjd_to_datetime(float(np.nanmin(mjd))) if np.isfinite(mjd).any() else None
+    since = f" (UT {first:%H:%M})" if first else ""
+    cax = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.15, axes_class=Axes)
+    fig.colorbar(sc, cax=cax, label=f"hours since the first visit{since}")
+    ax.set_title(
+        f"fields of view about RA {ra0:.1f}, Dec {dec0:+.1f} (equal-area, equal scales);"
+        " failed visits x",
+        fontsize=10,
+    )
+
+
+def _visit_times(rows: list[dict[str, Any]]) -> tuple[list[datetime], str]:
+    """When each visit was observed (its MJD), else when its detections arrived; the label."""
+    if all(v["mjd"] is not None for v in rows):
+        return [mjd_to_datetime(v["mjd"]) for v in rows], "visit start (UT)"
+    t = [v["detection_received"] or v["start_received"] or 0.0 for v in rows]
+    return [datetime.fromtimestamp(x, UTC) for x in t], "detections received (UT)"
 
 
 def _latency_plot(report: dict[str, Any], path: Path) -> None:
-    """Latency of each visit against when its detections arrived."""
+    """Each visit's processing latency, and apart from it its queue wait, against UT."""
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    t0 = report["wall"]["first"] or 0.0
-    unit, scale = ("min", 60.0) if report["wall"]["seconds"] > 120 else ("s", 1.0)
-    rows = [v for v in report["per_visit"] if v["latency_s"] is not None]
-    if rows:
-        x = np.array([(v["detection_received"] - t0) / scale for v in rows])
-        y = np.array([v["latency_s"] for v in rows])
-        ax.plot(x, y, "o", ms=4, label="visit")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    rows = [v for v in report["per_visit"] if v["outcome"] is not None]
+    times, label = _visit_times(rows)
+    at = dict(zip([v["fov_id"] for v in rows], times, strict=True))
+    done = [v for v in rows if v["processing_s"] is not None]
+    if done:
+        top.plot([at[v["fov_id"]] for v in done], [v["processing_s"] for v in done], "o", ms=4)
         for q, style in (("p50", "--"), ("p95", ":")):
-            value = report["latency"][q]
-            ax.axhline(value, ls=style, color="grey", label=f"{q} {value:.3g} s")
+            value = report["latency"]["processing"][q]
+            top.axhline(value, ls=style, color="grey", label=f"{q} {value:.3g} s")
     else:
-        _no_data(ax, "latencies")
-    failed = [
-        v for v in report["per_visit"] if v["outcome"] == "failed" and v["detection_received"]
-    ]
-    for i, v in enumerate(failed):
-        x_f = (v["detection_received"] - t0) / scale
-        ax.axvline(x_f, color="red", alpha=0.4, lw=1, label="failed visit" if i == 0 else None)
-    ax.set_xlabel(f"detection event received ({unit} since the run's first event)")
-    ax.set_ylabel("latency to alerts_ready (s)")
-    ax.set_title("alert latency per visit")
-    ax.set_ylim(bottom=0)
-    if rows or failed:
-        ax.legend(loc="upper left", fontsize=8)
+        _no_data(top, "processing latencies")
+    waited = [v for v in rows if v["queue_wait_s"] is not None]
+    seen = [v for v in rows if v["end_to_end_s"] is not None]
+    if waited:
+        x = [at[v["fov_id"]] for v in waited]
+        bottom.plot(x, [v["queue_wait_s"] for v in waited], "s", ms=4, label="queue wait")
+    if seen:
+        bottom.plot(
+            [at[v["fov_id"]] for v in seen],
+            [v["end_to_end_s"] for v in seen],
+            "o",
+            ms=5,
+            mfc="none",
+            color="0.45",
+            label="end to end (detections in -> alerts out)",
+        )
+    if not (waited or seen):
+        _no_data(bottom, "queue waits")
+    failed = [v for v in rows if v["outcome"] == "failed"]
+    for ax in (top, bottom):
+        for i, v in enumerate(failed):
+            ax.axvline(at[v["fov_id"]], color="red", alpha=0.4, lw=1, label=None if i else "failed")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    top.set_ylabel("processing latency (s)")
+    top.set_title("processing: detections -> alerts, the visit's own work (no queue)", fontsize=10)
+    bottom.set_ylabel("waiting (s)")
+    bottom.set_title(
+        "queue: start event -> execution start; end to end as seen outside", fontsize=10
+    )
+    bottom.set_xlabel(label)
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    epoch = mdates.date2num(MJD_EPOCH)
+    mjd_axis = top.secondary_xaxis("top", functions=(lambda d: d - epoch, lambda m: m + epoch))
+    mjd_axis.set_xlabel("MJD")
+    mjd_axis.xaxis.set_major_formatter(plt.FormatStrFormatter("%.3f"))
+    fig.suptitle(f"Latency per visit: {_names(report)}", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -577,7 +770,7 @@ def _stages_plot(report: dict[str, Any], path: Path) -> None:
 
     names = [n for n in report["stages"] if n != "total"]
     rows = [v for v in report["per_visit"] if v["timings"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), width_ratios=(3, 2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
     if rows and names:
         x = np.arange(len(rows))
         bottom = np.zeros(len(rows))
@@ -591,7 +784,7 @@ def _stages_plot(report: dict[str, Any], path: Path) -> None:
             x,
             rest,
             bottom=bottom,
-            label="not in a stage (waits, queues)",
+            label="in flight, not in a stage (event waits, ordered section)",
             width=0.8,
             color="lightgrey",
             hatch="//",
@@ -608,10 +801,11 @@ def _stages_plot(report: dict[str, Any], path: Path) -> None:
         _no_data(right, "stage timings")
     left.set_xlabel("visit (fov_id), observing order")
     left.set_ylabel("time (s)")
-    left.set_title("stage times per visit (stacked)")
+    left.set_title("stage times per visit (stacked), from its start; queue wait not shown")
     right.set_xlabel("stage")
     right.set_ylabel("time (s)")
     right.set_title("stage time spread over the night")
+    fig.suptitle(f"Stage times: {_names(report)}", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -647,6 +841,15 @@ def write_plots(
     return paths
 
 
+def write_json(run_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Write the report to ``RUN_DIR/report.json`` (atomically); its path."""
+    path = Path(run_dir) / REPORT_JSON
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -668,6 +871,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     plots = [] if args.no_plots else write_plots(args.run_dir, report)
     report["plots"] = [str(p) for p in plots]
+    write_json(args.run_dir, report)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
