@@ -329,6 +329,22 @@ def _solve_components(starts, si, oi, cost, pair_of, unmatched, chosen):
         _solve(ptr[: n_rows + 1], col, local, n_rows, objs.size, u_cost, chosen, pair_of[lo:hi])
 
 
+def components(src_key: np.ndarray, obj_key: np.ndarray) -> np.ndarray:
+    """Connected component of each candidate pair, labelled 0, 1, ... in key order.
+
+    Two pairs are in one component when a chain of pairs sharing a source or
+    an Object links them. Labels follow the smallest source key of each.
+    """
+    src_key = np.asarray(src_key, dtype=np.int64)
+    obj_key = np.asarray(obj_key, dtype=np.int64)
+    if src_key.size == 0:
+        return np.empty(0, np.int64)
+    src_u, si = np.unique(src_key, return_inverse=True)
+    obj_u, oi = np.unique(obj_key, return_inverse=True)
+    root = _component_of(si.ravel(), oi.ravel(), src_u.size, obj_u.size)
+    return np.unique(root, return_inverse=True)[1].ravel()
+
+
 def assign(
     src_key: np.ndarray,
     obj_key: np.ndarray,
