@@ -70,7 +70,8 @@ def test_hand_made_night():
     assert c["variable"] == {"n": 2, "ok": 1, "fraction": 0.5}
     assert c["static"] == {"n": 1, "ok": 1, "fraction": 1.0}
 
-    assert q["purity"]["n"] == 3 and q["purity"]["ok"] == 2
+    # the links: 1, 2, 3 to preloaded Objects, 9 to the transient's first detection
+    assert q["purity"]["n"] == 4 and q["purity"]["ok"] == 3
     assert q["purity"]["wrong_by_kind"]["variable"] == 1
 
     m = q["movers"]
@@ -154,7 +155,7 @@ def test_db_rows_not_in_truth_are_counted_and_ignored():
     extra = {k: np.append(v, 999) for k, v in db.items()}
     q = quality(extra, truth, PRELOADED, visits=np.array([1, 2, 3]))
     assert q["processed"]["db_not_in_truth"] == 1
-    assert q["purity"]["n"] == 3
+    assert q["purity"]["n"] == 4
 
 
 def test_structured_arrays_and_arrow_tables():
@@ -173,3 +174,21 @@ def test_empty_night_has_no_fractions():
     assert q["purity"]["fraction"] is None
     assert q["transients"]["later"]["fraction"] is None
     json.dumps(q, allow_nan=False)
+
+
+def test_without_a_starting_catalogue_the_first_detection_makes_the_object():
+    rows = [
+        (1, 1, "static", 100, 0, 0, False, 1, 0),  # first: makes Object 1
+        (2, 2, "static", 100, 0, 0, False, 1, 0),  # links to it
+        (3, 3, "static", 100, 0, 0, False, 3, 0),  # should have linked: false new
+        (4, 1, "variable", 200, 0, 0, False, 4, 0),
+        (5, 2, "variable", 200, 0, 0, False, 4, 0),
+        (6, 1, "mover", 0, 7, 0, False, 6, 0),  # an unpredicted asteroid makes an Object
+        (7, 2, "mover", 0, 7, 0, False, 6, 0),  # ... and its next detection joins it
+    ]
+    db, truth = tables(rows)
+    q = quality(db, truth, np.empty(0, "i8"), visits=np.array([1, 2, 3]))
+    assert q["completeness"]["all"] == {"n": 3, "ok": 2, "fraction": pytest.approx(2 / 3)}
+    assert q["purity"]["n"] == 3 and q["purity"]["ok"] == 2
+    assert q["purity"]["wrong_by_kind"]["mover"] == 1
+    assert q["new_objects"]["false_preloaded"] == 1

@@ -304,3 +304,54 @@ def test_config_checks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no visits"):
         simulate(BUNDLED_DB, tmp_path / "n", NIGHT, region=(0.0, 80.0, 1.0))
     assert SimConfig(snr_range=[5.0, 50.0]).to_dict()["snr_range"] == [5.0, 50.0]
+
+
+def test_back_to_back_pairs(tmp_path: Path) -> None:
+    """With pair_gap_s every visit has a twin 80 s later; same seed, same bytes."""
+    from association.nights.simulate import PAIR_ID_OFFSET
+
+    cfg = SimConfig(seed=3, pair_gap_s=80.0, movers_per_deg2=40.0)
+    a = simulate(BUNDLED_DB, tmp_path / "a", NIGHT, cfg, region=POLE, max_visits=4)
+    simulate(BUNDLED_DB, tmp_path / "b", NIGHT, cfg, region=POLE, max_visits=4)
+    assert a["counts"]["visits"] == 8
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    for rel in _files(tmp_path / "a"):
+        if rel != "manifest.json":  # it holds its creation time
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    starts = {}
+    for ev in Archive(tmp_path / "a").events():
+        if ev.type == "telescope.next_visit":
+            starts[ev.fov_id] = ev.body
+    firsts = [v for v in starts if v < PAIR_ID_OFFSET]
+    assert len(firsts) == 4
+    for v in firsts:
+        twin = starts[v + PAIR_ID_OFFSET]
+        assert (twin["ra"], twin["dec"], twin["filter"]) == (
+            starts[v]["ra"],
+            starts[v]["dec"],
+            starts[v]["filter"],
+        )
+        assert (twin["mjd"] - starts[v]["mjd"]) * 86400 == pytest.approx(80.0, abs=1e-3)
+    # a mover seen in both exposures of a pair moved rate * 80 s between them
+    truth = pq.read_table(tmp_path / "a" / "truth/diasources.parquet")
+    is_mover = truth["kind"].to_numpy(zero_copy_only=False) == "mover"
+    ids, ss = truth["diaSourceId"].to_numpy()[is_mover], truth["ssObjectId"].to_numpy()[is_mover]
+    ss_of = dict(zip(ids, ss, strict=True))
+    movers = pq.read_table(tmp_path / "a" / "truth/movers.parquet")
+    rate = dict(zip(movers["ssObjectId"].to_numpy(), movers["rate"].to_numpy(), strict=True))
+    pos = {}
+    for v in starts:
+        t = pq.read_table(tmp_path / "a" / f"data/visit_{v}_diasources.parquet")
+        for sid, ra, dec in zip(
+            *(t[c].to_numpy() for c in ("diaSourceId", "ra", "dec")), strict=True
+        ):
+            if sid in ss_of:
+                pos[(v % PAIR_ID_OFFSET, v >= PAIR_ID_OFFSET, ss_of[sid])] = (ra, dec)
+    moved = [
+        (_sky(*pos[(v, False, ss)]).separation(_sky(*pos[(v, True, ss)])).arcsec, rate[ss])
+        for (v, twin, ss) in pos
+        if not twin and (v, True, ss) in pos
+    ]
+    assert len(moved) >= 3
+    for sep, r in moved:
+        assert sep == pytest.approx(r * 3600 * 80 / 86400, abs=1.0)  # noise < 1"

@@ -23,6 +23,13 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
 def _sim_config(args: argparse.Namespace) -> Any:
     from association.nights.simulate import SimConfig
 
@@ -105,8 +112,21 @@ def add_replay(sub: Any) -> None:
     p.add_argument(
         "--check",
         action="store_true",
-        help="compare the results with the archive's truth and print the report",
+        help="print the report and exit 1 if a visit failed or a quality figure is under its "
+        "threshold (quality needs the archive's truth)",
     )
+    for name, default in (
+        ("completeness", 0.99),
+        ("purity", 0.99),
+        ("mover-recovery", 0.95),
+    ):
+        p.add_argument(
+            f"--min-{name}",
+            type=_fraction,
+            default=default,
+            metavar="F",
+            help=f"with --check: least {name.replace('-', ' ')} (default {default})",
+        )
     p.add_argument(
         "--timeout",
         type=float,
@@ -142,11 +162,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"{summary['wall_seconds']:.1f} s, {summary['visits_per_minute']:.1f} visits/min"
     )
     if args.check:
-        return _print_report(Path(args.run_dir), Path(args.archive), plots=False, check=True)
+        thresholds = {
+            "completeness": args.min_completeness,
+            "purity": args.min_purity,
+            "mover_recovery": args.min_mover_recovery,
+        }
+        return _print_report(Path(args.run_dir), Path(args.archive), False, thresholds)
     return 0 if summary["failed"] == 0 else 1
 
 
-def _print_report(run_dir: Path, archive: Path | None, plots: bool, check: bool = False) -> int:
+def _print_report(
+    run_dir: Path, archive: Path | None, plots: bool, thresholds: dict[str, float] | None = None
+) -> int:
+    """Print and save the report; with ``thresholds``, 1 when the run fails the gate."""
     from association.nights import report
 
     rep = report.build_report(run_dir, archive)
@@ -155,7 +183,14 @@ def _print_report(run_dir: Path, archive: Path | None, plots: bool, check: bool 
         for p in report.write_plots(run_dir, rep, run_dir / "report"):
             print(f"plot: {p}")
     print(f"report: {report.write_json(run_dir, rep)}")
-    return 0
+    if thresholds is None:
+        return 0
+    reasons = report.gate(rep, thresholds)
+    for reason in reasons:
+        print(f"check failed: {reason}", file=sys.stderr)
+    if not reasons:
+        print("check passed" + ("" if rep["quality"] else " (no truth: visits only)"))
+    return 1 if reasons else 0
 
 
 def add_demo(sub: Any) -> None:

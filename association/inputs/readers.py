@@ -93,7 +93,7 @@ class MissingInputError(BadInputError):
 @dataclass(frozen=True)
 class _Col:
     name: str
-    kind: str  # "i" integer, "f" number, "s" string
+    kind: str  # "i" integer, "f" number, "s" string, "b" boolean
     required: bool = True
 
 
@@ -108,6 +108,7 @@ _DIASOURCE_COLUMNS = (
     _Col("raErr", "f", required=False),
     _Col("decErr", "f", required=False),
     _Col("snr", "f", required=False),
+    _Col("fine", "i", required=False),
 )
 
 _PREDICTION_COLUMNS = tuple(
@@ -125,7 +126,8 @@ def read_diasources(
     path : str or Path
         The table: required columns diaSourceId (integer > 0), ra, dec (deg),
         midpointMjdTai, band (one of ``ugrizy``), psfFlux, psfFluxErr (nJy);
-        optional raErr, decErr (deg) and snr, NaN when absent.
+        optional raErr, decErr (deg) and snr, NaN when absent; optional fine,
+        which must then be the index ``partition_fine`` gives.
     visit : int
         Fills the ``visit`` column.
     partition_fine : callable
@@ -142,7 +144,7 @@ def read_diasources(
         Missing or unreadable file, missing column, wrong type, NaN or out of
         range ra/dec/midpointMjdTai, non-finite psfFlux, negative or
         non-finite psfFluxErr, negative errors, unknown band, duplicate
-        diaSourceId.
+        diaSourceId, a supplied fine that is not the one of (ra, dec).
     """
     cols = _read_checked(path, _DIASOURCE_COLUMNS, "diasources")
     err = _Reporter(path, "diasources")
@@ -164,16 +166,40 @@ def read_diasources(
 
     out = np.zeros(n, dtype=DIASOURCE_DTYPE)
     for col in _DIASOURCE_COLUMNS:
-        if col.name != "band":
+        if col.name not in ("band", "fine"):
             out[col.name] = cols[col.name]
     out["band"] = band
     out["visit"] = visit
     if n:
-        fine = np.asarray(partition_fine(out["ra"], out["dec"]), dtype=np.int64)
-        if fine.shape != (n,):
-            raise ValueError(f"partition_fine returned shape {fine.shape} for {n} positions")
-        out["fine"] = fine
+        out["fine"] = derive_fine(err, partition_fine, out["ra"], out["dec"], cols.get("fine"))
     return out
+
+
+def derive_fine(
+    err: _Reporter,
+    partition_fine: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ra: np.ndarray,
+    dec: np.ndarray,
+    supplied: np.ndarray | None,
+) -> np.ndarray:
+    """The fine index of each (ra, dec); a supplied one must be equal."""
+    n = len(ra)
+    fine = np.asarray(partition_fine(ra, dec), dtype=np.int64)
+    if fine.shape != (n,):
+        raise ValueError(f"partition_fine returned shape {fine.shape} for {n} positions")
+    if supplied is not None:
+        bad = np.flatnonzero(supplied != fine)
+        if bad.size:
+            i = bad[0]
+            err.fail(
+                "fine",
+                i,
+                f"value {supplied[i]} is not the fine HEALPix index of (ra, dec) = "
+                f"({float(ra[i])!r}, {float(dec[i])!r}), which is {fine[i]}; "
+                f"the column is optional: "
+                f"leave it out and it is derived from ra and dec ({bad.size} rows differ)",
+            )
+    return fine
 
 
 def read_predictions(path: str | Path) -> np.ndarray:
@@ -255,9 +281,10 @@ def _format(path: Path) -> str | None:
 
 
 def _read_checked(path: str | Path, spec: tuple[_Col, ...], kind: str) -> dict[str, np.ndarray]:
-    """The columns of ``spec`` as numpy arrays (int64, float64 or str), types checked.
+    """The columns of ``spec`` as numpy arrays (int64, float64, str or bool), types checked.
 
-    Missing optional columns come back as NaN.
+    Missing optional number columns come back as NaN; other missing optional
+    columns are left out.
     """
     path = Path(path)
     err = _Reporter(path, kind)
@@ -282,10 +309,17 @@ def _read_checked(path: str | Path, spec: tuple[_Col, ...], kind: str) -> dict[s
         values, mask = raw[col.name]
         n = len(values)
         out[col.name] = _convert(err, col, values, mask)
+    if n is None:
+        n = _row_count(raw)
     for col in spec:
-        if col.name not in out:
-            out[col.name] = np.full(n or 0, np.nan)
+        if col.name not in out and col.kind == "f":
+            out[col.name] = np.full(n, np.nan)
     return out
+
+
+def _row_count(raw: dict) -> int:
+    """Rows of a table whose wanted columns are all absent: those of any column."""
+    return len(next(iter(raw.values()))[0]) if raw else 0
 
 
 def _read_parquet(path: Path, spec: tuple[_Col, ...]) -> dict:
@@ -307,8 +341,10 @@ def _read_parquet(path: Path, spec: tuple[_Col, ...]) -> dict:
             enc = col.fill_null("").combine_chunks().dictionary_encode()
             words = np.array(enc.dictionary.to_pylist(), dtype=str)
             values = words[enc.indices.to_numpy(zero_copy_only=False)]
-        elif mask is not None and (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+        elif mask is not None and pa.types.is_integer(col.type):
             values = col.fill_null(0).to_numpy(zero_copy_only=False)
+        elif mask is not None and pa.types.is_boolean(col.type):
+            values = col.fill_null(False).to_numpy(zero_copy_only=False)
         else:
             values = col.to_numpy(zero_copy_only=False)
         out[name] = (values, mask)
@@ -345,6 +381,9 @@ def _convert(err: _Reporter, col: _Col, values: np.ndarray, mask: np.ndarray | N
             err.fail(col.name, None, f"type {values.dtype} is not a string")
         if values.dtype.itemsize > 4:  # wider than one character
             values = np.char.strip(values)
+    elif col.kind == "b":
+        if k != "b":
+            err.fail(col.name, None, f"type {values.dtype} is not a boolean")
     elif col.kind == "i":
         if k == "u" and values.size and values.max() > np.iinfo(np.int64).max:
             err.fail(col.name, int(np.argmax(values)), f"value {values.max()} exceeds int64")

@@ -4,37 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE, band_index
+from association.inputs.catalogue import read_diasources, read_objects
+from association.sky.partition import Partition
 from association.storage import tables as db
 from association.storage.sql import bulk_load_diasources, bulk_load_objects
-
-
-def read_objects(path: str | Path) -> np.ndarray:
-    """Objects from a flat table (band columns ``{b}_psfFluxMean`` ...) as OBJECT_DTYPE."""
-    table = pq.read_table(path)
-    out = np.zeros(table.num_rows, OBJECT_DTYPE)
-    for name in OBJECT_DTYPE.names:
-        if OBJECT_DTYPE[name].shape:
-            for i, b in enumerate(BANDS):
-                out[name][:, i] = table.column(f"{b}_{name}").to_numpy()
-        else:
-            out[name] = table.column(name).to_numpy()
-    return out
-
-
-def read_diasources_table(path: str | Path) -> np.ndarray:
-    """DIASources written with band names, as DIASOURCE_DTYPE."""
-    table = pq.read_table(path)
-    out = np.zeros(table.num_rows, DIASOURCE_DTYPE)
-    for name in DIASOURCE_DTYPE.names:
-        col = table.column(name).to_numpy(zero_copy_only=False)
-        out[name] = band_index(col) if name == "band" else col
-    return out
 
 
 def catalogue_loaded(engine: Engine) -> bool:
@@ -43,16 +19,27 @@ def catalogue_loaded(engine: Engine) -> bool:
         return conn.execute(select(db.objects.c.diaObjectId).limit(1)).first() is not None
 
 
-def preload(engine: Engine, objects_path: str | Path, diasources_path: str | Path | None) -> int:
+def preload(
+    engine: Engine,
+    objects_path: str | Path,
+    diasources_path: str | Path | None,
+    partition: Partition | None = None,
+) -> int:
     """Load a starting catalogue into an empty database; returns the Objects loaded.
 
-    A database that already holds Objects is left alone (a resumed replay).
+    Both files are read and checked first (`association.inputs.catalogue`;
+    a bad file raises `BadInputError` and loads nothing), and ``fine`` is
+    derived from ``ra``/``dec`` with ``partition``'s fine order. A database
+    that already holds Objects is left alone (a resumed replay).
     """
     db.create_schema(engine)
     if catalogue_loaded(engine):
         return 0
-    objects = read_objects(objects_path)
-    bulk_load_objects(engine, objects)
+    objects = read_objects(objects_path, partition)
+    history = None
     if diasources_path is not None:
-        bulk_load_diasources(engine, read_diasources_table(diasources_path))
+        history = read_diasources(diasources_path, objects["diaObjectId"], partition)
+    bulk_load_objects(engine, objects)
+    if history is not None:
+        bulk_load_diasources(engine, history)
     return len(objects)

@@ -3,6 +3,13 @@
 Pure numpy. The pipeline's DIASources are joined to the truth by
 diaSourceId; only truth rows of processed visits (stored in the database)
 count, the others are reported as not processed.
+
+Each processed DIASource has an *expected* Object: for a static or variable
+source, its true Object when that was preloaded; otherwise, and for a
+transient, the Object its group's first processed detection (in observing
+order) should have made, whose id is that detection's diaSourceId. A
+source whose expected Object is itself should make it; the others should
+link to it. So quality is defined with or without a starting catalogue.
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ def quality(
     sid, kind, obj, ss = t_id[rows], t_kind[rows], t_obj[rows], t_ss[rows]
     pred = t_pred[rows]
 
+    rank = _rank(visits, t_visit[rows])
+    expected = _expected(sid, kind, obj, t_tr[rows], rank, preloaded)
     skipped = ~processed
     return {
         "processed": {
@@ -103,11 +112,11 @@ def quality(
             "diasources": int(skipped.sum()),
             "by_kind": _by_kind(t_kind[skipped]),
         },
-        "completeness": _completeness(kind, obj, d_obj),
-        "purity": _purity(kind, obj, d_obj, preloaded),
+        "completeness": _completeness(sid, kind, obj, expected, d_obj),
+        "purity": _purity(sid, kind, expected, d_obj),
         "movers": _movers(kind, ss, pred, d_ss),
-        "new_objects": _new_objects(sid, kind, obj, pred, d_obj),
-        "transients": _transients(sid, t_tr[rows], d_obj, _rank(visits, t_visit[rows])),
+        "new_objects": _new_objects(sid, kind, obj, expected, pred, d_obj),
+        "transients": _transients(sid, t_tr[rows], d_obj, rank),
     }
 
 
@@ -121,10 +130,35 @@ def _by_kind(kind: np.ndarray) -> dict[str, int]:
     return {k: int((kind == k).sum()) for k in TRUTH_KINDS}
 
 
-def _completeness(kind: np.ndarray, obj: np.ndarray, d_obj: np.ndarray) -> dict[str, Any]:
-    """Of true links to preloaded Objects, the fraction the pipeline made."""
-    true_link = np.isin(kind, PRELOADED_KINDS) & (obj > 0)
-    made = true_link & (d_obj == obj)
+def _expected(
+    sid: np.ndarray,
+    kind: np.ndarray,
+    obj: np.ndarray,
+    tr: np.ndarray,
+    rank: np.ndarray,
+    preloaded: np.ndarray,
+) -> np.ndarray:
+    """Each DIASource's expected Object (module docstring); 0 for none."""
+    out = np.zeros(sid.size, "i8")
+    star = np.isin(kind, PRELOADED_KINDS) & (obj > 0)
+    known = star & np.isin(obj, preloaded)
+    out[known] = obj[known]
+    # one key space for both kinds of groups: Objects > 0, transients < 0
+    group = np.where(star & ~known, obj, np.where((kind == "transient") & (tr > 0), -tr, 0))
+    sel = np.flatnonzero(group != 0)
+    sel = sel[np.lexsort((sid[sel], rank[sel], group[sel]))]
+    g = group[sel]
+    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else np.empty(0, "i8")
+    out[sel] = np.repeat(sid[sel][first], np.diff(np.r_[first, g.size]))
+    return out
+
+
+def _completeness(
+    sid: np.ndarray, kind: np.ndarray, obj: np.ndarray, expected: np.ndarray, d_obj: np.ndarray
+) -> dict[str, Any]:
+    """Of the static and variable sources that should link to an Object, the fraction that did."""
+    true_link = np.isin(kind, PRELOADED_KINDS) & (obj > 0) & (expected != sid)
+    made = true_link & (d_obj == expected)
     out = {"all": _rate(made.sum(), true_link.sum())}
     for k in PRELOADED_KINDS:
         sel = kind == k
@@ -133,11 +167,11 @@ def _completeness(kind: np.ndarray, obj: np.ndarray, d_obj: np.ndarray) -> dict[
 
 
 def _purity(
-    kind: np.ndarray, obj: np.ndarray, d_obj: np.ndarray, preloaded: np.ndarray
+    sid: np.ndarray, kind: np.ndarray, expected: np.ndarray, d_obj: np.ndarray
 ) -> dict[str, Any]:
-    """Of the pipeline's links to preloaded Objects, the fraction that are true."""
-    linked = np.isin(d_obj, preloaded) & (d_obj > 0)
-    right = linked & (d_obj == obj)
+    """Of the pipeline's links to existing Objects (preloaded or made earlier), the true ones."""
+    linked = (d_obj > 0) & (d_obj != sid)
+    right = linked & (d_obj == expected)
     wrong = linked & ~right
     return _rate(right.sum(), linked.sum()) | {"wrong_by_kind": _by_kind(kind[wrong])}
 
@@ -156,11 +190,20 @@ def _movers(kind: np.ndarray, ss: np.ndarray, pred: np.ndarray, d_ss: np.ndarray
 
 
 def _new_objects(
-    sid: np.ndarray, kind: np.ndarray, obj: np.ndarray, pred: np.ndarray, d_obj: np.ndarray
+    sid: np.ndarray,
+    kind: np.ndarray,
+    obj: np.ndarray,
+    expected: np.ndarray,
+    pred: np.ndarray,
+    d_obj: np.ndarray,
 ) -> dict[str, Any]:
-    """Objects created tonight, by truth kind, and those that should not have been."""
+    """Objects created tonight, by truth kind, and those that should not have been.
+
+    ``false_preloaded`` counts static and variable sources that made an
+    Object where they should have linked to one (preloaded or made earlier).
+    """
     new = d_obj == sid
-    of_preloaded = new & np.isin(kind, PRELOADED_KINDS) & (obj > 0)
+    of_preloaded = new & np.isin(kind, PRELOADED_KINDS) & (obj > 0) & (expected != sid)
     of_predicted = new & (kind == "mover") & pred
     by_kind = _by_kind(kind[new])
     mover_new = new & (kind == "mover")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from association.inputs.readers import BadInputError
 from association.nights.preload import preload
 from association.storage.tables import make_engine
 from events.archive import Archive
@@ -135,7 +136,10 @@ class Replayer:
             job = pool.submit(
                 _preload, self.opts.db_url, self.run_dir, objects, files.get("catalogue_diasources")
             )
-            return job.result()
+            try:
+                return job.result()
+            except BadInputError as exc:
+                raise ReplayError(f"the starting catalogue cannot be loaded: {exc}") from None
 
     def start_pipeline(self) -> str:
         """Start ``mpiexec -n RANKS nightpipe run`` on the run directory; its address."""

@@ -230,10 +230,15 @@ def _quality(engine: Engine, archive: Path) -> dict[str, Any]:
 
     files = Archive(archive).files
     truth_path = files["truth"].get("diasources")
-    if truth_path is None or files["catalogue_objects"] is None:
-        raise ValueError(f"{archive}: no truth/diasources or catalogue objects")
+    if truth_path is None:
+        raise ValueError(f"{archive}: no truth/diasources")
     truth = pq.read_table(truth_path)
-    preloaded = pq.read_table(files["catalogue_objects"], columns=["diaObjectId"])
+    objects = files["catalogue_objects"]
+    preloaded = (
+        pq.read_table(objects, columns=["diaObjectId"])["diaObjectId"].to_numpy()
+        if objects is not None
+        else np.empty(0, np.int64)
+    )
     ids = truth["diaSourceId"].to_numpy()
     with engine.connect() as conn:
         stored = conn.execute(select(db.visits.c.visit).order_by(db.visits.c.mjd)).scalars()
@@ -260,7 +265,7 @@ def _quality(engine: Engine, archive: Path) -> dict[str, Any]:
     found = ordered[at] == moving["id"] if len(ordered) else np.zeros(0, bool)
     rows["ssObjectId"] = np.zeros(len(ordered), np.int64)
     rows["ssObjectId"][order[at[found]]] = moving["ss"][found]
-    out = quality(rows, truth, preloaded["diaObjectId"].to_numpy(), visits)
+    out = quality(rows, truth, preloaded, visits)
     return {"archive": str(archive), **out}
 
 
@@ -406,6 +411,44 @@ def build_report(
     if archive is None:
         notes.append("no archive with truth: quality not reported")
     return {**report, "database": database, "quality": qual, "notes": notes}
+
+
+# -- the gate ---------------------------------------------------------------------------------
+
+THRESHOLDS = {"completeness": 0.99, "purity": 0.99, "mover_recovery": 0.95}
+"""Default least fractions of ``replay --check``: what a simulated night holds."""
+
+
+def gate(report: dict[str, Any], thresholds: dict[str, float] | None = None) -> list[str]:
+    """Why a run fails the check: failed or unfinished visits, quality under its threshold.
+
+    ``thresholds`` maps ``completeness``, ``purity`` and ``mover_recovery`` to
+    least fractions (missing keys take `THRESHOLDS`). A figure with nothing to
+    count (None) passes. Without truth only the visits are checked; the
+    report's notes say so. An empty list means the run passes.
+    """
+    limits = THRESHOLDS | (thresholds or {})
+    v = report["visits"]
+    out = []
+    if v["failed"]:
+        fovs = ", ".join(str(f["fov_id"]) for f in report["failures"][:10])
+        out.append(f"{v['failed']} visit(s) failed: {fovs}")
+    if v["unfinished"]:
+        out.append(f"{v['unfinished']} visit(s) unfinished")
+    q = report["quality"]
+    if q is not None:
+        figures = {
+            "completeness": q["completeness"]["all"],
+            "purity": q["purity"],
+            "mover_recovery": q["movers"]["recovery"],
+        }
+        for name, rate in figures.items():
+            if rate["fraction"] is not None and rate["fraction"] < limits[name]:
+                out.append(
+                    f"{name.replace('_', ' ')} {rate['fraction']:.4f} ({rate['ok']} of "
+                    f"{rate['n']}) is under {limits[name]:g}"
+                )
+    return out
 
 
 # -- text -------------------------------------------------------------------------------------

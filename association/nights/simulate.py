@@ -51,6 +51,8 @@ HISTORY_VISIT = -1
 """Visit id of the starting catalogue's earlier DIASources: never a real visit (OpSim's start at 0)."""
 """The night's diaSourceIds are SOURCE_ID_BASE + observationId * 2**20 + row."""
 MJD_UNIX_EPOCH = 40587.0
+PAIR_ID_OFFSET = 10_000_000
+"""A back-to-back second exposure's visit id is its first's plus this (OpSim's are smaller)."""
 
 _SUB_ORDER = 29  # positions are centres of order-29 pixels (0.4 mas): continuous enough
 _PATCH_NSIDE = 2**PATCH_ORDER
@@ -124,6 +126,12 @@ class SimConfig:
         ``detection.diasources_ready`` is sent this long after the visit ends.
     predictions_jitter_s : float
         ``nightmops.predictions_ready`` is sent within this of the detection event.
+    pair_gap_s : float
+        If > 0, every visit of the cadence gets a second exposure of the same
+        field, band and seeing this many seconds after its start (another
+        survey's back-to-back pairs, e.g. 80 s), with visit id
+        ``observationId + PAIR_ID_OFFSET``. OpSim's own pairs of a field about
+        33 minutes apart are in the cadence already. 0: none.
     """
 
     seed: int = 1
@@ -157,6 +165,7 @@ class SimConfig:
     next_visit_lead_s: tuple[float, float] = (5.0, 30.0)
     detection_delay_s: tuple[float, float] = (30.0, 60.0)
     predictions_jitter_s: float = 20.0
+    pair_gap_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -749,7 +758,8 @@ def simulate(
     region : (ra, dec, radius_deg), optional
         Keep only visits centred within the region.
     max_visits : int, optional
-        Keep only the night's first visits.
+        Keep only the night's first visits (of the cadence: with
+        ``config.pair_gap_s`` each brings its second exposure).
     overwrite : bool
         Write into a non-empty directory.
 
@@ -767,6 +777,8 @@ def simulate(
     visits = read_cadence(cadence_path, night_mjd, region, max_visits)
     if visits.size == 0:
         raise ValueError(f"{cadence_path}: no visits in night {night_mjd} (region {region})")
+    if cfg.pair_gap_s > 0:
+        visits = with_pairs(visits, cfg.pair_gap_s)
     night = _plan(visits, cfg.fov_radius)
     out = ArchiveWriter(out_dir, overwrite=overwrite)
     det, catalogue_counts = _write_catalogue(out, night, night_mjd, cfg)
@@ -797,6 +809,17 @@ def simulate(
         truth=_TRUTH,
         extra=extra,
     )
+
+
+def with_pairs(visits: np.ndarray, gap_s: float) -> np.ndarray:
+    """The cadence with a second exposure of each visit ``gap_s`` later, in start order."""
+    if visits.size and visits["observationId"].max() >= PAIR_ID_OFFSET:
+        raise ValueError(f"observationIds reach {PAIR_ID_OFFSET}: no room for pair ids")
+    twin = visits.copy()
+    twin["observationId"] += PAIR_ID_OFFSET
+    twin["observationStartMJD"] += gap_s / 86400.0
+    both = np.concatenate([visits, twin])
+    return both[np.lexsort((both["observationId"], both["observationStartMJD"]))]
 
 
 def _write_catalogue(
