@@ -111,6 +111,8 @@ BODY_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
         FieldSpec("n_sources", "int"),
         FieldSpec("n_new_objects", "int"),
         FieldSpec("n_moving", "int"),
+        FieldSpec("topic", "str", required=False),  # the Kafka alert topic, when streamed
+        FieldSpec("offsets", "dict", required=False),  # {"partition": [first, last]}
     ),
     VISIT_DONE: (
         FieldSpec("timings", "dict", required=False),
