@@ -140,7 +140,7 @@ class AlertStreamReader:
         self.topic = topic
         self._consumer = Consumer(conf)
         try:
-            meta = self._consumer.list_topics(topic, timeout=timeout)
+            meta = self._consumer.list_topics(timeout=timeout)
         except Exception as exc:
             self._consumer.close()
             raise KafkaError(f"no Kafka broker at {connection.bootstrap_servers}: {exc}") from exc

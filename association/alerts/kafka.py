@@ -134,7 +134,7 @@ class AlertProducer:
         self._producer = Producer(config.producer_config())
         # Connect now, and refuse a topic that is not there rather than time out later.
         try:
-            meta = self._producer.list_topics(config.topic, timeout=config.delivery_timeout_s)
+            meta = self._producer.list_topics(timeout=config.delivery_timeout_s)
         except Exception as exc:
             raise KafkaError(
                 f"no Kafka broker at {config.connection.bootstrap_servers}: {exc}"
