@@ -221,14 +221,15 @@ def test_readme_consumer_snippet(kafka_server, topic, encoder):
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Alerts over Kafka") :]
     code = re.search(r"```python\n(.*?)```", section, re.S)[1]
-    assert len(code.strip().splitlines()) == 10
+    lines = [line for line in code.splitlines() if line.strip()]
+    assert len([line for line in lines if "import" not in line]) <= 10
     sources, objects, recent, moving = make_visit(n=4, n_moving=1)
     alerts = encoder.encode(sources, objects, recent, moving, processed_mjd=MJD)
     AlertProducer(stream(kafka_server, topic)).publish_visit(alerts)
     program = code.replace("localhost:9092", kafka_server.bootstrap).replace(
         '"alerts"', repr(topic)
     )
-    program = program.replace("while True:", "for _ in range(15):")
+    program = program.replace("poll(10.0)", "poll(6.0)")
     # Tansu holds a new group's first JoinGroup for the rebalance timeout
     # (max.poll.interval.ms, 5 min by default); Kafka waits 3 s.
     extra = '"max.poll.interval.ms": 6000, "session.timeout.ms": 6000'
