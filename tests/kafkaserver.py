@@ -126,6 +126,40 @@ class KafkaServer:
             time.sleep(0.05)
         raise KafkaServerError(f"topics {names} not listed after creation")
 
+    def messages(self, topic: str, timeout: float = 60.0) -> list:
+        """Every message of a topic, each partition read to its end.
+
+        The end is where a fetch reports it (partition EOF): Tansu's
+        ListOffsets answers the last batch's first offset, not the end.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"read-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            parts = c.list_topics(timeout=10).topics[topic].partitions
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+            out, at_end = [], set()
+            deadline = time.monotonic() + timeout
+            while len(at_end) < len(parts):
+                if time.monotonic() > deadline:
+                    raise KafkaServerError(f"{topic}: not read to its end in {timeout:g} s")
+                for m in c.consume(1000, 0.2):
+                    if m.error() is None:
+                        out.append(m)
+                        at_end.discard(m.partition())
+                    elif m.error().code() == -191:  # _PARTITION_EOF
+                        at_end.add(m.partition())
+            return out
+        finally:
+            c.close()
+
     def stop(self) -> None:
         """Stop the broker (SIGINT, then SIGKILL) and remove its directory."""
         self._kill()

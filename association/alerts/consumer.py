@@ -136,7 +136,13 @@ class AlertStreamReader:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
         conf = connection.client_config()
-        conf.update({"group.id": f"nightpipe-alerts-{time.time_ns()}", "enable.auto.commit": False})
+        conf.update(
+            {
+                "group.id": f"nightpipe-alerts-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
         self.topic = topic
         self._consumer = Consumer(conf)
         try:
@@ -148,15 +154,9 @@ class AlertStreamReader:
         if info is None or info.error is not None or not info.partitions:
             self._consumer.close()
             raise KafkaError(f"topic {topic!r} on {connection.bootstrap_servers} does not exist")
-        self.from_beginning = from_beginning
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        parts = [TopicPartition(topic, p, start) for p in sorted(info.partitions)]
-        # The end of each partition now, to stop at with `read(to_end=True)`.
-        self.ends = {}
-        for tp in parts:
-            _, hi = self._consumer.get_watermark_offsets(tp, timeout=timeout)
-            self.ends[tp.partition] = hi
-        self._consumer.assign(parts)
+        self.partitions = tuple(sorted(info.partitions))
+        self._consumer.assign([TopicPartition(topic, p, start) for p in self.partitions])
 
     def read(
         self, count: int | None = None, to_end: bool = False, idle: float | None = None
@@ -168,18 +168,18 @@ class AlertStreamReader:
         count : int, optional
             Stop after this many.
         to_end : bool
-            Stop at the end each partition had when the reader was made.
+            Stop once every partition has been read to its end (the end the
+            broker reports when the reader gets there).
         idle : float, optional
             Stop after this many seconds without a message.
         """
         from confluent_kafka import KafkaError as CKError
 
         done = 0
-        remaining = dict(self.ends)
-        position = {p: -1 if self.from_beginning else hi - 1 for p, hi in self.ends.items()}
+        at_end: set[int] = set()
         last = time.monotonic()
         while count is None or done < count:
-            if to_end and all(position[p] + 1 >= hi for p, hi in remaining.items()):
+            if to_end and len(at_end) == len(self.partitions):
                 return
             if idle is not None and time.monotonic() - last > idle:
                 return
@@ -187,11 +187,13 @@ class AlertStreamReader:
             for m in msgs:
                 err = m.error()
                 if err is not None:
-                    if err.code() == CKError._PARTITION_EOF or not err.fatal():
-                        continue
-                    raise KafkaError(f"Kafka consumer failed: {err}")
+                    if err.code() == CKError._PARTITION_EOF:
+                        at_end.add(m.partition())
+                    elif err.fatal():
+                        raise KafkaError(f"Kafka consumer failed: {err}")
+                    continue
                 last = time.monotonic()
-                position[m.partition()] = m.offset()
+                at_end.discard(m.partition())
                 yield _decode(m)
                 done += 1
                 if count is not None and done >= count:
