@@ -116,7 +116,6 @@ class Plan:
     ops: np.ndarray  # int64 (n_ops, 5)
     lo: np.ndarray  # per table, its ops are ops[lo:hi]
     hi: np.ndarray
-    fixed_max: np.ndarray  # per table, largest encoding of its scalar fields
     schemas: tuple[dict, ...]  # per table, the record schema it fills
 
 
@@ -194,19 +193,17 @@ def compile_plan(schema: dict, root: str, tables: Mapping[str, Table]) -> Plan:
         columns[name] = cols
         table_ops[name] = _merge_bytes(ops)
     all_ops: list[list[int]] = []
-    lo, hi, fixed = [], [], []
+    lo, hi = [], []
     for name in order:
         lo.append(len(all_ops))
         all_ops += table_ops[name]
         hi.append(len(all_ops))
-        fixed.append(_fixed_max(table_ops[name], tables[name].fields, columns[name]))
     return Plan(
         tables=tuple(order),
         columns=tuple(tuple(columns[n]) for n in order),
         ops=np.array(all_ops, np.int64).reshape(-1, 5),
         lo=np.array(lo, np.int64),
         hi=np.array(hi, np.int64),
-        fixed_max=np.array(fixed, np.int64),
         schemas=tuple(record_of[n] for n in order),
     )
 
@@ -235,7 +232,7 @@ def encode(
         offset += v.size
         ncol.append(len(cols))
         nrows.append(t.n)
-    size = _max_size(plan, tables, len(prefix), max((len(s.encode()) for s in strings), default=0))
+    size = _max_size(plan, tables, len(prefix))
     str_bytes, str_off = _string_table(strings)
     out = np.empty(size, np.uint8)
     n = tables[plan.tables[0]].n
@@ -353,10 +350,11 @@ def _merge_bytes(ops: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def _fixed_max(ops: list[list[int]], fields: Mapping[str, Source], cols) -> int:
-    """Largest encoding of a row's scalar fields (nested rows counted apart)."""
+def _fixed_max(plan: Plan, t: int, fields: Mapping[str, Source]) -> int:
+    """Largest encoding of a row of table `t` without its nested rows."""
+    cols = plan.columns[t]
     total = 0
-    for op, col, _, _, arg in ops:
+    for op, col, _, _, arg in plan.ops[plan.lo[t] : plan.hi[t]].tolist():
         if op == _BYTES:
             total += arg
         elif op == _STRING:
@@ -374,13 +372,14 @@ def _fixed_max(ops: list[list[int]], fields: Mapping[str, Source], cols) -> int:
     return total
 
 
-def _max_size(plan: Plan, tables: Mapping[str, Table], prefix: int, longest: int) -> int:
+def _max_size(plan: Plan, tables: Mapping[str, Table], prefix: int) -> int:
     """Bytes enough for every root record with its nested rows."""
+    fixed = [_fixed_max(plan, t, tables[name].fields) for t, name in enumerate(plan.tables)]
     root = tables[plan.tables[0]]
     n = root.n
-    total = n * (prefix + int(plan.fixed_max[0]))
+    total = n * (prefix + fixed[0])
     for op, col, _, _, arg in plan.ops[plan.lo[0] : plan.hi[0]].tolist():
-        sub = int(plan.fixed_max[arg])
+        sub = fixed[arg]
         src = root.fields[plan.columns[0][col][0]]
         if op == _NESTED:
             total += n * sub
