@@ -188,6 +188,28 @@ def test_missing_password_variable_named():
         KafkaConnection("h:1", "TLS")
 
 
+def test_security_settings_reach_the_client(monkeypatch):
+    monkeypatch.setenv("NIGHTPIPE_TEST_KAFKA_PASSWORD", "s3cret")
+    conn = KafkaConnection(
+        "a:9094,b:9094",
+        "sasl_ssl",
+        "SCRAM-SHA-512",
+        "broker-user",
+        "NIGHTPIPE_TEST_KAFKA_PASSWORD",
+        ssl_ca_location="/etc/ca.pem",
+        extra={"client.id": "nightpipe"},
+    )
+    assert conn.client_config() == {
+        "bootstrap.servers": "a:9094,b:9094",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "broker-user",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": "/etc/ca.pem",
+        "client.id": "nightpipe",
+    }
+
+
 def test_publisher_refuses_unknown_type(kafka_server, topics):
     publisher = KafkaEventPublisher(KafkaConnection(kafka_server.bootstrap), topics)
     with pytest.raises(KafkaError, match=r"no topic for type 'association\.visit_done'"):
