@@ -552,8 +552,7 @@ def _put_flat(out, p, t, r, vals, nulls, base, ncol, ops, lo, hi, str_bytes, str
     for i in range(lo[t], hi[t]):
         op, col, null_byte, value_byte, arg = ops[i, 0], ops[i, 1], ops[i, 2], ops[i, 3], ops[i, 4]
         if op == _BYTES:
-            for k in range(arg):
-                out[p + k] = value_byte
+            out[p : p + arg] = value_byte
             p += arg
             continue
         if null_byte >= 0:
@@ -573,8 +572,7 @@ def _put_row(out, p, t, r, vals, nulls, base, ncol, ops, lo, hi, str_bytes, str_
     for i in range(lo[t], hi[t]):
         op, col, null_byte, value_byte, arg = ops[i, 0], ops[i, 1], ops[i, 2], ops[i, 3], ops[i, 4]
         if op == _BYTES:
-            for k in range(arg):
-                out[p + k] = value_byte
+            out[p : p + arg] = value_byte
             p += arg
             continue
         if op == _EMPTY_ARRAY:
