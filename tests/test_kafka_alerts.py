@@ -82,11 +82,12 @@ def test_publish_visit_one_message_per_alert(kafka_server, topic, encoder):
     assert body["topic"] == topic and set(body["offsets"]) <= {"0", "1"}
 
 
-def test_republish_sends_same_keys_again(kafka_server, topic, encoder):
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_republish_sends_same_keys_again(kafka_server, topic, encoder, idempotent):
     """At-least-once: a visit published twice gives duplicates, deduplicated by key."""
     sources, objects, recent, moving = make_visit(n=30, n_moving=3, seed=4)
     alerts = encoder.encode(sources, objects, recent, moving, processed_mjd=MJD)
-    producer = AlertProducer(stream(kafka_server, topic))
+    producer = AlertProducer(stream(kafka_server, topic, idempotent=idempotent))
     producer.publish_visit(alerts)
     producer.publish_visit(alerts)
     msgs = kafka_server.messages(topic)
