@@ -167,6 +167,12 @@ class KafkaServer:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
 
+    def cpu_seconds(self) -> float:
+        """CPU time the broker process has used (user + system), from /proc."""
+        assert self._proc is not None, "the broker is not running"
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, chars: int = 2000) -> str:
         """The end of the broker's output."""
         if self.base is None or not (self.base / "broker.log").exists():
