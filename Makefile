@@ -16,6 +16,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@# Rubin's alert schemas: only the .avsc files are used, so not its heavy dependencies.
+	$(BIN)/pip install -q --no-deps 'lsst-alert-packet>=30.2026.2700'
 	@# MPI: use the machine's if it has one, else the MPICH wheel from PyPI.
 	@if ! command -v mpiexec >/dev/null 2>&1; then $(BIN)/pip install -q mpich; fi
 	@# PostgreSQL binaries for the throwaway test server.

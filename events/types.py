@@ -156,6 +156,8 @@ ASSOCIATION_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
         FieldSpec("n_sources", "int"),
         FieldSpec("n_new_objects", "int"),
         FieldSpec("n_moving", "int"),
+        FieldSpec("topic", "str", required=False),  # the Kafka alert topic, when streamed
+        FieldSpec("offsets", "dict", required=False),  # {"partition": [first, last]}
     ),
 }
 """Body fields of the events the association pipeline sends out; it registers them."""

@@ -1,4 +1,4 @@
-"""Shared fixtures: databases for the storage tests."""
+"""Shared fixtures: databases for the storage tests, a Kafka broker for the stream tests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from association.storage.tables import create_schema, make_engine
+from tests.kafkaserver import KafkaServer, KafkaServerError
 from tests.pgserver import PgServer, PgServerError
 
 
@@ -19,6 +20,20 @@ def pg_server() -> Iterator[PgServer]:
         server = PgServer()
         server.start()
     except PgServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[KafkaServer]:
+    """A throwaway Kafka-compatible broker (Tansu) for the session; fails if it cannot start."""
+    try:
+        server = KafkaServer()
+        server.start()
+    except KafkaServerError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         yield server

@@ -101,6 +101,11 @@ def schema_json() -> str:
     parsed = alert_schema()
     if _layout(parsed) != _ALERT_LAYOUT:
         raise RuntimeError(f"{SCHEMA_PATH} changed: update the encoder in {__name__}")
+    return container_schema_json(parsed)
+
+
+def container_schema_json(parsed: dict) -> str:
+    """The ``avro.schema`` header value fastavro writes for a parsed schema."""
     return json.dumps({k: v for k, v in parsed.items() if not k.startswith("__")})
 
 
@@ -169,6 +174,47 @@ def write_alert_file(
     workers : int
         Threads compressing blocks; the bytes do not depend on it.
     """
+    buf, ends = _encode(sources, objects, obj_index, prv, prv_lo, prv_hi)
+    return write_container(
+        path,
+        buf,
+        ends,
+        schema_json(),
+        sync_marker,
+        codec,
+        block_records,
+        sync_interval=sync_interval,
+        compression_level=compression_level,
+        workers=workers,
+    )
+
+
+def write_container(
+    path: str | Path,
+    records: np.ndarray | bytes,
+    ends: np.ndarray,
+    schema_text: str,
+    sync_marker: bytes | None = None,
+    codec: str = "deflate",
+    block_records: int = 1000,
+    *,
+    sync_interval: int | None = None,
+    compression_level: int = -1,
+    workers: int = 1,
+) -> int:
+    """Write encoded records as one Avro container file; return how many.
+
+    Parameters
+    ----------
+    records : uint8 array or bytes
+        The schemaless Avro records, concatenated.
+    ends : int array
+        End offset of each record in `records`.
+    schema_text : str
+        The ``avro.schema`` header value (the schema as JSON).
+
+    Other parameters as in `write_alert_file`.
+    """
     path = Path(path)
     if sync_marker is None:
         sync_marker = hashlib.blake2b(path.name.encode(), digest_size=SYNC_SIZE).digest()
@@ -181,7 +227,7 @@ def write_alert_file(
     if block_records < 1 or (sync_interval is not None and sync_interval < 1):
         raise ValueError("block_records and sync_interval must be >= 1")
 
-    buf, ends = _encode(sources, objects, obj_index, prv, prv_lo, prv_hi)
+    ends = np.asarray(ends, np.int64)
     if sync_interval is not None:
         cuts = _fastavro_cuts(ends, sync_interval)
     else:
@@ -190,7 +236,7 @@ def write_alert_file(
     starts = np.concatenate((np.zeros(1, np.int64), cuts))[: len(cuts)]
     counts = (cuts - starts).tolist()
     bounds = np.concatenate(([0], ends))
-    data = memoryview(buf)
+    data = memoryview(records)
     blocks = [
         data[bounds[a] : bounds[b]] for a, b in zip(starts.tolist(), cuts.tolist(), strict=True)
     ]
@@ -209,7 +255,7 @@ def write_alert_file(
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with tmp.open("wb") as out:
-            out.write(_header(codec, sync_marker))
+            out.write(_header(codec, sync_marker, schema_text))
             for count, block in zip(counts, blocks, strict=True):
                 out.write(_long_bytes(count) + _long_bytes(len(block)))
                 out.write(block)
@@ -258,9 +304,9 @@ def _string_bytes(text: str) -> bytes:
     return _long_bytes(len(raw)) + raw
 
 
-def _header(codec: str, sync_marker: bytes) -> bytes:
+def _header(codec: str, sync_marker: bytes, schema_text: str) -> bytes:
     """Container header with fastavro's metadata: one map block, codec first."""
-    meta = (("avro.codec", codec), ("avro.schema", schema_json()))
+    meta = (("avro.codec", codec), ("avro.schema", schema_text))
     parts = [MAGIC, _long_bytes(len(meta))]
     for key, value in meta:
         parts += [_string_bytes(key), _string_bytes(value)]

@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from association.cli.nights import COMMANDS
+from association.cli.alerts import COMMANDS as ALERT_COMMANDS
+from association.cli.nights import COMMANDS as NIGHT_COMMANDS
 from events.envelope import Event
 from events.types import BODY_SPECS, KNOWN_TYPES, is_control
+
+COMMANDS = {**NIGHT_COMMANDS, **ALERT_COMMANDS}
 
 
 def endpoint_of(run_dir: str | Path) -> dict[str, Any]:
