@@ -37,6 +37,8 @@ demo: $(STAMP)
 	$(BIN)/nightpipe demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
