@@ -14,8 +14,7 @@ import pytest
 import events.journal
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
 from association.nights import report as rep
-from association.storage.sql import VisitRecord, store_visit
-from association.storage.tables import create_schema, make_engine
+from association.storage import VisitRecord, open_storage
 from events.archive import ArchiveWriter
 from events.envelope import Event
 from events.journal import Journal
@@ -28,6 +27,7 @@ from events.types import (
     VISIT_DONE,
     VISIT_FAILED,
 )
+from tests.databases import PARAMS
 
 T0 = 1_700_000_000.0
 TIMINGS = {
@@ -84,8 +84,7 @@ def write_archive(path: Path) -> None:
 
 
 def store(run_dir: Path) -> None:
-    engine = make_engine(None, run_dir)
-    create_schema(engine)
+    storage = open_storage(None, run_dir, PARAMS, create=True)
     for fov, rows in STORED.items():
         src = np.zeros(len(rows), DIASOURCE_DTYPE)
         src["visit"] = fov
@@ -98,8 +97,8 @@ def store(run_dir: Path) -> None:
         )
         mov = src[src["ssObjectId"] != 0]  # as the pipeline stores them: one row per match
         moving = (mov["visit"], mov["ssObjectId"], mov["diaSourceId"])
-        store_visit(engine, record, src, np.zeros(0, OBJECT_DTYPE), moving=moving)
-    engine.dispose()
+        storage.store_visit(record, src, np.zeros(0, OBJECT_DTYPE), moving=moving)
+    storage.close()
 
 
 def at(clock: Clock, t: float) -> Clock:

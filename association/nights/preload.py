@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
 from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE, band_index
+from association.storage import Storage
 from association.storage import tables as db
-from association.storage.sql import bulk_load_diasources, bulk_load_objects
 
 
 def read_objects(path: str | Path) -> np.ndarray:
@@ -37,22 +36,21 @@ def read_diasources_table(path: str | Path) -> np.ndarray:
     return out
 
 
-def catalogue_loaded(engine: Engine) -> bool:
+def catalogue_loaded(storage: Storage) -> bool:
     """Whether the database already holds Objects."""
-    with engine.connect() as conn:
+    with storage.engine.connect() as conn:
         return conn.execute(select(db.objects.c.diaObjectId).limit(1)).first() is not None
 
 
-def preload(engine: Engine, objects_path: str | Path, diasources_path: str | Path | None) -> int:
+def preload(storage: Storage, objects_path: str | Path, diasources_path: str | Path | None) -> int:
     """Load a starting catalogue into an empty database; returns the Objects loaded.
 
     A database that already holds Objects is left alone (a resumed replay).
     """
-    db.create_schema(engine)
-    if catalogue_loaded(engine):
+    if catalogue_loaded(storage):
         return 0
     objects = read_objects(objects_path)
-    bulk_load_objects(engine, objects)
+    storage.bulk_load_objects(objects)
     if diasources_path is not None:
-        bulk_load_diasources(engine, read_diasources_table(diasources_path))
+        storage.bulk_load_diasources(read_diasources_table(diasources_path))
     return len(objects)

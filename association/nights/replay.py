@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from association.nights.preload import preload
-from association.storage.tables import make_engine
+from association.storage import FrozenParameters, open_storage
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
@@ -129,18 +129,43 @@ class Replayer:
         info.update(extra)
         path.write_text(json.dumps(info, indent=1))
 
+    def frozen_parameters(self) -> FrozenParameters:
+        """The partition of the pipeline this replay starts (its load stage's orders)."""
+        from association.cli.main import config_path, parse_sets
+        from framework.config import load_config
+
+        cfg = load_config(config_path(self.opts.config), stage_overrides=parse_sets(self.opts.sets))
+        load = cfg.stages[cfg.stage_index("load")].config
+        return FrozenParameters(load.chunk_order, load.fine_order)
+
     def preload(self) -> int:
-        """Load the archive's starting catalogue into the pipeline's database."""
+        """Load the archive's starting catalogue into the pipeline's database.
+
+        The database is made with the pipeline's partition, which must be the
+        one the archive's fine indexes were computed at.
+        """
         files = self.archive.files
         objects = files.get("catalogue_objects")
         if not objects:
             return 0
+        params = self.frozen_parameters()
+        made_at = self.archive.manifest["extra"].get("fine_order")
+        if made_at is not None and made_at != params.fine_order:
+            raise ReplayError(
+                f"{self.archive.manifest_path}: the catalogue's fine indexes are of "
+                f"fine_order={made_at}; the pipeline says fine_order={params.fine_order}"
+            )
         # In a process of its own, so that the memory of a large catalogue
         # goes back to the system (to the database's page cache) when done.
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
             job = pool.submit(
-                _preload, self.opts.db_url, self.run_dir, objects, files.get("catalogue_diasources")
+                _preload,
+                self.opts.db_url,
+                self.run_dir,
+                params,
+                objects,
+                files.get("catalogue_diasources"),
             )
             return job.result()
 
@@ -300,9 +325,12 @@ def _sleep_until(t: float) -> None:
             os.sched_yield()
 
 
-def _preload(db_url: str | None, run_dir: Path, objects: str, diasources: str | None) -> int:
-    engine = make_engine(db_url, run_dir)
-    try:
-        return preload(engine, objects, diasources)
-    finally:
-        engine.dispose()
+def _preload(
+    db_url: str | None,
+    run_dir: Path,
+    params: FrozenParameters,
+    objects: str,
+    diasources: str | None,
+) -> int:
+    with open_storage(db_url, run_dir, params, create=True) as storage:
+        return preload(storage, objects, diasources)

@@ -15,12 +15,6 @@ from association.catalogue.memory import CatalogueConfig, warm_up
 from association.columns import OBJECT_DTYPE
 from association.sky.fov import fov_of
 from association.stages.rank import new_state, state_of
-from association.storage.sql import (
-    load_object_columns,
-    load_objects,
-    load_recent_diasources,
-    visit_stored,
-)
 from events.types import NEXT_VISIT
 from framework.stage import ExecutionContext, MasterContext, RankContext, Scatter, Stage
 
@@ -107,7 +101,7 @@ class LoadStage(Stage):
     def preprocess(self, ctx: MasterContext) -> Any:
         st = state_of(ctx)
         ra, dec, radius = fov_of(ctx.events[NEXT_VISIT])
-        ctx.clipboard["stored"] = visit_stored(st.engine, ctx.key)
+        ctx.clipboard["stored"] = st.storage.visit_stored(ctx.key)
         if ctx.clipboard["stored"]:
             ctx.log.info("fov %s: already stored by an earlier run; not computed again", ctx.key)
         chunks = st.partition.fov_chunks(ra, dec, radius + 2 * st.margin_deg)
@@ -136,8 +130,8 @@ class LoadStage(Stage):
         keep = cat.config.recent_per_object
         for chunk in missing:
             lo, hi = st.partition.chunk_range(int(chunk))
-            objects = load_objects(st.engine, int(lo), int(hi))
-            recent = load_recent_diasources(st.engine, int(lo), int(hi), keep)
+            objects = st.storage.load_objects(int(lo), int(hi))
+            recent = st.storage.load_recent_diasources(int(lo), int(hi), keep)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)
         key = tuple(owned.tolist())
@@ -146,7 +140,7 @@ class LoadStage(Stage):
             strip = st.strips.get(chunk, key)
             if strip is None:
                 lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
-                columns = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
+                columns = st.storage.load_object_columns(lo, hi, MATCH_COLUMNS)
                 columns["isVariable"] = columns["isVariable"].astype(bool)
                 strip = st.strips.put(chunk, key, lo, hi, columns)
             strips.append(strip.columns)

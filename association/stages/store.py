@@ -8,15 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from association.alerts.avro import warm_up as avro_warm_up
 from association.alerts.packets import write_visit_alerts
 from association.stages.load import MATCH_COLUMNS
 from association.stages.rank import state_of
-from association.storage import tables as db
-from association.storage.sql import VisitRecord, native_writer, store_visit
-from association.storage.sqlite.checkpoint import WalCheckpointer
+from association.storage import VisitRecord
 from events.types import ALERTS_READY, NEXT_VISIT
 from framework.stage import ExecutionContext, Later, MasterContext, RankContext, Stage
 
@@ -39,28 +36,16 @@ class StoreStage(Stage):
     ConfigClass = StoreConfig
 
     def setup(self, ctx: RankContext) -> None:
-        self._checkpointer = self._writer = None
         if ctx.rank == 0:
             avro_warm_up()  # load the compiled encoder now, not on the first visit
             self._alerts = ThreadPoolExecutor(1, thread_name_prefix="alerts")
             # One writer thread: visits commit one at a time, in the order they got here.
             self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
-            engine = state_of(ctx).engine
-            self._writer = native_writer(engine)
-            path = db.sqlite_file(engine)
-            if path is not None:
-                self._checkpointer = WalCheckpointer(path)
-                writers = [] if self._writer is None else [self._writer]
-                self._checkpointer.attach(engine, *writers)
 
     def shutdown(self, ctx: RankContext) -> None:
         if ctx.rank == 0:
             self._db.shutdown()
             self._alerts.shutdown()
-            if self._writer is not None:
-                self._writer.close()
-            if self._checkpointer is not None:
-                self._checkpointer.close()
 
     def preprocess(self, ctx: MasterContext) -> Any:
         out_dir = Path(ctx.run_dir) / self.config.alerts_dir
@@ -68,8 +53,8 @@ class StoreStage(Stage):
         path = out_dir / f"visit_{ctx.key}.avro"
         ctx.clipboard["alerts_path"] = str(path)
         if ctx.clipboard["stored"]:
-            with state_of(ctx).engine.connect() as conn:
-                row = conn.execute(select(db.visits).where(db.visits.c.visit == ctx.key)).one()
+            row = state_of(ctx).storage.visit_record(ctx.key)
+            assert row is not None
             ctx.clipboard["counts"] = _counts(
                 row.n_alerts, row.n_sources, row.n_new_objects, row.n_moving
             )
@@ -94,6 +79,7 @@ class StoreStage(Stage):
             len(alerting), len(sources), ctx.clipboard["n_new"], len(src_ids)
         )
         objects = ctx.clipboard["objects"]
+        storage = state_of(ctx).storage
 
         def store() -> dict[str, np.ndarray]:
             # The alert file is written beside the database transaction, which
@@ -101,15 +87,13 @@ class StoreStage(Stage):
             writing = self._alerts.submit(
                 write_visit_alerts, path, alerting, objects, ctx.clipboard["recent"]
             )
-            store_visit(
-                state_of(ctx).engine,
+            storage.store_visit(
                 record,
                 sources,
                 objects,
                 moving=(np.full(len(src_ids), ctx.key), ss_ids, src_ids),
                 alerts=(alerting["diaSourceId"], alerting["diaSourceId"], alerting["diaObjectId"]),
                 before_commit=writing.result,
-                writer=self._writer,
             )
             return {name: objects[name] for name in (*MATCH_COLUMNS, "fine")}
 
