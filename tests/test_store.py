@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select, update
 
+from association.cli.main import config_path
 from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 from association.storage import (
     SQLITE_NAME,
@@ -28,6 +30,9 @@ from association.storage import (
 from association.storage import tables as db
 from association.storage.postgres import copy as pg_copy
 from association.storage.sqlite import native as sqlite_native
+from framework.config import load_config
+from framework.stage import RankContext
+from framework.status import Board
 from tests.databases import PARAMS, table_rows
 
 
@@ -151,6 +156,25 @@ def test_frozen_parameters_checked_on_open(storage, db_url, tmp_path):
     with open_storage(db_url, tmp_path, None) as reader:
         assert reader.params == PARAMS
     assert table_rows(storage.engine)["parameters"] == {("chunk_order", "6"), ("fine_order", "20")}
+
+
+def test_pipeline_start_refuses_another_fine_order(tmp_path):
+    """The shipped pipeline's load stage, set up on rank 0 with ``--set load.fine_order=18``."""
+    open_storage(None, tmp_path, PARAMS, create=True).close()
+    ctx = RankContext(0, 2, tmp_path, logging.getLogger("test"), Board(0))
+    for fine_order in (18, 20):
+        cfg = load_config(
+            config_path("association"), stage_overrides={"load": {"fine_order": fine_order}}
+        )
+        load = cfg.stages[cfg.stage_index("load")].build()
+        if fine_order == 18:
+            with pytest.raises(FrozenParameterError) as err:
+                load.setup(ctx)
+            assert "was made with fine_order=20; the config says fine_order=18" in str(err.value)
+        else:
+            load.setup(ctx)
+            assert ctx.shared["association"].storage.params == PARAMS
+            load.shutdown(ctx)
 
 
 def test_open_needs_tables_and_parameters(db_url, tmp_path):

@@ -10,11 +10,11 @@ All give the same rows.
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -131,7 +131,7 @@ class VisitRecord:
     n_moving: int
 
 
-class Storage(ABC):
+class Storage(AbstractContextManager):
     """The association's database: Objects, DIASources, visits, alerts.
 
     Open one with `association.storage.open_storage`; close it with `close`
@@ -257,13 +257,5 @@ class Storage(ABC):
     def close(self) -> None:
         """Finish what is being written and release the connections."""
 
-    def __enter__(self) -> Storage:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
