@@ -125,23 +125,25 @@ class SqlStorage(Storage):
                 "stage, on rank 0) or a replay's preload creates them"
             )
         if create:
+            assert params is not None
             tables.metadata.create_all(self.engine, checkfirst=True)
+            self._record(params)
         p = tables.parameters
-        with self.engine.begin() as conn:
-            if (
-                create
-                and conn.execute(select(func.count(tables.schema_version.c.version))).scalar() == 0
-            ):
-                conn.execute(tables.schema_version.insert().values(version=tables.SCHEMA_VERSION))
+        with self.engine.connect() as conn:
             recorded = {n: v for n, v in conn.execute(select(p.c.name, p.c.value))}
-            if create and not recorded:
-                assert params is not None
-                values = params.as_strings()
-                conn.execute(p.insert(), [{"name": k, "value": v} for k, v in values.items()])
-                recorded = values
         frozen = FrozenParameters.from_strings(recorded, self.url)
         frozen.check(params, self.url)
         return frozen
+
+    def _record(self, params: FrozenParameters) -> None:
+        """Record the schema version and ``params`` in a database just made."""
+        version, p = tables.schema_version, tables.parameters
+        with self.engine.begin() as conn:
+            if conn.execute(select(func.count()).select_from(version)).scalar() == 0:
+                conn.execute(version.insert().values(version=tables.SCHEMA_VERSION))
+            if conn.execute(select(func.count()).select_from(p)).scalar() == 0:
+                values = params.as_strings().items()
+                conn.execute(p.insert(), [{"name": k, "value": v} for k, v in values])
 
     def _check_version(self, found: int | None) -> None:
         if found is not None and found > tables.SCHEMA_VERSION:
