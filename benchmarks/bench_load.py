@@ -4,17 +4,18 @@ Makes N Objects (default 2,000,000) at random positions in a 1.75 deg radius
 field, and their past DIASources (0 to 2*H-1 each, default H = 4, time-ordered
 within each Object as the simulator writes them). Then:
 
-- bulk-loads both into a new SQLite file with `association.storage.sql.bulk_load_objects`
+- bulk-loads both into a new SQLite file with `SqliteStorage.bulk_load_objects`
   and `bulk_load_diasources` (rows in random order for the Objects, as read
   from a file), against the naive reference: SQLAlchemy
   ``conn.execute(insert(table), list_of_dicts)`` on the first ``--naive-rows``
   of the same data, into another new file;
 - each time in a new process, loads the field's chunk ranges (order-6 chunks,
-  order-20 fine index) with `association.storage.sql.load_objects`, and with the naive
+  order-20 fine index) with `SqliteStorage.load_objects`, and with the naive
   reference: SQLAlchemy ``conn.execute(select(objects)).fetchall()`` and a
   per-row conversion;
 - each time in a new process, loads the same ranges' recent DIASources with
-  `association.storage.sql.load_recent_diasources`, natively and through the driver.
+  `SqliteStorage.load_recent_diasources`, natively and through the driver
+  (`SqlStorage`).
 
 Prints JSON; the targets are a cold Object load <= 5 s and bulk loads >= 300k rows/s.
 
@@ -42,6 +43,13 @@ FOV_RA, FOV_DEC, FOV_RADIUS = 150.0, 2.0, 1.75
 CHUNK_ORDER, FINE_ORDER = 6, 20
 TARGET_S = 5.0
 TARGET_BULK_ROWS_PER_S = 300_000
+
+
+def frozen_parameters():
+    """The partition the benchmark's database is made with."""
+    from association.storage import FrozenParameters
+
+    return FrozenParameters(CHUNK_ORDER, FINE_ORDER)
 
 
 def fov_objects(n: int, seed: int = 0) -> np.ndarray:
@@ -116,34 +124,34 @@ def naive_bulk(engine, table, records: np.ndarray, columns) -> None:
 def timed_bulk_loads(tmp: Path, objects: np.ndarray, history: np.ndarray, naive_rows: int) -> dict:
     """Ours on all rows, the naive reference on the first ``naive_rows``; rows/s of each."""
     from association.columns import BANDS
+    from association.storage import open_storage
     from association.storage import tables as db
-    from association.storage.sql import _object_columns, bulk_load_diasources, bulk_load_objects
+    from association.storage.rows import object_columns
 
-    engine = db.make_engine(None, tmp / "ours")
-    db.create_schema(engine)
+    storage = open_storage(None, tmp / "ours", frozen_parameters(), create=True)
     out = {}
     for name, load, rows in (
-        ("objects", bulk_load_objects, objects),
-        ("diasources", bulk_load_diasources, history),
+        ("objects", storage.bulk_load_objects, objects),
+        ("diasources", storage.bulk_load_diasources, history),
     ):
         start, cpu = time.perf_counter(), time.process_time()
-        load(engine, rows)
+        load(rows)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         out[name] = {"rows": len(rows), "seconds": round(seconds, 2)}
         out[name]["rows_per_s"] = round(len(rows) / seconds)
         # CPU time, all threads: a steadier figure on a shared machine.
         out[name]["cpu_seconds"] = round(cpu, 2)
-    engine.dispose()
+    storage.close()
 
-    naive = db.make_engine(None, tmp / "naive")
-    db.create_schema(naive)
+    naive_storage = open_storage(None, tmp / "naive", frozen_parameters(), create=True)
+    naive = naive_storage.engine
     letters = np.array(list(BANDS))
     for name, table, rows in (
         ("objects", db.objects, objects[:naive_rows]),
         ("diasources", db.diasources, history[:naive_rows]),
     ):
         if name == "objects":
-            columns = _object_columns(rows)
+            columns = object_columns(rows)
         else:
             columns = {c.name: rows[c.name] for c in table.columns}
             columns["band"] = letters[rows["band"]]
@@ -155,7 +163,7 @@ def timed_bulk_loads(tmp: Path, objects: np.ndarray, history: np.ndarray, naive_
         out[name]["naive_rows_per_s"] = round(len(rows) / seconds)
         out[name]["speedup"] = round(out[name]["rows_per_s"] / out[name]["naive_rows_per_s"], 1)
         out[name]["meets_target"] = out[name]["rows_per_s"] >= TARGET_BULK_ROWS_PER_S
-    naive.dispose()
+    naive_storage.close()
     return out
 
 
@@ -214,19 +222,23 @@ def child(mode: str, db_path: str, ranges: list[tuple[int, int]]) -> dict:
     ``recent-driver`` (recent DIASources).
     """
     start = time.perf_counter()
-    from association.storage.sql import load_objects, load_recent_diasources
-    from association.storage.tables import make_engine
+    from association.storage import open_storage
 
-    engine = make_engine(f"sqlite:///{db_path}", Path(db_path).parent)
+    storage = open_storage(
+        f"sqlite:///{db_path}",
+        Path(db_path).parent,
+        frozen_parameters(),
+        native_access=mode != "recent-driver",
+    )
     if mode.startswith("recent"):
-        native = mode == "recent-native"
-        parts = [load_recent_diasources(engine, lo, hi, native=native) for lo, hi in ranges]
+        parts = [storage.load_recent_diasources(lo, hi) for lo, hi in ranges]
+    elif mode == "native":
+        parts = [storage.load_objects(lo, hi) for lo, hi in ranges]
     else:
-        load = load_objects if mode == "native" else naive_load
-        parts = [load(engine, lo, hi) for lo, hi in ranges]
+        parts = [naive_load(storage.engine, lo, hi) for lo, hi in ranges]
     rows = np.concatenate(parts)
     seconds = time.perf_counter() - start
-    engine.dispose()
+    storage.close()
     return {
         "seconds": seconds,
         "rows": len(rows),

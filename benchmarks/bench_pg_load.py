@@ -3,8 +3,8 @@
 Starts a throwaway PostgreSQL server (as the tests do), bulk-loads N Objects
 (default 500,000) in a 1.75 deg field with H past DIASources each on average,
 then loads the field's chunks the way a Slice does, through binary COPY
-(`association.storage.postgres.copy`, the default) and through the driver's rows
-(``native=False``, the reference), alternating, K times each. The results must
+(`PostgresStorage`, the default) and through the driver's rows
+(`SqlStorage`, the reference), alternating, K times each. The results must
 be identical.
 
 Prints JSON. ``python benchmarks/bench_pg_load.py [--rows N] [--history H] [--repeats K]``
@@ -24,19 +24,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_load import fov_history, fov_objects, fov_ranges  # noqa: E402
+from bench_load import CHUNK_ORDER, FINE_ORDER, fov_history, fov_objects, fov_ranges  # noqa: E402
 
 
 def main() -> None:
-    from sqlalchemy import create_engine
-
-    from association.storage import tables as db
-    from association.storage.sql import (
-        bulk_load_diasources,
-        bulk_load_objects,
-        load_objects,
-        load_recent_diasources,
-    )
+    from association.storage import FrozenParameters, Storage, open_storage
     from tests.pgserver import PgServer
 
     p = argparse.ArgumentParser()
@@ -49,32 +41,35 @@ def main() -> None:
     sources = fov_history(objects, args.history)
     ranges = fov_ranges()
 
-    def load(engine, native: bool) -> tuple[float, float, np.ndarray, np.ndarray]:
+    def load(storage: Storage) -> tuple[float, float, np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
-        objs = [load_objects(engine, int(lo), int(hi), native=native) for lo, hi in ranges]
+        objs = [storage.load_objects(int(lo), int(hi)) for lo, hi in ranges]
         t1 = time.perf_counter()
-        recent = [
-            load_recent_diasources(engine, int(lo), int(hi), 10, native=native) for lo, hi in ranges
-        ]
+        recent = [storage.load_recent_diasources(int(lo), int(hi), 10) for lo, hi in ranges]
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, np.concatenate(objs), np.concatenate(recent)
 
     with PgServer() as server:
-        engine = create_engine(server.create_database("bench"))
-        db.create_schema(engine)
-        bulk_load_objects(engine, objects)
-        bulk_load_diasources(engine, sources)
+        url, run_dir = server.create_database("bench"), server.base
+        frozen = FrozenParameters(CHUNK_ORDER, FINE_ORDER)
+        storages = {
+            "copy": open_storage(url, run_dir, frozen, create=True),
+            "driver": open_storage(url, run_dir, frozen, native_access=False),
+        }
+        storages["copy"].bulk_load_objects(objects)
+        storages["copy"].bulk_load_diasources(sources)
         times: dict[str, dict[str, list[float]]] = {
             k: {"objects": [], "recent": []} for k in ("copy", "driver")
         }
         results = {}
         for _ in range(args.repeats):
-            for kind, native in (("copy", True), ("driver", False)):
-                t_obj, t_rec, objs, recent = load(engine, native)
+            for kind, storage in storages.items():
+                t_obj, t_rec, objs, recent = load(storage)
                 times[kind]["objects"].append(t_obj)
                 times[kind]["recent"].append(t_rec)
                 results[kind] = (objs, recent)
-        engine.dispose()
+        for storage in storages.values():
+            storage.close()
 
     def same(a: np.ndarray, b: np.ndarray) -> bool:
         return a.dtype == b.dtype and all(

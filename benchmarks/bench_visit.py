@@ -29,8 +29,7 @@ sys.path.insert(0, str(ROOT))
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE  # noqa: E402
 from association.inputs.readers import PREDICTION_DTYPE, write_table  # noqa: E402
 from association.sky.partition import Partition  # noqa: E402
-from association.storage.sql import bulk_load_objects  # noqa: E402
-from association.storage.tables import create_schema, make_engine  # noqa: E402
+from association.storage import FrozenParameters, open_storage  # noqa: E402
 from events.client import Injector  # noqa: E402
 from events.envelope import Event  # noqa: E402
 from events.journal import Journal  # noqa: E402
@@ -142,12 +141,12 @@ def main() -> None:
         run = Path(d) / "run"
         run.mkdir()
         objects = make_objects(args.objects, part)
-        engine = make_engine(None, run)
-        create_schema(engine)
+        frozen = FrozenParameters(part.chunk_order, part.fine_order)
+        storage = open_storage(None, run, frozen, create=True)
         t0 = time.perf_counter()
-        bulk_load_objects(engine, objects)
+        storage.bulk_load_objects(objects)
         out["preload_seconds"] = time.perf_counter() - t0
-        engine.dispose()
+        storage.close()
         proc = subprocess.Popen(
             run_command(3, "association", run),
             stdout=subprocess.DEVNULL,

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
 
-from association.storage.tables import create_schema, make_engine
+from association.storage import SqliteStorage, open_storage
+from tests.databases import PARAMS
 from tests.kafkaserver import KafkaServer, KafkaServerError
 from tests.pgserver import PgServer, PgServerError
 
@@ -48,12 +48,12 @@ def postgres_url(pg_server: PgServer) -> str:
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    """A SQLite engine on ``tmp_path/nightpipe.sqlite`` with the schema created."""
-    engine = make_engine(None, tmp_path)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+def sqlite_storage(tmp_path: Path) -> Iterator[SqliteStorage]:
+    """A new database in ``tmp_path/nightpipe.sqlite``, through the C API."""
+    storage = open_storage(None, tmp_path, PARAMS, create=True)
+    assert isinstance(storage, SqliteStorage)
+    yield storage
+    storage.close()
 
 
 @pytest.fixture(scope="session")

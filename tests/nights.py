@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 from association.nights.opsim import BUNDLED_DB
 from association.nights.replay import Replayer, ReplayOptions
 from association.nights.simulate import SimConfig, simulate
-from association.storage.sql import table_rows
-from association.storage.tables import make_engine
+from association.storage import open_storage
+from tests.databases import table_rows
 
 POLE_REGION = (0.0, -87.0, 4.0)
 """Around the south pole: 18 visits that straddle RA 0 and revisit fields."""
@@ -31,11 +31,8 @@ def replay(archive: Path, run_dir: Path, ranks: int = 3, **opts) -> dict:
 
 def db_rows(run_dir: Path, db_url: str | None = None) -> dict[str, set[tuple]]:
     """Every row of the run's database (volatile columns left out)."""
-    engine = make_engine(db_url, run_dir)
-    try:
-        return table_rows(engine)
-    finally:
-        engine.dispose()
+    with open_storage(db_url, run_dir, None) as storage:
+        return table_rows(storage.engine)
 
 
 def truth(archive: Path) -> dict[str, np.ndarray]:

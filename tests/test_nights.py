@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from association.nights.replay import Replayer, ReplayError, ReplayOptions
 from events.journal import Journal
 from framework.mpiexec import BIN
 from tests.nights import db_rows, make_archive, replay
@@ -41,6 +42,14 @@ def test_replay_keeps_the_scaled_schedule(tmp_path):
     late = [abs(s["sent"] - due[s["id"]]) for s in sends]
     assert max(late) <= 0.050, f"worst deviation {max(late) * 1e3:.1f} ms"
     assert max(s["due"] for s in sends) > 2.5  # the spacing was kept, not collapsed
+
+
+def test_replay_refuses_a_fine_order_its_catalogue_was_not_made_with(pole, tmp_path):
+    opts = ReplayOptions(archive=pole, run_dir=tmp_path / "run", sets=["load.fine_order=18"])
+    with pytest.raises(ReplayError) as err:
+        Replayer(opts).preload()
+    assert "fine indexes are of fine_order=20; the pipeline says fine_order=18" in str(err.value)
+    assert not (tmp_path / "run").exists()
 
 
 def _replay_cmd(archive: Path, run: Path) -> list[str]:

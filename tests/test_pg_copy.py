@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine
 
-from association.storage import tables as db
+from association.storage import PostgresStorage, SqlStorage, open_storage
 from association.storage.postgres.copy import CopyFormatError, parse_binary_copy
+from tests.databases import PARAMS
 
 KINDS = {"s": "i2", "b": "i1", "r": "f4", "n": "f8", "i": "i4", "g": "i8", "d": "f8"}
 SQL = (
@@ -18,15 +18,23 @@ SQL = (
 
 
 @pytest.fixture(scope="module")
-def pg_engine(pg_server):
-    engine = create_engine(pg_server.create_database())
-    yield engine
-    engine.dispose()
+def pg_url(pg_server):
+    return pg_server.create_database()
 
 
-def test_copy_equals_driver_for_every_kind(pg_engine):
-    fast = db.fetch_columns(pg_engine, SQL, (), KINDS)
-    slow = db.fetch_columns(pg_engine, SQL, (), KINDS, native=False)
+@pytest.fixture
+def pg_storage(pg_url, tmp_path):
+    storage = open_storage(pg_url, tmp_path, PARAMS, create=True)
+    assert isinstance(storage, PostgresStorage)
+    yield storage
+    storage.close()
+
+
+def test_copy_equals_driver_for_every_kind(pg_storage, pg_url, tmp_path):
+    fast = pg_storage.fetch_columns(SQL, (), KINDS)
+    with open_storage(pg_url, tmp_path, PARAMS, native_access=False) as driver:
+        assert type(driver) is SqlStorage
+        slow = driver.fetch_columns(SQL, (), KINDS)
     for name, kind in KINDS.items():
         assert fast[name].dtype == np.dtype(kind)
         np.testing.assert_array_equal(fast[name], slow[name], err_msg=name)
@@ -35,18 +43,18 @@ def test_copy_equals_driver_for_every_kind(pg_engine):
     assert fast["b"].tolist() == [1, 0] and fast["r"].tolist() == [2.5, -0.25]
 
 
-def test_copy_with_parameters_and_no_rows(pg_engine):
+def test_copy_with_parameters_and_no_rows(pg_storage):
     sql = "SELECT g FROM (VALUES (1::bigint), (2), (3)) AS t(g) WHERE g >= %s"
-    got = db.fetch_columns(pg_engine, sql.replace("%s", "?"), (2,), {"g": "i8"})
+    got = pg_storage.fetch_columns(sql.replace("%s", "?"), (2,), {"g": "i8"})
     assert got["g"].tolist() == [2, 3]
-    none = db.fetch_columns(pg_engine, sql.replace("%s", "?"), (9,), {"g": "i8"})
+    none = pg_storage.fetch_columns(sql.replace("%s", "?"), (9,), {"g": "i8"})
     assert none["g"].dtype == np.int64 and len(none["g"]) == 0
 
 
-def test_bad_copy_data_is_named(pg_engine):
+def test_bad_copy_data_is_named(pg_storage):
     with pytest.raises(CopyFormatError, match="signature"):
         parse_binary_copy(b"not a copy", {"a": "i8"})
-    raw = pg_engine.raw_connection()
+    raw = pg_storage.engine.raw_connection()
     try:
         cur = raw.driver_connection.cursor()
         with cur, cur.copy(f"COPY ({SQL}) TO STDOUT (FORMAT BINARY)") as copy:

@@ -14,8 +14,7 @@ import pytest
 import events.journal
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
 from association.nights import report as rep
-from association.storage.sql import VisitRecord, store_visit
-from association.storage.tables import create_schema, make_engine
+from association.storage import VisitRecord, open_storage
 from events.archive import ArchiveWriter
 from events.envelope import Event
 from events.journal import Journal
@@ -28,11 +27,12 @@ from events.types import (
     VISIT_DONE,
     VISIT_FAILED,
 )
+from tests.databases import PARAMS
 
 T0 = 1_700_000_000.0
 TIMINGS = {
-    1: {"load": 0.5, "crossmatch": 0.2, "moving": 0.1, "update": 0.05, "store": 0.3, "total": 3.5},
-    2: {"load": 1.0, "crossmatch": 0.4, "moving": 0.3, "update": 0.1, "store": 0.6, "total": 5.0},
+    1: {"load": 0.5, "sources": 0.2, "moving": 0.1, "update": 0.05, "store": 0.3, "total": 3.5},
+    2: {"load": 1.0, "sources": 0.4, "moving": 0.3, "update": 0.1, "store": 0.6, "total": 5.0},
 }
 # fov -> (mjd, ra, dec) of the visit
 FIELDS = {1: (60218.01, 10.0, -30.0), 2: (60218.02, 12.0, -31.0), 3: (60218.03, 359.0, -29.0)}
@@ -84,8 +84,7 @@ def write_archive(path: Path) -> None:
 
 
 def store(run_dir: Path) -> None:
-    engine = make_engine(None, run_dir)
-    create_schema(engine)
+    storage = open_storage(None, run_dir, PARAMS, create=True)
     for fov, rows in STORED.items():
         src = np.zeros(len(rows), DIASOURCE_DTYPE)
         src["visit"] = fov
@@ -98,8 +97,8 @@ def store(run_dir: Path) -> None:
         )
         mov = src[src["ssObjectId"] != 0]  # as the pipeline stores them: one row per match
         moving = (mov["visit"], mov["ssObjectId"], mov["diaSourceId"])
-        store_visit(engine, record, src, np.zeros(0, OBJECT_DTYPE), moving=moving)
-    engine.dispose()
+        storage.store_visit(record, src, np.zeros(0, OBJECT_DTYPE), moving=moving)
+    storage.close()
 
 
 def at(clock: Clock, t: float) -> Clock:
@@ -197,7 +196,7 @@ def test_figures(run_dir: Path):
     assert lat["p50"] == pytest.approx(4.0)
     assert lat["p95"] == pytest.approx(4.9)
     assert lat["max"] == pytest.approx(5.0)
-    # own work from crossmatch (the stage that waits for the detections) to store
+    # own work from sources (the stage that waits for the detections) to store
     proc = r["latency"]["processing"]
     assert proc["n"] == 2
     assert proc["p50"] == pytest.approx((0.65 + 1.4) / 2)
@@ -208,7 +207,7 @@ def test_figures(run_dir: Path):
     assert queue["p50"] == pytest.approx((10.5 + 9.0) / 2)
     assert queue["max"] == pytest.approx(10.5)
 
-    assert list(r["stages"]) == ["load", "crossmatch", "moving", "update", "store", "total"]
+    assert list(r["stages"]) == ["load", "sources", "moving", "update", "store", "total"]
     assert r["stages"]["load"]["p50"] == pytest.approx(0.75)
     assert r["stages"]["load"]["p95"] == pytest.approx(0.975)
     assert r["stages"]["total"]["max"] == pytest.approx(5.0)

@@ -1,28 +1,39 @@
-"""Storage on SQLite and PostgreSQL: schema, idempotent Store, atomicity, loads."""
+"""Storage on SQLite and PostgreSQL: schema, frozen parameters, idempotent Store, atomicity, loads."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import sys
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, update
+from sqlalchemy import Engine, func, select, update
 
+from association.cli.main import config_path
 from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
-from association.storage import tables as db
-from association.storage.sql import (
+from association.storage import (
+    SQLITE_NAME,
+    FrozenParameterError,
+    FrozenParameters,
+    PostgresStorage,
+    SchemaVersionError,
+    SqliteStorage,
+    SqlStorage,
+    Storage,
+    StorageError,
     VisitRecord,
-    bulk_load_diasources,
-    bulk_load_objects,
-    load_objects,
-    load_recent_diasources,
-    native_writer,
-    store_visit,
-    table_rows,
-    visit_stored,
+    default_url,
+    open_storage,
+    storage_class,
 )
+from association.storage import tables as db
+from association.storage.postgres import copy as pg_copy
 from association.storage.sqlite import native as sqlite_native
+from framework.config import load_config
+from framework.stage import RankContext
+from framework.status import Board
+from tests.databases import PARAMS, table_rows
 
 
 def make_objects(rng: np.random.Generator, ids: np.ndarray, fine: np.ndarray) -> np.ndarray:
@@ -86,92 +97,167 @@ def assert_records_equal(got: np.ndarray, want: np.ndarray) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path) -> Engine:
-    """An empty database with the schema, on each kind of server."""
+def db_url(request, tmp_path) -> str:
+    """The URL of a new database, on each kind of server."""
     if request.param == "sqlite":
-        eng = db.make_engine(None, tmp_path)
-    else:
-        eng = create_engine(request.getfixturevalue("pg_server").create_database())
-    db.create_schema(eng)
-    yield eng
-    eng.dispose()
+        return default_url(tmp_path)
+    return request.getfixturevalue("pg_server").create_database()
 
 
-def test_create_schema_twice(engine):
-    db.create_schema(engine)
-    assert table_rows(engine)["schema_version"] == {(db.SCHEMA_VERSION,)}
+@pytest.fixture
+def storage(db_url, tmp_path) -> Storage:
+    """A new database with the tables, through the backend's own (fast) class."""
+    st = open_storage(db_url, tmp_path, PARAMS, create=True)
+    assert isinstance(st, SqliteStorage if db_url.startswith("sqlite") else PostgresStorage)
+    yield st
+    st.close()
 
 
-def test_newer_schema_refused(engine):
-    with engine.begin() as conn:
+@pytest.fixture
+def reference(storage, db_url, tmp_path) -> SqlStorage:
+    """The same database through the driver (`SqlStorage`): the fast paths' reference."""
+    st = open_storage(db_url, tmp_path, PARAMS, native_access=False)
+    assert type(st) is SqlStorage
+    yield st
+    st.close()
+
+
+def either(storage: Storage, reference: SqlStorage, native: bool) -> Storage:
+    """The backend's own class, or the driver's way."""
+    return storage if native else reference
+
+
+def test_create_schema_twice(storage, db_url, tmp_path):
+    with open_storage(db_url, tmp_path, PARAMS, create=True) as again:
+        assert again.params == PARAMS
+    assert table_rows(storage.engine)["schema_version"] == {(db.SCHEMA_VERSION,)}
+    assert table_rows(storage.engine)["parameters"] == {("chunk_order", "6"), ("fine_order", "20")}
+
+
+def test_newer_schema_refused(storage, db_url, tmp_path):
+    with storage.engine.begin() as conn:
         conn.execute(update(db.schema_version).values(version=db.SCHEMA_VERSION + 1))
-    with pytest.raises(db.SchemaVersionError, match="newer"):
-        db.create_schema(engine)
+    with pytest.raises(SchemaVersionError, match="newer"):
+        open_storage(db_url, tmp_path, PARAMS, create=True)
 
 
-def test_store_twice_is_idempotent(engine):
+def test_frozen_parameters_checked_on_open(storage, db_url, tmp_path):
+    """A database made with one fine order is refused under another, naming both."""
+    where = storage.url
+    for create in (True, False):
+        with pytest.raises(FrozenParameterError) as err:
+            open_storage(db_url, tmp_path, FrozenParameters(6, 18), create=create)
+        assert str(err.value) == (
+            f"database {where} was made with fine_order=20; the config says fine_order=18"
+        )
+    with pytest.raises(FrozenParameterError, match=r"made with chunk_order=6, fine_order=20; "):
+        open_storage(db_url, tmp_path, FrozenParameters(5, 18))
+    # Nothing was changed by the refused opens; a reader takes what is recorded.
+    with open_storage(db_url, tmp_path, None) as reader:
+        assert reader.params == PARAMS
+    assert table_rows(storage.engine)["parameters"] == {("chunk_order", "6"), ("fine_order", "20")}
+
+
+def test_pipeline_start_refuses_another_fine_order(tmp_path):
+    """The shipped pipeline set up on rank 0 with ``--set settings.fine_order=18``."""
+    open_storage(None, tmp_path, PARAMS, create=True).close()
+    ctx = RankContext(0, 2, tmp_path, logging.getLogger("test"), Board(0))
+    for fine_order in (18, 20):
+        cfg = load_config(config_path("association"), {"settings": {"fine_order": fine_order}})
+        hooks = cfg.build_hooks()
+        if fine_order == 18:
+            with pytest.raises(FrozenParameterError) as err:
+                hooks.setup(ctx)
+            assert "was made with fine_order=20; the config says fine_order=18" in str(err.value)
+        else:
+            ctx.shared = hooks.setup(ctx)
+            assert ctx.shared.storage.params == PARAMS
+            hooks.shutdown(ctx)
+
+
+def test_open_needs_tables_and_parameters(db_url, tmp_path):
+    if db_url.startswith("sqlite"):
+        with pytest.raises(StorageError, match=r"nightpipe\.sqlite: no such file"):
+            open_storage(db_url, tmp_path, PARAMS)
+        assert not (tmp_path / SQLITE_NAME).exists()
+    else:
+        with pytest.raises(StorageError, match="has no nightpipe tables"):
+            open_storage(db_url, tmp_path, PARAMS)
+    with pytest.raises(ValueError, match="needs its frozen parameters"):
+        open_storage(db_url, tmp_path, None, create=True)
+    with (
+        open_storage(db_url, tmp_path, PARAMS, create=True) as made,
+        made.engine.begin() as conn,
+    ):
+        conn.execute(db.parameters.delete().where(db.parameters.c.name == "fine_order"))
+    with pytest.raises(StorageError, match="records no fine_order"):
+        open_storage(db_url, tmp_path, PARAMS)
+
+
+def test_store_twice_is_idempotent(storage):
     record, sources, objects, moving, alerts = visit_data(5)
-    store_visit(engine, record, sources, objects, moving, alerts)
-    first = table_rows(engine)
-    store_visit(engine, record, sources, objects, moving, alerts)
-    assert table_rows(engine) == first
-    assert visit_stored(engine, 5) and not visit_stored(engine, 6)
+    storage.store_visit(record, sources, objects, moving, alerts)
+    first = table_rows(storage.engine)
+    storage.store_visit(record, sources, objects, moving, alerts)
+    assert table_rows(storage.engine) == first
+    assert storage.visit_stored(5) and not storage.visit_stored(6)
+    assert storage.visit_record(5) == record and storage.visit_record(6) is None
     assert len(first["diasources"]) == 50 and len(first["alerts"]) == 3
     assert len(first["moving_matches"]) == 2 and len(first["objects"]) == 50
 
 
-def test_failed_store_leaves_nothing(engine):
+def test_failed_store_leaves_nothing(storage):
     record, sources, objects, moving, alerts = visit_data(5)
-    store_visit(engine, record, sources, objects, moving, alerts)
-    before = table_rows(engine)
+    storage.store_visit(record, sources, objects, moving, alerts)
+    before = table_rows(storage.engine)
     record2, sources2, objects2, moving2, alerts2 = visit_data(6)
     sources2["diaSourceId"][-1] = sources["diaSourceId"][0]  # taken by visit 5
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-        store_visit(engine, record2, sources2, objects2, moving2, alerts2)
-    assert table_rows(engine) == before
-    assert not visit_stored(engine, 6)
+        storage.store_visit(record2, sources2, objects2, moving2, alerts2)
+    assert table_rows(storage.engine) == before
+    assert not storage.visit_stored(6)
 
 
-def test_update_objects_upserts_full_rows(engine):
+def test_update_objects_upserts_full_rows(storage):
     record, sources, objects, moving, alerts = visit_data(5)
-    store_visit(engine, record, sources, objects, moving, alerts)
+    storage.store_visit(record, sources, objects, moving, alerts)
     changed = objects[:10].copy()
     changed["nDiaSources"] += 1
     changed["psfFluxMean"] = 1.5
     record2, sources2, _, _, _ = visit_data(6, n=0)
-    store_visit(engine, record2, sources2, changed)
-    got = load_objects(engine, 0, 1 << 62)
+    storage.store_visit(record2, sources2, changed)
+    got = storage.load_objects(0, 1 << 62)
     assert len(got) == 50
     assert_records_equal(got[np.isin(got["diaObjectId"], changed["diaObjectId"])], changed)
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_load_objects_range(engine, native):
+def test_load_objects_range(storage, reference, native):
     rng = np.random.default_rng(1)
     fine = rng.integers(0, 1000, 2000)
     objects = make_objects(rng, rng.permutation(np.arange(1, 2001)) * 7, fine)
-    bulk_load_objects(engine, objects)
-    got = load_objects(engine, 200, 700, native=native)
+    storage.bulk_load_objects(objects)
+    got = either(storage, reference, native).load_objects(200, 700)
     want = objects[(fine >= 200) & (fine < 700)]
     want = want[np.argsort(want["diaObjectId"])]
     assert_records_equal(got, want)
-    assert len(load_objects(engine, 5000, 6000, native=native)) == 0
+    assert len(either(storage, reference, native).load_objects(5000, 6000)) == 0
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_load_recent_diasources(engine, native):
+def test_load_recent_diasources(storage, reference, native):
     rng = np.random.default_rng(2)
     objects = make_objects(rng, np.arange(1, 31), np.arange(30) * 10)
-    bulk_load_objects(engine, objects)
+    storage.bulk_load_objects(objects)
     n_per = rng.integers(0, 25, 30)
     owner = np.repeat(objects["diaObjectId"], n_per)
     sources = make_sources(rng, np.arange(1, len(owner) + 1), 1, owner)
     sources["midpointMjdTai"] = rng.permutation(60000 + np.arange(len(owner)) / 100)
     sources["visit"] = rng.integers(1, 5, len(owner))
     sources["fine"] = 999_999  # a DIASource's own fine index does not choose it
-    bulk_load_diasources(engine, sources)
+    storage.bulk_load_diasources(sources)
 
-    got = load_recent_diasources(engine, 50, 200, per_object=10, native=native)
+    got = either(storage, reference, native).load_recent_diasources(50, 200, per_object=10)
     in_range = objects["diaObjectId"][(objects["fine"] >= 50) & (objects["fine"] < 200)]
     want = []
     for oid in in_range:
@@ -180,46 +266,50 @@ def test_load_recent_diasources(engine, native):
         want.append(mine)
     assert_records_equal(got, np.concatenate(want))
     assert np.bincount(got["diaObjectId"]).max() <= 10
-    assert len(load_recent_diasources(engine, 50, 200, per_object=0)) == 0
+    assert len(storage.load_recent_diasources(50, 200, per_object=0)) == 0
+
+
+def open_both(tmp_path, pg_server) -> list[Storage]:
+    """New databases on SQLite and on PostgreSQL, through their own classes."""
+    return [
+        open_storage(None, tmp_path, PARAMS, create=True),
+        open_storage(pg_server.create_database(), tmp_path, PARAMS, create=True),
+    ]
 
 
 def test_sqlite_and_postgres_agree(tmp_path, pg_server):
-    engines = [
-        db.make_engine(None, tmp_path),
-        create_engine(pg_server.create_database()),
-    ]
-    for eng in engines:
-        db.create_schema(eng)
+    storages = open_both(tmp_path, pg_server)
+    for st in storages:
         for visit in (3, 4, 3):
-            store_visit(eng, *visit_data(visit))
+            st.store_visit(*visit_data(visit))
         record, sources, objects, _, _ = visit_data(9, n=5)
         objects["isVariable"] = True
-        store_visit(eng, record, sources, objects)
-    rows = [table_rows(eng) for eng in engines]
+        st.store_visit(record, sources, objects)
+    rows = [table_rows(st.engine) for st in storages]
     assert rows[0] == rows[1]
     assert len(rows[0]["visits"]) == 3
-    for eng in engines:
-        with eng.connect() as conn:
+    for st in storages:
+        with st.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(db.objects)).scalar() == 105
-        eng.dispose()
+        st.close()
 
 
-def test_store_rejects_other_visits_rows(sqlite_engine):
+def test_store_rejects_other_visits_rows(sqlite_storage):
     record, sources, objects, moving, alerts = visit_data(5)
     sources["visit"][3] = 4
     with pytest.raises(ValueError, match="diasources row 3: visit 4"):
-        store_visit(sqlite_engine, record, sources, objects, moving, alerts)
-    assert not visit_stored(sqlite_engine, 5)
+        sqlite_storage.store_visit(record, sources, objects, moving, alerts)
+    assert not sqlite_storage.visit_stored(5)
 
 
-def test_fetch_columns_kinds(engine):
-    bulk_load_objects(engine, make_objects(np.random.default_rng(4), np.arange(1, 6), np.arange(5)))
+def test_fetch_columns_kinds(storage):
+    storage.bulk_load_objects(make_objects(np.random.default_rng(4), np.arange(1, 6), np.arange(5)))
     sql = 'SELECT "diaObjectId", "u_psfFluxMean", "nDiaSources" FROM objects WHERE fine >= ?'
-    cols = db.fetch_columns(engine, sql, (0,), {"id": "i", "mean": "f4", "n": "i2"})
+    cols = storage.fetch_columns(sql, (0,), {"id": "i", "mean": "f4", "n": "i2"})
     assert [cols[k].dtype for k in ("id", "mean", "n")] == [np.int64, np.float32, np.int16]
     assert sorted(cols["id"]) == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="kinds"):
-        db.fetch_columns(engine, sql, (0,), {"id": "u8", "mean": "f", "n": "i"})
+        storage.fetch_columns(sql, (0,), {"id": "u8", "mean": "f", "n": "i"})
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
@@ -238,15 +328,13 @@ def history(rng: np.random.Generator, objects: np.ndarray, max_per: int = 25) ->
     return out[rng.permutation(len(out))]
 
 
-def fresh_engines(tmp_path, pg_server) -> dict[str, Engine]:
+def fresh_storages(tmp_path, pg_server) -> dict[str, Storage]:
     """Empty databases: SQLite loaded natively, SQLite through the driver, PostgreSQL."""
-    out = {}
-    for name in ("native", "driver"):
-        out[name] = db.make_engine(None, tmp_path / name)
-    out["postgres"] = create_engine(pg_server.create_database())
-    for eng in out.values():
-        db.create_schema(eng)
-    return out
+    return {
+        "native": open_storage(None, tmp_path / "native", PARAMS, create=True),
+        "driver": open_storage(None, tmp_path / "driver", PARAMS, create=True, native_access=False),
+        "postgres": open_storage(pg_server.create_database(), tmp_path, PARAMS, create=True),
+    }
 
 
 def schema_objects(engine: Engine) -> set[str]:
@@ -264,59 +352,59 @@ def test_bulk_load_same_rows_everywhere(tmp_path, pg_server):
     rng = np.random.default_rng(11)
     objects = make_objects(rng, rng.permutation(3000) + 1, rng.integers(0, 50, 3000))
     sources = history(rng, objects)
-    engines = fresh_engines(tmp_path, pg_server)
-    before = {name: schema_objects(eng) for name, eng in engines.items()}
-    for name, eng in engines.items():
-        native = name == "native"
+    storages = fresh_storages(tmp_path, pg_server)
+    before = {name: schema_objects(st.engine) for name, st in storages.items()}
+    for st in storages.values():
         # In two parts: into the empty tables (indexes built after), then into filled ones.
-        bulk_load_objects(eng, objects[:2000], chunk=700, native=native)
-        bulk_load_objects(eng, objects[2000:], chunk=700, native=native)
-        bulk_load_diasources(eng, sources[:-100], chunk=900, native=native)
-        bulk_load_diasources(eng, sources[-100:], native=native)
-    rows = {name: table_rows(eng) for name, eng in engines.items()}
+        st.bulk_load_objects(objects[:2000], chunk=700)
+        st.bulk_load_objects(objects[2000:], chunk=700)
+        st.bulk_load_diasources(sources[:-100], chunk=900)
+        st.bulk_load_diasources(sources[-100:])
+    rows = {name: table_rows(st.engine) for name, st in storages.items()}
     assert rows["native"] == rows["driver"] == rows["postgres"]
     assert len(rows["native"]["objects"]) == 3000
     assert len(rows["native"]["diasources"]) == len(sources)
-    for name, eng in engines.items():
-        assert schema_objects(eng) == before[name], name
-        assert_records_equal(load_objects(eng, 0, 50), objects[np.argsort(objects["diaObjectId"])])
-        eng.dispose()
+    for name, st in storages.items():
+        assert schema_objects(st.engine) == before[name], name
+        assert_records_equal(st.load_objects(0, 50), objects[np.argsort(objects["diaObjectId"])])
+        st.close()
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bulk_load_duplicate_leaves_nothing(engine, native):
+def test_bulk_load_duplicate_leaves_nothing(storage, reference, native):
     rng = np.random.default_rng(12)
     objects = make_objects(rng, np.arange(1, 101), np.arange(100))
     sources = history(rng, objects)
     sources["diaSourceId"][7] = sources["diaSourceId"][70]
-    before = schema_objects(engine)
+    before = schema_objects(storage.engine)
+    loader = either(storage, reference, native)
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-        bulk_load_diasources(engine, sources, native=native)
+        loader.bulk_load_diasources(sources)
     objects["diaObjectId"][5] = objects["diaObjectId"][50]
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-        bulk_load_objects(engine, objects, native=native)
-    rows = table_rows(engine)
+        loader.bulk_load_objects(objects)
+    rows = table_rows(storage.engine)
     assert not rows["objects"] and not rows["diasources"]
-    assert schema_objects(engine) == before  # dropped indexes are back
+    assert schema_objects(storage.engine) == before  # dropped indexes are back
 
 
-def test_bulk_load_rejects_bad_band(sqlite_engine):
+def test_bulk_load_rejects_bad_band(sqlite_storage):
     rng = np.random.default_rng(13)
     sources = make_sources(rng, np.arange(1, 11), 1, np.arange(1, 11))
     sources["band"][4] = 6
     with pytest.raises(ValueError, match="diasources row 4: band index 6"):
-        bulk_load_diasources(sqlite_engine, sources)
+        sqlite_storage.bulk_load_diasources(sources)
 
 
 @pytest.mark.parametrize("per_object", [1, 3, 10, 40])
-def test_load_recent_native_equals_driver(engine, per_object):
+def test_load_recent_native_equals_driver(storage, reference, per_object):
     rng = np.random.default_rng(14)
     objects = make_objects(rng, rng.permutation(400) + 1, rng.integers(0, 100, 400))
-    bulk_load_objects(engine, objects)
+    storage.bulk_load_objects(objects)
     sources = history(rng, objects, max_per=30)
-    bulk_load_diasources(engine, sources)
+    storage.bulk_load_diasources(sources)
     got = {
-        native: load_recent_diasources(engine, 20, 80, per_object, native=native)
+        native: either(storage, reference, native).load_recent_diasources(20, 80, per_object)
         for native in (True, False)
     }
     assert_records_equal(got[True], got[False])
@@ -419,16 +507,16 @@ def test_native_bulk_insert_failure_rolls_back(scratch_db):
 
 
 @pytest.mark.parametrize("presize", [True, False])
-def test_fetch_columns_native_equals_driver(sqlite_engine, presize):
+def test_fetch_columns_native_equals_driver(sqlite_storage, tmp_path, presize):
     rng = np.random.default_rng(16)
     objects = make_objects(rng, np.arange(1, 3001), rng.integers(0, 100, 3000))
-    bulk_load_objects(sqlite_engine, objects)
+    sqlite_storage.bulk_load_objects(objects)
     sql = 'SELECT "diaObjectId", "g_psfFluxMean", "nDiaSources" FROM objects WHERE fine < ?'
     kinds = {"id": "i8", "mean": "f4", "n": "i4"}
-    got = [
-        db.fetch_columns(sqlite_engine, sql, (60,), kinds, native=native, presize=presize)
-        for native in (True, False)
-    ]
+    with open_storage(None, tmp_path, PARAMS, native_access=False) as driver:
+        got = [
+            st.fetch_columns(sql, (60,), kinds, presize=presize) for st in (sqlite_storage, driver)
+        ]
     for name in kinds:
         np.testing.assert_array_equal(got[0][name], got[1][name])
     assert len(got[0]["id"]) == (objects["fine"] < 60).sum()
@@ -436,21 +524,18 @@ def test_fetch_columns_native_equals_driver(sqlite_engine, presize):
 
 def test_postgres_copy_text_fallback_same_rows(tmp_path, pg_server, monkeypatch):
     """Columns of a type the binary COPY does not know go row by row, same rows."""
-    import association.storage.sql as store
-
     rng = np.random.default_rng(17)
     objects = make_objects(rng, rng.permutation(500) + 1, rng.integers(0, 50, 500))
     sources = history(rng, objects)
-    engines = [db.make_engine(None, tmp_path), create_engine(pg_server.create_database())]
-    monkeypatch.setattr(store, "_PG_BINARY_KINDS", ())
-    for eng in engines:
-        db.create_schema(eng)
-        bulk_load_objects(eng, objects, chunk=128)
-        bulk_load_diasources(eng, sources, chunk=300)
-    rows = [table_rows(eng) for eng in engines]
+    storages = open_both(tmp_path, pg_server)
+    monkeypatch.setattr(pg_copy, "_BINARY_KINDS", ())
+    for st in storages:
+        st.bulk_load_objects(objects, chunk=128)
+        st.bulk_load_diasources(sources, chunk=300)
+    rows = [table_rows(st.engine) for st in storages]
     assert rows[0] == rows[1] and len(rows[0]["diasources"]) == len(sources)
-    for eng in engines:
-        eng.dispose()
+    for st in storages:
+        st.close()
 
 
 def journal_mode(engine: Engine) -> str:
@@ -460,7 +545,7 @@ def journal_mode(engine: Engine) -> str:
 
 @needs_native
 @pytest.mark.parametrize("other_connection", [False, True])
-def test_native_bulk_load_ends_in_wal(sqlite_engine, tmp_path, other_connection):
+def test_native_bulk_load_ends_in_wal(sqlite_storage, tmp_path, other_connection):
     """Alone, the load goes under a rollback journal; either way it ends in WAL, checkpointed."""
     rng = np.random.default_rng(18)
     objects = make_objects(rng, rng.permutation(2000) + 1, rng.integers(0, 50, 2000))
@@ -475,59 +560,57 @@ def test_native_bulk_load_ends_in_wal(sqlite_engine, tmp_path, other_connection)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sqlite_native.Connection, "_set_journal_mode", spy)
-        other = sqlite3.connect(tmp_path / db.SQLITE_NAME) if other_connection else None
+        other = sqlite3.connect(tmp_path / SQLITE_NAME) if other_connection else None
         if other is not None:
             other.execute("SELECT count(*) FROM objects").fetchall()
-        bulk_load_objects(sqlite_engine, objects)
+        sqlite_storage.bulk_load_objects(objects)
         with pytest.raises(sqlite3.IntegrityError):
-            bulk_load_diasources(sqlite_engine, sources)  # fails, rolled back
+            sqlite_storage.bulk_load_diasources(sources)  # fails, rolled back
         if other is not None:
             other.close()
     alone = not other_connection
     assert switches == (
         [("truncate", True), ("wal", True)] * 2 if alone else [("truncate", False)] * 2
     )
-    assert journal_mode(sqlite_engine) == "wal"
-    assert not (tmp_path / f"{db.SQLITE_NAME}-journal").exists()
-    wal = tmp_path / f"{db.SQLITE_NAME}-wal"
+    assert journal_mode(sqlite_storage.engine) == "wal"
+    assert not (tmp_path / f"{SQLITE_NAME}-journal").exists()
+    wal = tmp_path / f"{SQLITE_NAME}-wal"
     assert not wal.exists() or wal.stat().st_size == 0
-    rows = table_rows(sqlite_engine)
+    rows = table_rows(sqlite_storage.engine)
     assert len(rows["objects"]) == 2000 and not rows["diasources"]
 
 
 def test_native_store_equals_driver_store(tmp_path):
     """The C-API Store gives the driver's rows: upserts, a re-Store, and failures rolled back."""
-    engines = []
-    for name in ("driver", "native"):
-        eng = db.make_engine(None, tmp_path / name)
-        db.create_schema(eng)
-        engines.append(eng)
-    writer = native_writer(engines[1])
-    assert writer is not None and native_writer(create_engine("sqlite://")) is None
+    storages = [
+        open_storage(None, tmp_path / "driver", PARAMS, create=True, native_access=False),
+        open_storage(None, tmp_path / "native", PARAMS, create=True),
+    ]
+    assert [type(st) for st in storages] == [SqlStorage, SqliteStorage]
+    assert storage_class("sqlite://") is SqlStorage  # no file: no C API
 
     def boom():
         raise RuntimeError("alert file failed")
 
     try:
-        for eng, w in zip(engines, (None, writer), strict=True):
+        for st in storages:
             record, sources, objects, moving, alerts = visit_data(5)
-            store_visit(eng, record, sources, objects, moving, alerts, writer=w)
+            st.store_visit(record, sources, objects, moving, alerts)
             objects["nDiaSources"] += 1  # visit 6 updates visit 5's Objects
             objects["psfFluxMean"][:, 0] = np.nan
             record6, sources6, _, moving6, alerts6 = visit_data(6)
-            store_visit(eng, record6, sources6, objects, moving6, alerts6, writer=w)
-            store_visit(eng, record, *visit_data(5)[1:], writer=w)  # again: same rows
+            st.store_visit(record6, sources6, objects, moving6, alerts6)
+            st.store_visit(record, *visit_data(5)[1:])  # again: same rows
             record7, sources7, objects7, moving7, alerts7 = visit_data(7)
             with pytest.raises(RuntimeError, match="alert file"):
-                store_visit(eng, record7, sources7, objects7, moving7, alerts7, boom, writer=w)
+                st.store_visit(record7, sources7, objects7, moving7, alerts7, boom)
             sources7["diaSourceId"][-1] = sources["diaSourceId"][0]
             with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-                store_visit(eng, record7, sources7, objects7, moving7, alerts7, writer=w)
-            assert not visit_stored(eng, 7)
-        rows = [table_rows(eng) for eng in engines]
+                st.store_visit(record7, sources7, objects7, moving7, alerts7)
+            assert not st.visit_stored(7)
+        rows = [table_rows(st.engine) for st in storages]
         assert rows[0] == rows[1]
         assert len(rows[1]["objects"]) == 50 and len(rows[1]["diasources"]) == 100
     finally:
-        writer.close()
-        for eng in engines:
-            eng.dispose()
+        for st in storages:
+            st.close()

@@ -7,7 +7,6 @@ import numpy as np
 from association.catalogue.strips import Strip, StripCache
 from association.sky.partition import Partition
 from association.stages.load import MATCH_COLUMNS
-from association.storage.sql import bulk_load_objects, load_object_columns, store_visit
 from tests.test_store import make_objects, visit_data
 
 PART = Partition(chunk_order=6, fine_order=20)
@@ -21,21 +20,21 @@ def fines(rng: np.random.Generator, chunks: list[int], n: int) -> np.ndarray:
     return (chunk << SHIFT) + rng.integers(0, 1 << SHIFT, n)
 
 
-def strip_from_db(engine, lo, hi) -> dict[str, np.ndarray]:
-    cols = load_object_columns(engine, lo, hi, MATCH_COLUMNS)
+def strip_from_db(storage, lo, hi) -> dict[str, np.ndarray]:
+    cols = storage.load_object_columns(lo, hi, MATCH_COLUMNS)
     cols["isVariable"] = cols["isVariable"].astype(bool)
     order = np.argsort(cols["diaObjectId"])
     return {k: v[order] for k, v in cols.items()}
 
 
-def test_patched_strips_equal_a_fresh_read(sqlite_engine):
+def test_patched_strips_equal_a_fresh_read(sqlite_storage):
     rng = np.random.default_rng(5)
     lo, hi = PART.strip_ranges(np.array([CHUNK]), np.array(OWNED))
     # Dense near the strip: most Objects of the chunk lie outside it.
     start = make_objects(rng, np.arange(1, 20_001), fines(rng, [CHUNK, 1001, 1002], 20_000))
-    bulk_load_objects(sqlite_engine, start)
+    sqlite_storage.bulk_load_objects(start)
     cache = StripCache()
-    strip = cache.put(CHUNK, OWNED, lo, hi, strip_from_db(sqlite_engine, lo, hi))
+    strip = cache.put(CHUNK, OWNED, lo, hi, strip_from_db(sqlite_storage, lo, hi))
     assert 0 < len(strip) < np.sum(start["fine"] >> SHIFT == CHUNK)
     before = {k: v.copy() for k, v in strip.columns.items()}
 
@@ -49,12 +48,12 @@ def test_patched_strips_equal_a_fresh_read(sqlite_engine):
         new = make_objects(rng, visit * 100_000 + np.arange(1, 401), fines(rng, [CHUNK, 1002], 400))
         new["fine"][:50] = lo[0] + rng.integers(0, hi[0] - lo[0], 50)
         objects = np.concatenate([old, new])
-        store_visit(sqlite_engine, record, sources, objects, moving=moving, alerts=alerts)
+        sqlite_storage.store_visit(record, sources, objects, moving=moving, alerts=alerts)
         fine = objects["fine"]
         assert cache.patch(fine >> SHIFT, fine, {k: objects[k] for k in objects.dtype.names}) == 1
 
         got = cache.get(CHUNK, OWNED)
-        want = strip_from_db(sqlite_engine, lo, hi)
+        want = strip_from_db(sqlite_storage, lo, hi)
         assert got is not None and set(got.columns) == set(want)
         for name in want:
             np.testing.assert_array_equal(got.columns[name], want[name], err_msg=name)

@@ -1,45 +1,63 @@
-"""The starting catalogue of a night archive, into the database."""
+"""The starting catalogue of a night archive, into the database, all of it or none."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select
 
 from association.inputs.catalogue import read_diasources, read_objects
 from association.sky.partition import Partition
+from association.storage import Storage
 from association.storage import tables as db
-from association.storage.sql import bulk_load_diasources, bulk_load_objects
+
+DONE = "preload"
+"""The note a complete preload leaves in the database."""
 
 
-def catalogue_loaded(engine: Engine) -> bool:
+class PreloadError(RuntimeError):
+    """The database cannot take the starting catalogue."""
+
+
+def catalogue_loaded(storage: Storage) -> bool:
     """Whether the database already holds Objects."""
-    with engine.connect() as conn:
+    with storage.engine.connect() as conn:
         return conn.execute(select(db.objects.c.diaObjectId).limit(1)).first() is not None
 
 
 def preload(
-    engine: Engine,
+    storage: Storage,
     objects_path: str | Path,
     diasources_path: str | Path | None,
     partition: Partition | None = None,
 ) -> int:
-    """Load a starting catalogue into an empty database; returns the Objects loaded.
+    """Load a starting catalogue into the database; returns the Objects loaded.
 
     Both files are read and checked first (`association.inputs.catalogue`;
     a bad file raises `BadInputError` and loads nothing), and ``fine`` is
-    derived from ``ra``/``dec`` with ``partition``'s fine order. A database
-    that already holds Objects is left alone (a resumed replay).
+    derived from ``ra``/``dec`` with ``partition``'s fine order. Only when
+    both are in is the preload noted as complete. A resumed replay skips a
+    complete preload; one cut short (a kill, a full disk) is cleared and
+    done again, never skipped.
     """
-    db.create_schema(engine)
-    if catalogue_loaded(engine):
+    if storage.noted(DONE) is not None:
         return 0
+    if catalogue_loaded(storage):
+        with storage.engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(db.visits)).scalar()
+        if stored:
+            raise PreloadError(
+                f"database {storage.url} holds {stored} stored visit(s) and Objects but no "
+                "complete preload: it is not this archive's; use a new run directory or --db"
+            )
+        storage.clear_catalogue()  # a preload cut short: redo all of it
     objects = read_objects(objects_path, partition)
     history = None
     if diasources_path is not None:
         history = read_diasources(diasources_path, objects["diaObjectId"], partition)
-    bulk_load_objects(engine, objects)
+    storage.bulk_load_objects(objects)
     if history is not None:
-        bulk_load_diasources(engine, history)
+        storage.bulk_load_diasources(history)
+    n_history = 0 if history is None else len(history)
+    storage.note(DONE, f"{len(objects)} Objects and {n_history} DIASources from {objects_path}")
     return len(objects)

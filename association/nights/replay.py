@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from association.inputs.readers import BadInputError
-from association.nights.preload import preload
+from association.nights.preload import PreloadError, preload
 from association.rundir import NightRunDir
-from association.storage.tables import make_engine
+from association.sky.partition import Partition
+from association.storage import FrozenParameters, open_storage
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
@@ -121,22 +122,49 @@ class Replayer:
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, path)
 
+    def frozen_parameters(self) -> FrozenParameters:
+        """The partition of the pipeline this replay starts (its settings' orders)."""
+        from association.cli.main import config_path, parse_sets
+        from framework.config import load_config
+
+        sets = parse_sets(self.opts.sets)
+        cfg = load_config(
+            config_path(self.opts.config), {"settings": sets.pop("settings", {})}, sets
+        )
+        return FrozenParameters(cfg.settings.chunk_order, cfg.settings.fine_order)
+
     def preload(self) -> int:
-        """Load the archive's starting catalogue into the pipeline's database."""
+        """Load the archive's starting catalogue into the pipeline's database.
+
+        The database is made with the pipeline's partition, which must be the
+        one the archive's fine indexes were computed at.
+        """
         files = self.archive.files
         objects = files.get("catalogue_objects")
         if not objects:
             return 0
+        params = self.frozen_parameters()
+        made_at = self.archive.manifest["extra"].get("fine_order")
+        if made_at is not None and made_at != params.fine_order:
+            raise ReplayError(
+                f"{self.archive.manifest_path}: the catalogue's fine indexes are of "
+                f"fine_order={made_at}; the pipeline says fine_order={params.fine_order}"
+            )
         # In a process of its own, so that the memory of a large catalogue
         # goes back to the system (to the database's page cache) when done.
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
             job = pool.submit(
-                _preload, self.opts.db_url, self.run_dir, objects, files.get("catalogue_diasources")
+                _preload,
+                self.opts.db_url,
+                self.run_dir,
+                params,
+                objects,
+                files.get("catalogue_diasources"),
             )
             try:
                 return job.result()
-            except BadInputError as exc:
+            except (BadInputError, PreloadError) as exc:
                 raise ReplayError(f"the starting catalogue cannot be loaded: {exc}") from None
 
     def start_pipeline(self) -> str:
@@ -289,9 +317,13 @@ def _sleep_until(t: float) -> None:
             os.sched_yield()
 
 
-def _preload(db_url: str | None, run_dir: Path, objects: str, diasources: str | None) -> int:
-    engine = make_engine(db_url, run_dir)
-    try:
-        return preload(engine, objects, diasources)
-    finally:
-        engine.dispose()
+def _preload(
+    db_url: str | None,
+    run_dir: Path,
+    params: FrozenParameters,
+    objects: str,
+    diasources: str | None,
+) -> int:
+    partition = Partition(params.chunk_order, params.fine_order)
+    with open_storage(db_url, run_dir, params, create=True) as storage:
+        return preload(storage, objects, diasources, partition)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from association.nights.quality import quality
 from association.rundir import NightRunDir
 from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
+from association.storage import SQLITE_NAME, Storage, StorageError, open_storage
 from association.storage import tables as db
 from events.archive import Archive
 from events.types import ALERTS_READY, DIASOURCES_READY, NEXT_VISIT, VISIT_DONE, VISIT_FAILED
@@ -194,16 +195,9 @@ def _visits(events: list[dict[str, Any]], outcomes: dict[int, str]) -> list[dict
 # -- the database and the truth ---------------------------------------------------------------
 
 
-def _engine(run_dir: Path, db_url: str | None) -> Engine | None:
-    """The run's database engine, or None when there is none."""
-    if db_url is None and not (run_dir / db.SQLITE_NAME).is_file():
-        return None
-    return db.make_engine(db_url, run_dir)
-
-
-def _database(engine: Engine, visits: list[dict[str, Any]]) -> dict[str, Any]:
+def _database(storage: Storage, visits: list[dict[str, Any]]) -> dict[str, Any]:
     """Stored visits and catalogue size; fills visit counts the events lack."""
-    with engine.connect() as conn:
+    with storage.engine.connect() as conn:
         stored = {r.visit: r for r in conn.execute(select(db.visits)).all()}
         n_objects = conn.execute(select(func.count()).select_from(db.objects)).scalar()
     for row in visits:
@@ -215,13 +209,13 @@ def _database(engine: Engine, visits: list[dict[str, Any]]) -> dict[str, Any]:
             if row[k] is None:
                 row[k] = int(getattr(rec, k))
     return {
-        "url": engine.url.render_as_string(hide_password=True),
+        "url": storage.url,
         "visits_stored": len(stored),
         "objects": int(n_objects or 0),
     }
 
 
-def _quality(engine: Engine, archive: Path) -> dict[str, Any]:
+def _quality(storage: Storage, archive: Path) -> dict[str, Any]:
     """The association quality of the stored visits against the archive's truth."""
     import pyarrow.parquet as pq
 
@@ -237,24 +231,23 @@ def _quality(engine: Engine, archive: Path) -> dict[str, Any]:
         else np.empty(0, np.int64)
     )
     ids = truth["diaSourceId"].to_numpy()
-    with engine.connect() as conn:
+    with storage.engine.connect() as conn:
         stored = conn.execute(select(db.visits.c.visit).order_by(db.visits.c.mjd)).scalars()
         visits = np.fromiter(stored, dtype="i8")
-    q = engine.dialect.identifier_preparer.quote
+    q = storage.engine.dialect.identifier_preparer.quote
     sid, oid, ssid = (q(c) for c in ("diaSourceId", "diaObjectId", "ssObjectId"))
     # The id range keeps out earlier (catalogue) DIASources, whatever their visit
     # number. Only columns of the diaSourceId index are read: no row lookups in
     # a table of tens of millions; ssObjectId comes from the moving matches.
     lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, -1)
-    rows = db.fetch_columns(
-        engine,
+    rows = storage.fetch_columns(
         f"SELECT {sid}, {oid} FROM diasources WHERE {sid} >= ? AND {sid} <= ?",
         (lo, hi),
         {"diaSourceId": "i", "diaObjectId": "i"},
         presize=False,
     )
-    moving = db.fetch_columns(
-        engine, f"SELECT {sid}, {ssid} FROM moving_matches", (), {"id": "i", "ss": "i"}
+    moving = storage.fetch_columns(
+        f"SELECT {sid}, {ssid} FROM moving_matches", (), {"id": "i", "ss": "i"}
     )
     order = np.argsort(rows["diaSourceId"], kind="stable")
     ordered = rows["diaSourceId"][order]
@@ -390,21 +383,23 @@ def build_report(
     archive = archive or (replay or {}).get("archive")
 
     database = qual = None
-    engine = _engine(run_dir, db_url)
-    if engine is None:
+    if db_url is None and not (run_dir / SQLITE_NAME).is_file():
         notes.append("no database found: counts come from the events only")
     else:
+        storage = None
         try:
-            database = _database(engine, report["per_visit"])
+            storage = open_storage(db_url, run_dir, None)
+            database = _database(storage, report["per_visit"])
             report["totals"] = _totals(report["per_visit"])
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        except (StorageError, SQLAlchemyError, sqlite3.Error, OSError) as exc:
             notes.append(f"database not read: {type(exc).__name__}: {exc}")
-        if database is not None and archive is not None:
+        if storage is not None and database is not None and archive is not None:
             try:
-                qual = _quality(engine, Path(archive))
+                qual = _quality(storage, Path(archive))
             except (SQLAlchemyError, sqlite3.Error, OSError, ValueError, KeyError) as exc:
                 notes.append(f"quality not reported: {type(exc).__name__}: {exc}")
-        engine.dispose()
+        if storage is not None:
+            storage.close()
     if archive is None:
         notes.append("no archive with truth: quality not reported")
     return {**report, "database": database, "quality": qual, "notes": notes}

@@ -7,19 +7,11 @@ import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from association.columns import MATCH_COLUMNS, OBJECT_DTYPE
 from association.sky.fov import fov_of
 from association.stages.rank import AssociationState
 from association.stages.visit import LoadResult, MasterVisit, SliceVisit
-from association.storage import tables as db
-from association.storage.sql import (
-    load_object_columns,
-    load_objects,
-    load_recent_diasources,
-    visit_stored,
-)
 from events.types import ALERTS_READY, NEXT_VISIT
 from framework.stage import EndExecution, ExecutionContext, MasterContext, Scatter, Stage
 
@@ -43,7 +35,7 @@ def margin_strips(
         strip = st.strips.get(chunk, key)
         if strip is None:
             lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
-            columns = load_object_columns(st.engine, lo, hi, MATCH_COLUMNS)
+            columns = st.storage.load_object_columns(lo, hi, MATCH_COLUMNS)
             columns["isVariable"] = columns["isVariable"].astype(bool)
             strip = st.strips.put(chunk, key, lo, hi, columns)
         strips.append(strip.columns)
@@ -67,7 +59,7 @@ class LoadStage(Stage):
     def preprocess(self, ctx: MasterContext) -> Any:
         st: AssociationState = ctx.shared
         visit: MasterVisit = ctx.state
-        if visit_stored(st.engine, ctx.key):
+        if st.storage.visit_stored(ctx.key):
             self._announce_stored(ctx)
             return EndExecution("already stored by an earlier run; not computed again")
         ra, dec, radius = fov_of(ctx.events[NEXT_VISIT])
@@ -82,8 +74,8 @@ class LoadStage(Stage):
 
     def _announce_stored(self, ctx: MasterContext) -> None:
         st: AssociationState = ctx.shared
-        with st.engine.connect() as conn:
-            row = conn.execute(select(db.visits).where(db.visits.c.visit == ctx.key)).one()
+        row = st.storage.visit_record(ctx.key)
+        assert row is not None
         path = ctx.settings.alerts_path(ctx.run_dir, ctx.key)
         body = {
             "path": str(path),
@@ -111,8 +103,8 @@ class LoadStage(Stage):
         keep = cat.config.recent_per_object
         for chunk in missing:
             lo, hi = st.partition.chunk_range(int(chunk))
-            objects = load_objects(st.engine, int(lo), int(hi))
-            recent = load_recent_diasources(st.engine, int(lo), int(hi), keep)
+            objects = st.storage.load_objects(int(lo), int(hi))
+            recent = st.storage.load_recent_diasources(int(lo), int(hi), keep)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)
         visit.owned, visit.held, visit.strip_chunks = owned, need, strip_of

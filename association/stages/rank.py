@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
-
 from association.catalogue import Catalogue
 from association.catalogue.strips import StripCache
 from association.sky.partition import Partition
-from association.storage.tables import create_schema, make_engine
+from association.storage import FrozenParameters, Storage, open_storage
 
 
 @dataclass
@@ -25,21 +23,25 @@ class AssociationState:
     strips: StripCache = field(default_factory=StripCache)
     behind: int | None = None
     """On the master: the first visit decided but not written; no later one is written."""
-    _engine: Engine | None = field(default=None, repr=False)
+    _storage: Storage | None = field(default=None, repr=False)
 
     @property
-    def engine(self) -> Engine:
-        """The database engine, made on first use."""
-        if self._engine is None:
-            self._engine = make_engine(self.db_url, self.run_dir)
-        return self._engine
+    def storage(self) -> Storage:
+        """The database, opened on first use; made with this partition, else an error."""
+        if self._storage is None:
+            self._storage = open_storage(self.db_url, self.run_dir, self._frozen())
+        return self._storage
 
     def create_schema(self) -> None:
-        """Create the tables if this is the first run on the database."""
-        create_schema(self.engine)
+        """Open the database, creating it with this partition if this is the first run."""
+        self.close()
+        self._storage = open_storage(self.db_url, self.run_dir, self._frozen(), create=True)
+
+    def _frozen(self) -> FrozenParameters:
+        return FrozenParameters(self.partition.chunk_order, self.partition.fine_order)
 
     def close(self) -> None:
-        """Release the database connections."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        """Finish what is being stored and release the database."""
+        if self._storage is not None:
+            self._storage.close()
+            self._storage = None

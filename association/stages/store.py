@@ -11,10 +11,8 @@ from association.alerts.avro import warm_up as avro_warm_up
 from association.alerts.packets import write_visit_alerts
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, VisitCounts
-from association.storage import tables as db
+from association.storage import VisitRecord
 from association.storage.errors import DatabaseBehind, is_retriable
-from association.storage.sql import VisitRecord, native_writer, store_visit
-from association.storage.sqlite.checkpoint import WalCheckpointer
 from events.types import ALERTS_READY, NEXT_VISIT
 from framework.retry import Backoff, retrying
 from framework.stage import ExecutionContext, Later, MasterContext, RankContext, Stage
@@ -38,29 +36,17 @@ class StoreStage(Stage):
     """
 
     def setup(self, ctx: RankContext) -> None:
-        self._checkpointer = self._writer = None
         if ctx.rank == 0:
             avro_warm_up()  # load the compiled encoder now, not on the first visit
             self._alerts = ThreadPoolExecutor(1, thread_name_prefix="alerts")
             # One writer thread: visits commit one at a time, in the order they got here.
             self._db = ThreadPoolExecutor(1, thread_name_prefix="store")
             self._backoff = Backoff(ctx.settings.write_retry_s)
-            engine = ctx.shared.engine
-            self._writer = native_writer(engine)
-            path = db.sqlite_file(engine)
-            if path is not None:
-                self._checkpointer = WalCheckpointer(path)
-                writers = [] if self._writer is None else [self._writer]
-                self._checkpointer.attach(engine, *writers)
 
     def shutdown(self, ctx: RankContext) -> None:
         if ctx.rank == 0:
             self._db.shutdown()
             self._alerts.shutdown()
-            if self._writer is not None:
-                self._writer.close()
-            if self._checkpointer is not None:
-                self._checkpointer.close()
 
     def preprocess(self, ctx: MasterContext) -> Later:
         st: AssociationState = ctx.shared
@@ -89,8 +75,7 @@ class StoreStage(Stage):
             # The alert file is written beside the database transaction, which
             # commits only once the file is complete.
             writing = self._alerts.submit(write_visit_alerts, path, alerting, objects, recent)
-            store_visit(
-                st.engine,
+            st.storage.store_visit(
                 record,
                 sources,
                 objects,
@@ -101,7 +86,6 @@ class StoreStage(Stage):
                 ),
                 alerts=(alerting["diaSourceId"], alerting["diaSourceId"], alerting["diaObjectId"]),
                 before_commit=writing.result,
-                writer=self._writer,
             )
 
         def retry(attempt: int, delay: float, exc: BaseException) -> None:

@@ -1,20 +1,25 @@
-"""Query results from PostgreSQL as numpy columns, through binary COPY.
+"""numpy columns to and from PostgreSQL, through binary COPY.
 
-``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` sends fixed-width big-endian
-fields that a compiled loop turns into columns, with no Python object per
-value: several times faster than iterating over the driver's rows.
+Out: ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` sends fixed-width
+big-endian fields that a compiled loop turns into columns, with no Python
+object per value: several times faster than iterating over the driver's rows.
+In: ``COPY table FROM STDIN (FORMAT BINARY)`` takes rows that numpy lays out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numba
 import numpy as np
+from sqlalchemy import BigInteger, Boolean, Double, Integer, SmallInteger, String, Table
+
+from association.storage.rows import tuples
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER = len(SIGNATURE) + 8  # signature, flags, extension length
+_TRAILER = b"\xff\xff"
 
 
 class CopyFormatError(ValueError):
@@ -132,3 +137,113 @@ def fetch_columns(
     ):
         data = b"".join(copy)
     return parse_binary_copy(data, kinds)
+
+
+# -- in -----------------------------------------------------------------------------------
+
+
+def copy_in(
+    raw: Any,
+    table: Table,
+    columns: dict[str, np.ndarray],
+    row_chunks: Iterable[slice | np.ndarray],
+    texts: dict[str, Sequence[str]] | None = None,
+    quote: Callable[[str], str] = str,
+) -> None:
+    """COPY rows of ``columns`` into ``table`` on a psycopg connection, in its transaction.
+
+    In PostgreSQL's binary format, built with numpy, when every column's
+    type allows; else row by row in text format. ``row_chunks`` are the rows
+    to send, a batch at a time; a column named in ``texts`` holds indices into
+    its strings; ``quote`` quotes a column name.
+    """
+    texts = texts or {}
+    names = ", ".join(quote(name) for name in columns)
+    kinds = [binary_kind(table.c[name].type, name in texts) for name in columns]
+    binary = None not in kinds
+    sql = f"COPY {table.name} ({names}) FROM STDIN" + (" (FORMAT BINARY)" if binary else "")
+    with raw.cursor() as cur, cur.copy(sql) as copy:
+        if binary:
+            copy.write(SIGNATURE + bytes(8))  # no flags, no header extension
+        for take in row_chunks:
+            if binary:
+                copy.write(binary_rows(columns, kinds, take, texts))
+            else:
+                for row in tuples(columns, take, texts):
+                    copy.write_row(row)
+        if binary:
+            copy.write(_TRAILER)
+
+
+_BINARY_KINDS = (
+    (SmallInteger, ">i2"),
+    (BigInteger, ">i8"),
+    (Integer, ">i4"),
+    (Boolean, "u1"),
+    (Double, ">f8"),
+)
+
+
+def binary_kind(sql_type: object, is_text: bool) -> str | None:
+    """The big-endian numpy type of a column in binary COPY, "text", or None if unknown."""
+    if is_text:
+        return "text" if isinstance(sql_type, String) else None
+    for python_type, kind in _BINARY_KINDS:
+        if isinstance(sql_type, python_type):
+            return kind
+    return None
+
+
+def binary_rows(
+    columns: dict[str, np.ndarray],
+    kinds: list[str],
+    take: slice | np.ndarray,
+    texts: Mapping[str, Sequence[str]],
+) -> bytes:
+    """Rows ``take`` of the columns as tuples of PostgreSQL's binary COPY format.
+
+    Each tuple: the field count (int16), then per field its length (int32;
+    -1 for NULL, which a NaN float is) and its bytes, all big-endian.
+    """
+    fields = []  # (lengths per row, [(rows, bytes per row)])
+    for (name, values), kind in zip(columns.items(), kinds, strict=True):
+        values = values[take]
+        if kind == "text":
+            encoded = [s.encode() for s in texts[name]]
+            lengths = np.array([len(e) for e in encoded], dtype=np.int64)[values]
+            parts = [
+                (rows, np.frombuffer(e, dtype=np.uint8)[None, :])
+                for code, e in enumerate(encoded)
+                if e and (rows := np.flatnonzero(values == code)).size
+            ]
+        else:
+            data = values.astype(kind)
+            size = data.dtype.itemsize
+            lengths = np.full(len(values), size, dtype=np.int64)
+            rows = slice(None)
+            if values.dtype.kind == "f":
+                null = np.isnan(values)
+                lengths[null] = -1
+                rows = np.flatnonzero(~null)
+            parts = [(rows, data[rows].view(np.uint8).reshape(-1, size))]
+        fields.append((lengths, parts))
+    n = len(fields[0][0]) if fields else 0
+    row_bytes = 2 + sum(4 + np.maximum(lengths, 0) for lengths, _ in fields)
+    out = np.empty(int(np.sum(row_bytes)), dtype=np.uint8)
+    pos = np.cumsum(row_bytes) - row_bytes
+    _put(out, pos, np.full(n, len(fields), dtype=">i2"))
+    pos = pos + 2
+    for lengths, parts in fields:
+        _put(out, pos, lengths.astype(">i4"))
+        pos += 4
+        for rows, data in parts:
+            _put(out, pos[rows], data)
+        pos += np.maximum(lengths, 0)
+    return out.tobytes()
+
+
+def _put(out: np.ndarray, at: np.ndarray, values: np.ndarray) -> None:
+    """Write each row's bytes of ``values`` (an array, or rows of uint8) into ``out`` at ``at``."""
+    data = values if values.dtype == np.uint8 else values.view(np.uint8).reshape(len(values), -1)
+    data = np.broadcast_to(data, (len(at), data.shape[1]))
+    out[at[:, None] + np.arange(data.shape[1])] = data

@@ -26,16 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from association.storage.interface import COLUMN_KINDS
+from association.storage.sqlite import kernels
+from association.storage.sqlite.kernels import SQLITE_DONE, SQLITE_NULL, SQLITE_OK, SQLITE_ROW
+
 _log = logging.getLogger(__name__)
 
-KINDS = ("i8", "i4", "i2", "i1", "f8", "f4")
+KINDS = COLUMN_KINDS
 """Column kinds `Connection.fetch` returns; the kernels know them by position."""
 
-_SQLITE_OK = 0
 _SQLITE_CONSTRAINT = 19
-_SQLITE_ROW = 100
-_SQLITE_DONE = 101
-_SQLITE_INTEGER, _SQLITE_FLOAT, _SQLITE_TEXT, _SQLITE_NULL = 1, 2, 3, 5
+_SQLITE_INTEGER, _SQLITE_FLOAT = 1, 2
 _SQLITE_OPEN_READWRITE = 0x2
 _SQLITE_OPEN_NOMUTEX = 0x8000  # one thread at a time: no lock around every call
 _SQLITE_TRANSIENT = ctypes.c_void_p(-1)
@@ -44,134 +45,32 @@ _CHECKPOINT_WAIT_MS = 2_000
 _NO_WAIT_MS = 0
 _MAX_PARAMS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER's default since 3.32
 
-# Bound to numba external functions by `_library`, before the kernels compile.
-_sqlite3_step = None
-_sqlite3_reset = None
-_sqlite3_column_type = None
-_sqlite3_column_int64 = None
-_sqlite3_column_double = None
-_sqlite3_bind_int64 = None
-_sqlite3_bind_double = None
-_sqlite3_bind_null = None
-_sqlite3_bind_text = None
-_reverse = None  # `_reverse_rows`, compiled
 
+class Library:
+    """The process's libsqlite3, reached through ctypes and from compiled loops.
 
-def _reverse_rows(out, first, stop):  # pragma: no cover - numba
-    """Reverse columns ``first..stop-1`` of every row of ``out`` in place."""
-    for r in range(out.shape[0]):
-        i, j = first, stop - 1
-        while i < j:
-            out[r, i], out[r, j] = out[r, j], out[r, i]
-            i += 1
-            j -= 1
+    Made once per process by `library`; every `Connection` holds it.
 
+    Parameters
+    ----------
+    path : str
+        The shared library file the sqlite3 module has loaded.
 
-def _fetch_rows(
-    stmt, keys, counts, bind, reverse, k, resume, code, slot, i8, i4, i2, i1, f8, f4, n
-):  # pragma: no cover - numba
-    """Step ``stmt`` once per key, filling rows ``n``.. of the outputs.
-
-    With ``bind``, key ``keys[k]`` is bound to parameter 1 before each run;
-    otherwise ``keys`` only counts the runs (one). ``counts[k]`` counts the
-    rows of run ``k``; with ``reverse`` each run's rows are turned round once
-    it ends. ``resume`` goes on with a run cut short. Column ``c`` goes to row ``slot[c]`` of the output of its
-    kind ``code[c]`` (an index into `KINDS`); NULL floats become NaN.
-    Returns (rows, key index, rc): rc is DONE at the end, ROW when the
-    outputs are full (call again with ``resume``), else an error.
+    Raises
+    ------
+    OSError
+        When that library is not the sqlite3 module's (another version).
     """
-    cap = i8.shape[1]
-    while k < keys.shape[0]:
-        if not resume and bind:
-            _sqlite3_reset(stmt)
-            rc = _sqlite3_bind_int64(stmt, 1, keys[k])
-            if rc != _SQLITE_OK:
-                return n, k, rc
-        resume = False
-        while True:
-            if n == cap:
-                return n, k, _SQLITE_ROW
-            rc = _sqlite3_step(stmt)
-            if rc == _SQLITE_DONE:
-                if reverse:
-                    first = n - counts[k]
-                    _reverse(i8, first, n)
-                    _reverse(i4, first, n)
-                    _reverse(i2, first, n)
-                    _reverse(i1, first, n)
-                    _reverse(f8, first, n)
-                    _reverse(f4, first, n)
-                break
-            if rc != _SQLITE_ROW:
-                return n, k, rc
-            for c in range(code.shape[0]):
-                kind, s = code[c], slot[c]
-                if kind == 0:
-                    i8[s, n] = _sqlite3_column_int64(stmt, c)
-                elif kind == 1:
-                    i4[s, n] = _sqlite3_column_int64(stmt, c)
-                elif kind == 2:
-                    i2[s, n] = _sqlite3_column_int64(stmt, c)
-                elif kind == 3:
-                    i1[s, n] = _sqlite3_column_int64(stmt, c)
-                else:
-                    # NULL reads as 0.0: only then is the type worth asking.
-                    v = _sqlite3_column_double(stmt, c)
-                    if v == 0.0 and _sqlite3_column_type(stmt, c) == _SQLITE_NULL:
-                        v = np.nan
-                    if kind == 4:
-                        f8[s, n] = v
-                    else:
-                        f4[s, n] = v
-            counts[k] += 1
-            n += 1
-        k += 1
-    return n, k, _SQLITE_DONE
 
+    def __init__(self, path: str) -> None:
+        import llvmlite.binding as llvm
 
-def _insert_rows(
-    stmt, per, code, slot, ints, floats, text, text_off, text_len, start
-):  # pragma: no cover - numba
-    """Bind ``per`` rows to each run of ``stmt``, from row ``start``; return (next row, rc).
-
-    Stops before a tail of fewer than ``per`` rows. Parameter
-    ``r * len(code) + c + 1`` takes column ``c`` of row ``r`` of the run: row
-    ``slot[c]`` of ``ints`` (``code[c] == 0``), of ``floats`` (1; NaN as
-    NULL) or, for text (2), string ``ints[slot[c]]`` of the buffer at address
-    ``text`` (offsets ``text_off``, lengths ``text_len``).
-    """
-    ncol = code.shape[0]
-    total = ints.shape[1]
-    n = start
-    while n + per <= total:
-        for r in range(per):
-            for c in range(ncol):
-                p, s = r * ncol + c + 1, slot[c]
-                if code[c] == 0:
-                    rc = _sqlite3_bind_int64(stmt, p, ints[s, n + r])
-                elif code[c] == 1:
-                    v = floats[s, n + r]
-                    rc = _sqlite3_bind_null(stmt, p) if v != v else _sqlite3_bind_double(stmt, p, v)
-                else:
-                    t = ints[s, n + r]
-                    rc = _sqlite3_bind_text(stmt, p, text + text_off[t], text_len[t], 0)
-                if rc != _SQLITE_OK:
-                    return n, rc
-        rc = _sqlite3_step(stmt)
-        _sqlite3_reset(stmt)
-        if rc != _SQLITE_DONE:
-            return n, rc
-        n += per
-    return n, _SQLITE_DONE
-
-
-class _Library:
-    """The process's libsqlite3 through ctypes, and the compiled kernels."""
-
-    def __init__(self, lib: ctypes.CDLL, fetch_kernel, insert_kernel) -> None:
-        self.lib = lib
-        self.fetch_kernel = fetch_kernel
-        self.insert_kernel = insert_kernel
+        self.path = path
+        self.lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+        self.lib.sqlite3_libversion.restype = ctypes.c_char_p
+        version = self.lib.sqlite3_libversion().decode()
+        if version != sqlite3.sqlite_version:
+            raise OSError(f"{path} is SQLite {version}, not the sqlite3 module's")
         p, i, i64, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
         signatures = {
             "sqlite3_open_v2": ([ctypes.c_char_p, ctypes.POINTER(p), i, p], i),
@@ -193,12 +92,16 @@ class _Library:
             "sqlite3_close_v2": ([p], i),
         }
         for name, (args, res) in signatures.items():
-            fn = getattr(lib, name)
+            fn = getattr(self.lib, name)
             fn.argtypes, fn.restype = args, res
+        # The compiled loops (`kernels`) find their C functions by symbol name.
+        llvm.load_library_permanently(path)
+        self.fetch_kernel = kernels.fetch_rows
+        self.insert_kernel = kernels.insert_rows
 
 
 @functools.cache
-def _library() -> _Library | None:
+def library() -> Library | None:
     """The native access, or None where it cannot share the sqlite3 module's library."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
@@ -210,45 +113,15 @@ def _library() -> _Library | None:
     }
     if len(paths) != 1:
         return None  # statically linked into Python, or two copies already
-    path = paths.pop()
     try:
-        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
-        lib.sqlite3_libversion.restype = ctypes.c_char_p
-        if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
-            return None
-        import llvmlite.binding as llvm
-        from numba import njit, types
-
-        llvm.load_library_permanently(path)
+        return Library(paths.pop())
     except (OSError, ImportError, AttributeError):
         return None
-    global _sqlite3_step, _sqlite3_reset, _sqlite3_column_type, _sqlite3_column_int64
-    global _sqlite3_column_double, _sqlite3_bind_int64, _sqlite3_bind_double
-    global _sqlite3_bind_null, _sqlite3_bind_text, _reverse
-    ext, i32, i64, f64, ptr = (
-        types.ExternalFunction,
-        types.int32,
-        types.int64,
-        types.float64,
-        types.intp,
-    )
-    _sqlite3_step = ext("sqlite3_step", i32(ptr))
-    _sqlite3_reset = ext("sqlite3_reset", i32(ptr))
-    _sqlite3_column_type = ext("sqlite3_column_type", i32(ptr, i32))
-    _sqlite3_column_int64 = ext("sqlite3_column_int64", i64(ptr, i32))
-    _sqlite3_column_double = ext("sqlite3_column_double", f64(ptr, i32))
-    _sqlite3_bind_int64 = ext("sqlite3_bind_int64", i32(ptr, i32, i64))
-    _sqlite3_bind_double = ext("sqlite3_bind_double", i32(ptr, i32, f64))
-    _sqlite3_bind_null = ext("sqlite3_bind_null", i32(ptr, i32))
-    _sqlite3_bind_text = ext("sqlite3_bind_text", i32(ptr, i32, ptr, i32, ptr))
-    jit = njit(cache=True, nogil=True)
-    _reverse = jit(_reverse_rows)
-    return _Library(lib, jit(_fetch_rows), jit(_insert_rows))
 
 
 def available() -> bool:
     """Whether this process can use the native access (else use the sqlite3 module)."""
-    return _library() is not None
+    return library() is not None
 
 
 def connect(
@@ -271,7 +144,7 @@ def connect(
     Connection
         Raises RuntimeError where `available` is False.
     """
-    lib = _library()
+    lib = library()
     if lib is None:
         raise RuntimeError("native SQLite access is not available in this process")
     return Connection(lib, str(path), cache_kib, mmap_mib)
@@ -286,7 +159,7 @@ class Connection:
 
     def __init__(
         self,
-        lib: _Library,
+        lib: Library,
         path: str,
         cache_kib: int | None = None,
         mmap_mib: int | None = None,
@@ -340,11 +213,11 @@ class Connection:
         c = self._lib.lib
         with self._statement(sql, params) as stmt:
             rows = []
-            while (rc := c.sqlite3_step(stmt)) == _SQLITE_ROW:
+            while (rc := c.sqlite3_step(stmt)) == SQLITE_ROW:
                 rows.append(
                     tuple(self._value(stmt, i) for i in range(c.sqlite3_column_count(stmt)))
                 )
-            if rc != _SQLITE_DONE:
+            if rc != SQLITE_DONE:
                 self._check(rc)
             return rows
 
@@ -569,7 +442,7 @@ class Connection:
                     done, rc = self._lib.insert_kernel(
                         stmt.value, k, code, slot, ints, floats, *text.arrays(), done
                     )
-                    if rc != _SQLITE_DONE:
+                    if rc != SQLITE_DONE:
                         rows = f"rows {start + done}..{start + done + k - 1} (in order)"
                         self._check(rc, f", inserting {rows} into {table}")
         return n
@@ -652,9 +525,9 @@ class Connection:
                 n, k, rc = self._lib.fetch_kernel(
                     stmt.value, runs, counts, bind, reverse_each, k, resume, code, slot, *outs, n
                 )
-                if rc == _SQLITE_DONE:
+                if rc == SQLITE_DONE:
                     break
-                if rc != _SQLITE_ROW:
+                if rc != SQLITE_ROW:
                     self._check(rc)
                 cap, resume = 2 * cap + 1024, True
                 outs = [_grow(out, n, cap) for out in outs]
@@ -690,12 +563,12 @@ class Connection:
             return c.sqlite3_column_int64(stmt, i)
         if t == _SQLITE_FLOAT:
             return c.sqlite3_column_double(stmt, i)
-        if t == _SQLITE_NULL:
+        if t == SQLITE_NULL:
             return None
         return c.sqlite3_column_text(stmt, i).decode(errors="replace")
 
     def _check(self, rc: int, where: str = "") -> None:
-        if rc != _SQLITE_OK:
+        if rc != SQLITE_OK:
             msg = self._lib.lib.sqlite3_errmsg(self._db).decode(errors="replace")
             error = (
                 sqlite3.IntegrityError

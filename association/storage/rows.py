@@ -1,0 +1,202 @@
+"""Between the pipeline's numpy records and the tables' columns, for every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.storage import tables
+from association.storage.interface import COLUMN_KINDS
+
+_KIND_ALIASES = {"i": "i8", "f": "f8"}
+
+
+def column_kinds(kinds: dict[str, str]) -> dict[str, str]:
+    """``kinds`` with the aliases spelt out; ValueError for a kind not in `COLUMN_KINDS`."""
+    kinds = {name: _KIND_ALIASES.get(k, k) for name, k in kinds.items()}
+    unknown = set(kinds.values()) - set(COLUMN_KINDS)
+    if unknown:
+        raise ValueError(f"column kinds {sorted(unknown)} not among {COLUMN_KINDS}")
+    return kinds
+
+
+def kind_of(dtype: np.dtype) -> str:
+    """The column kind that reads into ``dtype``."""
+    return "i1" if dtype.kind == "b" else f"{dtype.kind}{dtype.itemsize}"
+
+
+def object_field(column: str) -> tuple[str, int | None]:
+    """The OBJECT_DTYPE field of an objects-table column, and its band index or None.
+
+    ``r_psfFluxMean`` -> (``psfFluxMean``, 2); ``ra`` -> (``ra``, None).
+    """
+    if column in OBJECT_DTYPE.names:
+        return column, None
+    band, field = column.split("_", 1)
+    return field, BANDS.index(band)
+
+
+OBJECT_KINDS = {
+    c.name: kind_of(OBJECT_DTYPE[object_field(c.name)[0]].base) for c in tables.objects.columns
+}
+"""The ``objects`` table's columns and the kinds they are read as."""
+
+DIASOURCE_KINDS = {name: kind_of(DIASOURCE_DTYPE[name]) for name in DIASOURCE_DTYPE.names}
+"""DIASOURCE_DTYPE's fields and the kinds they are read as."""
+
+
+def object_columns(objects: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``objects`` table's columns as views into OBJECT_DTYPE records."""
+    out = {}
+    for c in tables.objects.columns:
+        field, band = object_field(c.name)
+        out[c.name] = objects[field] if band is None else objects[field][:, band]
+    return out
+
+
+def diasource_columns(diasources: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``diasources`` table's columns as views into DIASOURCE_DTYPE records."""
+    return {c.name: diasources[c.name] for c in tables.diasources.columns}
+
+
+def objects_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """OBJECT_DTYPE records from the ``objects`` table's columns, ordered by diaObjectId."""
+    order = np.argsort(cols["diaObjectId"], kind="stable")
+    out = np.empty(len(order), dtype=OBJECT_DTYPE)
+    # Reorder column by column through one reused buffer per type: much faster
+    # than reordering the 113-byte records, and fresh memory is slow to touch.
+    buffers: dict[np.dtype, np.ndarray] = {}
+    for name, values in cols.items():
+        buf = buffers.setdefault(values.dtype, np.empty(len(order), dtype=values.dtype))
+        np.take(values, order, out=buf)
+        field, band = object_field(name)
+        if band is None:
+            out[field] = buf
+        else:
+            out[field][:, band] = buf
+    return out
+
+
+def diasources_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """DIASOURCE_DTYPE records from columns named as its fields, in their order."""
+    out = np.empty(len(cols["diaSourceId"]), dtype=DIASOURCE_DTYPE)
+    for name, values in cols.items():
+        out[name] = values
+    return out
+
+
+def object_order(objects: np.ndarray) -> np.ndarray | None:
+    """Objects in primary-key order, (fine, diaObjectId) (see `key_order`)."""
+    return key_order(objects["fine"], objects["diaObjectId"])
+
+
+def diasource_order(diasources: np.ndarray) -> np.ndarray | None:
+    """DIASources in primary-key order (see `key_order`)."""
+    return key_order(
+        diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
+    )
+
+
+def key_order(*keys: np.ndarray) -> np.ndarray | None:
+    """The order sorting rows by ``keys`` (most significant first); None if sorted."""
+    n = len(keys[0])
+    if n < 2 or _sorted_by(keys):
+        return None
+    # The last key (a unique id) only decides between rows equal in all the
+    # others, which is rare: sort by those first, and by all only if needed.
+    head = keys[:-1] or keys
+    order = np.lexsort(head[::-1]) if len(head) > 1 else np.argsort(head[0], kind="stable")
+    if len(keys) > 1:
+        tie = np.ones(n - 1, dtype=bool)
+        for key in head:
+            ranked = key[order]
+            tie &= ranked[1:] == ranked[:-1]
+        if tie.any():
+            order = np.lexsort(keys[::-1])
+    return order
+
+
+def _sorted_by(keys: Sequence[np.ndarray]) -> bool:
+    """Whether the rows are in order of ``keys`` (most significant first)."""
+    undecided = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        step = np.diff(key)
+        if (step[undecided] < 0).any():
+            return False
+        undecided &= step == 0
+    return True
+
+
+def check_bands(band: np.ndarray) -> None:
+    """ValueError naming the first DIASource whose band index is not one of `BANDS`."""
+    bad = np.flatnonzero((band < 0) | (band >= len(BANDS)))
+    if bad.size:
+        raise ValueError(f"diasources row {bad[0]}: band index {band[bad[0]]} not in 0..5")
+
+
+def check_visit(visits: np.ndarray, visit: int, what: str) -> None:
+    """ValueError naming the first row of ``what`` that is not of ``visit``."""
+    bad = np.flatnonzero(visits != visit)
+    if bad.size:
+        raise ValueError(f"{what} row {bad[0]}: visit {visits[bad[0]]}, storing visit {visit}")
+
+
+def records(x: np.ndarray | Sequence[np.ndarray] | None, dtype: np.dtype) -> np.ndarray:
+    """A structured array of ``dtype`` from one, from a tuple of columns, or None."""
+    if x is None:
+        return np.empty(0, dtype=dtype)
+    if isinstance(x, np.ndarray) and x.dtype.names:
+        out = np.empty(len(x), dtype=dtype)
+        for name in dtype.names:
+            out[name] = x[name]
+        return out
+    if len(x) != len(dtype.names):
+        raise ValueError(f"expected arrays {dtype.names}, got {len(x)} arrays")
+    out = np.empty(len(x[0]), dtype=dtype)
+    for name, col in zip(dtype.names, x, strict=True):
+        out[name] = col
+    return out
+
+
+def tuples(
+    columns: dict[str, np.ndarray],
+    take: slice | np.ndarray = slice(None),
+    texts: dict[str, Sequence[str]] | None = None,
+) -> list[tuple]:
+    """Rows ``take`` of the columns as tuples of Python values (NaN as None).
+
+    A column named in ``texts`` holds indices into its strings.
+    """
+    texts = texts or {}
+    cols = []
+    for name, values in columns.items():
+        values = values[take]
+        if name in texts:
+            cols.append(np.asarray(list(texts[name]))[values].tolist())
+        else:
+            cols.append(_pylist(values))
+    return list(zip(*cols, strict=True))
+
+
+def object_rows(objects: np.ndarray) -> list[tuple]:
+    """Objects as tuples in the column order of the ``objects`` table."""
+    return tuples(object_columns(objects))
+
+
+def diasource_rows(diasources: np.ndarray) -> list[tuple]:
+    """DIASources as tuples in the column order of the ``diasources`` table."""
+    check_bands(diasources["band"])
+    return tuples(diasource_columns(diasources), texts={"band": BANDS})
+
+
+def _pylist(values: np.ndarray) -> list:
+    """Python values of a column, NaN as None."""
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            out = values.astype(object)
+            out[nan] = None
+            return out.tolist()
+    return values.tolist()
