@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from association.catalogue import Catalogue
 from association.catalogue.strips import StripCache
+from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.storage.tables import create_schema, make_engine
 
@@ -21,6 +22,7 @@ class AssociationState:
     db_url: str | None
     run_dir: Path
     margin_deg: float
+    roots: DataRoots
     catalogue: Catalogue | None = None
     strips: StripCache = field(default_factory=StripCache)
     behind: int | None = None
