@@ -11,11 +11,16 @@ from typing import Any
 
 import zmq
 
+from events.curve import ClientKeys
+from events.endpoint import MAX_MESSAGE_BYTES
 from events.envelope import Event
 
 
 def inject(
-    address: str, event: Event | dict[str, Any] | str | bytes, timeout: float = 5.0
+    address: str,
+    event: Event | dict[str, Any] | str | bytes,
+    timeout: float = 5.0,
+    keys: ClientKeys | None = None,
 ) -> dict[str, Any]:
     """Send one event to a running master and return its reply.
 
@@ -27,6 +32,8 @@ def inject(
         The event; dicts are sent as JSON, str and bytes as they are.
     timeout : float
         Seconds to wait for the reply.
+    keys : ClientKeys, optional
+        CURVE keys, for a master that requires them.
 
     Returns
     -------
@@ -39,7 +46,7 @@ def inject(
     TimeoutError
         No reply within `timeout`.
     """
-    with Injector(address, timeout) as injector:
+    with Injector(address, timeout, keys) as injector:
         return injector.send(event)
 
 
@@ -52,13 +59,17 @@ class Injector:
         The master's request endpoint.
     timeout : float
         Seconds to wait for each reply.
+    keys : ClientKeys, optional
+        CURVE keys, for a master that requires them.
     """
 
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
+    def __init__(self, address: str, timeout: float = 5.0, keys: ClientKeys | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.secure(self._sock)
         self._tags = itertools.count()
         try:
             self._sock.connect(address)
@@ -81,6 +92,11 @@ class Injector:
             No reply came for `timeout` seconds while some were outstanding.
         """
         payloads = [_encode(e) for e in events]
+        for i, p in enumerate(payloads):
+            if len(p) > MAX_MESSAGE_BYTES:
+                raise ValueError(
+                    f"event {i} is {len(p)} bytes; a master takes at most {MAX_MESSAGE_BYTES}"
+                )
         replies: dict[bytes, dict[str, Any]] = {}
         tags = [str(next(self._tags)).encode() for _ in payloads]
         wanted = set(tags)
@@ -151,10 +167,14 @@ class Subscriber:
         empty means all.
     """
 
-    def __init__(self, pub_address: str, types: Iterable[str] = ()) -> None:
+    def __init__(
+        self, pub_address: str, types: Iterable[str] = (), keys: ClientKeys | None = None
+    ) -> None:
         self.pub_address = pub_address
         self._sock = zmq.Context.instance().socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.secure(self._sock)
         prefixes = list(types) or [""]
         for prefix in prefixes:
             self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())

@@ -20,9 +20,11 @@ from typing import Any
 
 import zmq
 
+from events.curve import Authenticator, ServerKeys, is_loopback
 from events.envelope import Event
 
-MAX_MESSAGE_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 64 << 20
+"""Larger messages make ZeroMQ drop the peer; smaller ones over the event limit get a reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ class Endpoint:
     max_message_bytes : int
         Peers sending larger messages are disconnected by ZeroMQ; smaller
         ones that are still too big are left to `parse_event` to reject.
+    keys : ServerKeys or None
+        CURVE keys: only clients whose public keys are allowed get in. An
+        address beyond loopback is refused without them.
     """
 
     def __init__(
@@ -63,13 +68,26 @@ class Endpoint:
         address: str = "tcp://127.0.0.1:0",
         pub_address: str = "tcp://127.0.0.1:0",
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        keys: ServerKeys | None = None,
     ) -> None:
+        if keys is None:
+            for a in (address, pub_address):
+                if a and not is_loopback(a):
+                    raise OSError(
+                        f"refusing to listen on {a} without authentication: anyone who can "
+                        "reach it could send events; set [runtime] curve_keys to a key "
+                        "directory made by `nightpipe keys DIR`, or listen on 127.0.0.1"
+                    )
         ctx = zmq.Context.instance()
         self._router = ctx.socket(zmq.ROUTER)
         self._pub = ctx.socket(zmq.PUB)
+        self._auth = Authenticator(keys) if keys is not None else None
+        self.server_key = None if keys is None else keys.public.decode()
         try:
             for sock in (self._router, self._pub):
                 sock.setsockopt(zmq.LINGER, 0)
+                if keys is not None:
+                    keys.secure(sock)
             self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
             self.address = _bind(self._router, address)
             self.pub_address = _bind(self._pub, pub_address)
@@ -121,9 +139,12 @@ class Endpoint:
         self._pub.send_multipart([event.type.encode(), event.to_json().encode()])
 
     def close(self) -> None:
-        """Close both sockets."""
+        """Close both sockets (and the authenticator)."""
         for sock in (self._router, self._pub):
             sock.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def __enter__(self) -> Endpoint:
         return self

@@ -64,6 +64,10 @@ class RuntimeConfig:
     """A Slice with work in hand that answers nothing for this long is hung (0: never)."""
     retry_for: float = 600.0
     """How long a hook that fails for a passing reason is retried, s (0: never)."""
+    curve_keys: str = ""
+    """Key directory (``nightpipe keys DIR``): only clients it allows may connect.
+
+    Required to listen beyond loopback."""
     metrics: str = "127.0.0.1:0"
     """``HOST:PORT`` the Prometheus metrics are served on (port 0: any free one); empty: none."""
     metrics_noun: str = "executions"

@@ -172,9 +172,11 @@ class Master:
         self.waiter = Waiter(rt.waiting, rt.min_sleep_ms / 1e3, rt.max_sleep_ms / 1e3)
         endpoint = None
         if rt.endpoint:
+            from events.curve import ServerKeys
             from events.endpoint import Endpoint
 
-            endpoint = Endpoint(rt.endpoint, rt.publish or None)
+            keys = ServerKeys.load(rt.curve_keys) if rt.curve_keys else None
+            endpoint = Endpoint(rt.endpoint, rt.publish or None, keys=keys)
         self.endpoint = endpoint
         self.intake = Intake(
             self.journal,
@@ -319,10 +321,13 @@ class Master:
         )
 
     def _write_endpoint(self) -> None:
-        info = {"pid": os.getpid(), "address": None, "publish": None}
+        info: dict[str, Any] = {"pid": os.getpid(), "address": None, "publish": None}
         if self.endpoint is not None:
             info["address"] = self.endpoint.address
             info["publish"] = self.endpoint.pub_address
+            if self.endpoint.server_key is not None:
+                info["server_key"] = self.endpoint.server_key
+                info["curve_keys"] = str(Path(self.cfg.runtime.curve_keys).resolve())
             self.log.info(
                 "listening on %s, publishing on %s",
                 self.endpoint.address,

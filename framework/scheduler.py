@@ -170,13 +170,8 @@ class Scheduler:
             case Drain():
                 self.draining = True
                 out: list[SchedulerInstruction] = []
-                for key, ex in list(self.executions.items()):
-                    if ex.phase is Phase.WAITING:
-                        wait = ex.waits[ex.stage]
-                        assert wait is not None
-                        why = f"the pipeline shut down while it waited for {wait.event}"
-                        stop = Failure(ex.stage_name, "wait", 0, why, retriable=True)
-                        out += self._feed(key, Abort(stop))
+                for key in list(self.executions):
+                    out += self._feed(key, None)
                 return out + self._maybe_stop()
         raise TypeError(f"unknown scheduler input {inp!r}")
 
@@ -234,15 +229,23 @@ class Scheduler:
             self._section.add(b.key, b.resources)
         return self._feed(b.key, Start(b.now))
 
-    def _feed(self, key: int, first: ExecutionInput) -> list[SchedulerInstruction]:
-        """Run an input through an execution, following what the section decides at once."""
+    def _feed(self, key: int, first: ExecutionInput | None) -> list[SchedulerInstruction]:
+        """Run an input through an execution, following what the section decides at once.
+
+        While draining, an execution that waits for an event is ended at once,
+        as retriable: the next run takes it up again.
+        """
         out: list[SchedulerInstruction] = []
-        work: list[tuple[int, ExecutionInput]] = [(key, first)]
+        work: list[tuple[int, ExecutionInput | None]] = [(key, first)]
         while work:
             k, ev = work.pop(0)
             ex = self.executions.get(k)
             if ex is None or (isinstance(ev, Admitted) and ex.phase is not Phase.GATED):
                 continue
+            if ev is None:
+                ev = self._drained(ex)
+                if ev is None:
+                    continue
             for instr in ex.handle(ev):
                 match instr:
                     case RequestEntry() if self._section is None:
@@ -264,6 +267,8 @@ class Scheduler:
                         out.append(Step(k, instr))
                     case _:
                         out.append(Step(k, instr))
+            if self.draining and ex.phase is Phase.WAITING:
+                work.append((k, None))
             if self._section is not None and k in self.executions:
                 key = ex.order_key
                 if key is not None and self._section.key(k) is None:
@@ -271,6 +276,15 @@ class Scheduler:
                     if ex.phase is Phase.GATED and self._section.may_enter(k):
                         work.append((k, Admitted()))
         return out
+
+    @staticmethod
+    def _drained(ex: Execution) -> Abort | None:
+        if ex.phase is not Phase.WAITING:
+            return None
+        wait = ex.waits[ex.stage]
+        assert wait is not None
+        why = f"the pipeline shut down while it waited for {wait.event}"
+        return Abort(Failure(ex.stage_name, "wait", 0, why, retriable=True))
 
     def _admissible(self) -> list[tuple[int, ExecutionInput]]:
         assert self._section is not None

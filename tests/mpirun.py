@@ -23,7 +23,8 @@ class MpiPipeline:
         self.cmd = run_command(n, config, run_dir, *args)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> MpiPipeline:
+    def start(self, timeout: float = 60.0, connect: bool = True) -> MpiPipeline:
+        """Start the job and wait for its endpoint; `connect` an injector to it."""
         (self.run_dir / "endpoint.json").unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.out = open(self.run_dir / "mpiexec.out", "ab")  # noqa: SIM115 (lives as long as the job)
@@ -39,7 +40,7 @@ class MpiPipeline:
                 raise TimeoutError(f"pipeline did not start in {timeout} s: {self.output()}")
             time.sleep(0.05)
         self.info = json.loads((self.run_dir / "endpoint.json").read_text())
-        self.injector = Injector(self.info["address"], timeout=10)
+        self.injector = Injector(self.info["address"], timeout=10) if connect else None
         return self
 
     def output(self) -> str:

@@ -129,30 +129,47 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.database_url(name)
 
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut, the server comes back."""
+        assert self.base is not None
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "restart")
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data and port (`resume` starts it again)."""
+        assert self.base is not None
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server again after `pause`, on the same port."""
+        self._pg_start(check=True)
+
     def _start_on_free_port(self, tries: int = 3) -> None:
         assert self.base is not None
         for attempt in range(tries):
             self.port = free_port()
-            opts = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base / 'sock'} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            )
-            done = self._run(
-                "pg_ctl",
-                "-D",
-                str(self.base / "data"),
-                "-o",
-                opts,
-                "-l",
-                str(self.base / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-                check=attempt == tries - 1,
-            )
-            if done.returncode == 0:
+            if self._pg_start(check=attempt == tries - 1).returncode == 0:
                 return
+
+    def _pg_start(self, check: bool) -> subprocess.CompletedProcess:
+        assert self.base is not None
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base / 'sock'} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        return self._run(
+            "pg_ctl",
+            "-D",
+            str(self.base / "data"),
+            "-o",
+            opts,
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=check,
+        )
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / tool), *args]

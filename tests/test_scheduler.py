@@ -238,3 +238,12 @@ def test_drain_ends_pending_waits_at_once_as_retriable():
     assert step.key == 1 and step.instruction.failure.retriable
     assert "shut down while it waited" in step.instruction.failure.error
     assert stop == Stop()
+
+
+def test_a_wait_reached_while_draining_ends_at_once():
+    s = scheduler(det_timeout=600.0)
+    begin(s, 1)
+    assert s.handle(Drain()) == []  # still at its first stage: it goes on
+    out = finish_stage(s, 1, 0)  # ... and reaches the wait
+    (step,) = [i for i in out if isinstance(i, Step)]
+    assert step.instruction.failure.retriable and step.instruction.failure.hook == "wait"

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from association.cli.alerts import COMMANDS as ALERT_COMMANDS
+from association.cli.keys import COMMANDS as KEY_COMMANDS
 from association.cli.nights import COMMANDS as NIGHT_COMMANDS
 from events.envelope import Event
 from events.types import BODY_SPECS, KNOWN_TYPES, is_control
 from framework.rundir import RunDir
 
-COMMANDS = {**NIGHT_COMMANDS, **ALERT_COMMANDS}
+COMMANDS = {**NIGHT_COMMANDS, **ALERT_COMMANDS, **KEY_COMMANDS}
 
 
 def endpoint_of(run_dir: str | Path) -> dict[str, Any]:
@@ -67,11 +68,31 @@ def _body_from_args(event_type: str, extra: list[str]) -> dict[str, Any]:
     return {k: _coerce(event_type, k, v) for k, v in fields.items()}
 
 
+def client_keys(info: dict[str, Any], key: str | None, server_key: str | None) -> Any:
+    """CURVE keys for a master that asks for them (its endpoint.json names its public key)."""
+    from events.curve import ClientKeys, KeyFileError
+
+    server = server_key or info.get("server_key")
+    if server is None:
+        return None
+    secret = key or (
+        Path(info["curve_keys"]) / "client.key_secret" if "curve_keys" in info else None
+    )
+    if secret is None:
+        raise SystemExit("this master requires CURVE keys: give --key CLIENT.key_secret")
+    try:
+        return ClientKeys.load(secret, server)
+    except KeyFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def cmd_inject(args: argparse.Namespace, extra: list[str]) -> int:
     """Send one event to a running master and say whether it was accepted."""
     from events.client import inject
 
-    address = args.address or endpoint_of(args.run_dir)["address"]
+    info = {} if args.address else endpoint_of(args.run_dir)
+    address = args.address or info["address"]
+    keys = client_keys(info, args.key, args.server_key)
     if args.json:
         text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
         payload: Any = text
@@ -85,7 +106,7 @@ def cmd_inject(args: argparse.Namespace, extra: list[str]) -> int:
         body = _body_from_args(args.type, extra)
         payload = Event.new(args.type, args.fov_id, body, source=args.source, id=args.id)
     try:
-        reply = inject(address, payload, timeout=args.timeout)
+        reply = inject(address, payload, timeout=args.timeout, keys=keys)
     except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -111,7 +132,8 @@ def config_path(name: str) -> Path:
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     """``--set STAGE.KEY=VALUE`` options as config overrides (values as TOML).
 
-    ``settings.KEY`` names a pipeline setting; any other prefix names a stage.
+    ``settings.KEY`` names a pipeline setting, ``runtime.KEY`` a runtime one; any
+    other prefix names a stage.
     """
     import tomllib
 
@@ -139,10 +161,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.setdefault("runtime", {})["endpoint"] = args.endpoint
     if args.waiting:
         overrides.setdefault("runtime", {})["waiting"] = args.waiting
+    if args.curve_keys:
+        overrides.setdefault("runtime", {})["curve_keys"] = args.curve_keys
     if args.max_in_flight:
         overrides.setdefault("pipeline", {})["max_in_flight"] = args.max_in_flight
     stage_overrides = parse_sets(args.set)
     settings = stage_overrides.pop("settings", {})
+    runtime = stage_overrides.pop("runtime", {})
+    if runtime:
+        overrides.setdefault("runtime", {}).update(runtime)
     if args.db:
         settings["db_url"] = args.db
     if settings:
@@ -185,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", default="run", help="journal, database, log, status (default: run)")
     r.add_argument("--endpoint", help="ZeroMQ address to listen on (default from config)")
     r.add_argument("--waiting", choices=("active", "passive"), help="override runtime.waiting")
+    r.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        help="CURVE key directory (nightpipe keys): clients must have keys",
+    )
     r.add_argument("--db", help="database URL for the load stage (default: SQLite in the run dir)")
     r.add_argument("--max-in-flight", type=int, help="override [pipeline] max_in_flight")
     r.add_argument(
@@ -209,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--id", help="event id (default: a fresh one)")
     i.add_argument("--source", default="nightpipe-inject")
     i.add_argument("--timeout", type=float, default=5.0)
+    i.add_argument("--key", help="client CURVE secret key file, for a master that requires one")
+    i.add_argument("--server-key", help="the master's public CURVE key (default: endpoint.json)")
 
     s = sub.add_parser("status", help="show the status board of a running pipeline")
     s.add_argument("run_dir", nargs="?", default="run")

@@ -25,6 +25,7 @@ from events.envelope import Event
 from events.journal import Journal
 from events.types import NEXT_VISIT, SHUTDOWN
 from framework.mpiexec import run_command
+from framework.rundir import RunDirBusy
 
 
 class ReplayError(RuntimeError):
@@ -172,6 +173,9 @@ class Replayer:
         endpoint = NightRunDir(self.run_dir).endpoint
         endpoint.unlink(missing_ok=True)
         args = ["--db", self.opts.db_url] if self.opts.db_url else []
+        if not any(s.startswith("settings.data_roots=") for s in self.opts.sets):
+            root = json.dumps(str(Path(self.opts.archive).resolve()))
+            args += ["--set", f"settings.data_roots=[{root}]"]  # the archive's files only
         for s in self.opts.sets:
             args += ["--set", s]
         if self.opts.max_in_flight:
@@ -264,8 +268,22 @@ class Replayer:
         return self.proc.wait(300)
 
     def run(self) -> dict[str, Any]:
-        """Preload, start or attach, play, wait, stop; returns a summary."""
+        """Preload, start or attach, play, wait, stop; returns a summary.
+
+        One replay at a time runs on a run directory: a second one is refused
+        at once (`ReplayError` naming the holder).
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = NightRunDir(self.run_dir).lock("replay").acquire()
+        except RunDirBusy as exc:
+            raise ReplayError(str(exc)) from None
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self._record(
             archive=str(Path(self.opts.archive).resolve()),
             db_url=self.opts.db_url,

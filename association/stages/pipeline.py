@@ -9,6 +9,7 @@ from pathlib import Path
 import numba
 
 from association.catalogue import Catalogue, CatalogueConfig, warm_up
+from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, SliceVisit
@@ -42,6 +43,10 @@ class AssociationSettings:
     write_retry_s : float
         How long a visit's database write is retried when it fails for a
         passing reason (the server restarting, a lock, a full disk).
+    data_roots : tuple of str
+        The directories the events' input files may lie in (symlinks
+        resolved); empty: the directory the pipeline was started in, and the
+        run directory.
     """
 
     db_url: str = ""
@@ -53,6 +58,7 @@ class AssociationSettings:
     variable_min_sources: int = 2
     alerts_dir: str = "alerts"
     write_retry_s: float = 600.0
+    data_roots: tuple[str, ...] = ()
 
     def alerts_path(self, run_dir: Path, visit: int) -> Path:
         """The alert file of a visit."""
@@ -72,6 +78,7 @@ class AssociationPipeline(PipelineHooks):
             s.db_url or None,
             Path(ctx.run_dir),
             s.margin_arcsec / 3600.0,
+            DataRoots(s.data_roots or (Path.cwd(), ctx.run_dir)),
         )
         if ctx.rank == 0:
             st.create_schema()

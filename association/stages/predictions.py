@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from association.inputs.readers import PREDICTION_DTYPE, MissingInputError, read_predictions
+from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit
 from events.types import PREDICTIONS_READY
 from framework.stage import MasterContext, Stage
@@ -19,6 +20,7 @@ class PredictionsStage(Stage):
 
     def preprocess(self, ctx: MasterContext) -> None:
         visit: MasterVisit = ctx.state
+        st: AssociationState = ctx.shared
         ev = ctx.events.get(PREDICTIONS_READY)
         if ev is None:
             ctx.log.warning("fov %s: no predictions came; no moving-object matching", ctx.key)
@@ -26,7 +28,7 @@ class PredictionsStage(Stage):
         parts = []
         for path in ev.body["paths"]:
             try:
-                parts.append(read_predictions(path))
+                parts.append(read_predictions(st.roots.check(path, "predictions")))
             except MissingInputError as exc:
                 ctx.log.warning("fov %s: %s; going on without its predictions", ctx.key, exc)
         visit.predictions = np.concatenate(parts) if parts else np.empty(0, PREDICTION_DTYPE)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from association.catalogue import Catalogue
 from association.catalogue.strips import StripCache
+from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.storage import FrozenParameters, Storage, open_storage
 
@@ -19,6 +20,7 @@ class AssociationState:
     db_url: str | None
     run_dir: Path
     margin_deg: float
+    roots: DataRoots
     catalogue: Catalogue | None = None
     strips: StripCache = field(default_factory=StripCache)
     behind: int | None = None

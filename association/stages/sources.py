@@ -65,7 +65,9 @@ class SourcesStage(Stage):
     def preprocess(self, ctx: MasterContext) -> Scatter:
         st: AssociationState = ctx.shared
         visit: MasterVisit = ctx.state
-        paths = list(ctx.events[DIASOURCES_READY].body["paths"])
+        paths = [
+            str(st.roots.check(p, "diasources")) for p in ctx.events[DIASOURCES_READY].body["paths"]
+        ]
         sources = read_visit_sources(paths, ctx.key, st.partition.fine_index)
         ra, dec, radius = fov_of(ctx.events[NEXT_VISIT])
         check_in_field(sources, ra, dec, radius + 2 * st.margin_deg, paths[0])
