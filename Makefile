@@ -12,6 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: install demo test lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
+	@echo "make: installing nightpipe into $(VENV) (about a minute; the numba kernels compile last)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -20,6 +21,8 @@ $(STAMP): setup.cfg pyproject.toml
 	@# PostgreSQL binaries for the throwaway test server.
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q postgresql) || echo "warning: could not install PostgreSQL"; fi
+	@# The numba kernels, compiled once here rather than by every rank on first start.
+	$(BIN)/python -m association.warmup
 	touch $@
 
 install: $(STAMP)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
-from association.nights.opsim import Region, nights, read_cadence
+from association.nights.opsim import CadenceError, Region, nights, read_cadence
 from events.archive import ArchiveWriter
 from events.envelope import Event
 from events.types import DIASOURCES_READY, NEXT_VISIT, PREDICTIONS_READY
@@ -761,11 +761,11 @@ def simulate(
     if night_mjd is None:
         found = nights(cadence_path)
         if not found:
-            raise ValueError(f"{cadence_path}: no visits")
+            raise CadenceError(f"{cadence_path}: no visits")
         night_mjd = found[0][0]
     visits = read_cadence(cadence_path, night_mjd, region, max_visits)
     if visits.size == 0:
-        raise ValueError(f"{cadence_path}: no visits in night {night_mjd} (region {region})")
+        raise CadenceError(f"{cadence_path}: no visits in night {night_mjd} (region {region})")
     night = _plan(visits, cfg.fov_radius)
     out = ArchiveWriter(out_dir, overwrite=overwrite)
     det, catalogue_counts = _write_catalogue(out, night, night_mjd, cfg)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-import healpy as hp
 import numpy as np
 
+from association.sky import healpix as hp
 from events.envelope import Event
 from events.types import DIASOURCES_READY, NEXT_VISIT
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import healpy as hp
 import numpy as np
+
+from association.sky import healpix as hp
 
 MARGIN_LIMIT = 0.25
 """Largest margin `Partition.margin_chunks` supports, in chunk resolutions.

@@ -12,6 +12,7 @@ from association.catalogue.memory import Catalogue, CatalogueConfig, warm_up
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, SliceVisit
+from association.warmup import ensure_compiled
 from events.types import ASSOCIATION_SPECS
 from framework.hooks import PipelineHooks
 from framework.stage import RankContext
@@ -62,6 +63,8 @@ class AssociationPipeline(PipelineHooks):
 
     def setup(self, ctx: RankContext) -> AssociationState:
         s: AssociationSettings = self.settings
+        # One rank compiles a stale kernel cache while the others wait for it.
+        ensure_compiled(ctx.log.info)
         st = AssociationState(
             Partition(s.chunk_order, s.fine_order),
             s.db_url or None,
