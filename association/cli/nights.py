@@ -169,6 +169,13 @@ def add_replay(sub: Any) -> None:
         help="give up once the pipeline has made no progress for this long (s; default 600)",
     )
     p.add_argument("--max-in-flight", type=positive_int, help="cap on visits in flight")
+    p.add_argument(
+        "--grace",
+        type=positive_float,
+        default=30.0,
+        help="a pipeline stopped early (error, Ctrl-C, SIGTERM) gets this long to drain "
+        "before it is killed (s; default 30)",
+    )
 
 
 def _ranks(text: str) -> int:
@@ -219,6 +226,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sets=args.set,
         timeout=args.timeout,
         max_in_flight=args.max_in_flight,
+        grace=args.grace,
     )
     try:
         replayer = Replayer(opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,32 @@ def preload(engine: Engine, objects_path: str | Path, diasources_path: str | Pat
     if diasources_path is not None:
         bulk_load_diasources(engine, read_diasources_table(diasources_path))
     return len(objects)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m association.nights.preload RUN_DIR OBJECTS [DIASOURCES] [--db URL]``.
+
+    Loads the catalogue (see `preload`) and prints how many Objects it loaded.
+    A replay runs it as a process of its own, so the memory of a large
+    catalogue goes back to the system when done.
+    """
+    import argparse
+
+    from association.storage.tables import make_engine
+
+    p = argparse.ArgumentParser(prog="python -m association.nights.preload")
+    p.add_argument("run_dir")
+    p.add_argument("objects")
+    p.add_argument("diasources", nargs="?")
+    p.add_argument("--db", help="database URL (default: SQLite in the run directory)")
+    args = p.parse_args(argv)
+    engine = make_engine(args.db, args.run_dir)
+    try:
+        print(preload(engine, args.objects, args.diasources))
+    finally:
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from association.nights.job import Job, sigterm_raises
-from association.nights.preload import preload
-from association.storage.tables import make_engine
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
@@ -34,6 +32,8 @@ from framework.status import STATUS_FILE
 REPLAY_FILE = "replay.json"
 SEND_LOG = "replay_sends.jsonl"
 PIPELINE_OUT = "pipeline.out"
+STARTUP_QUIET_S = 60.0
+"""While starting, a pipeline may show no sign of life for at least this long."""
 
 
 class ReplayError(RuntimeError):
@@ -64,8 +64,9 @@ class ReplayOptions:
         ``STAGE.KEY=VALUE`` overrides for that pipeline.
     timeout : float
         Give up once the pipeline has shown no progress for this many
-        seconds: while starting, no CPU used and no log line; after the
-        last event, no visit finished and no change on its status board.
+        seconds: while starting, no CPU used and no log line (for at least
+        `STARTUP_QUIET_S`); after the last event, no visit finished and no
+        change on its status board.
     max_in_flight : int or None
         Override the pipeline's cap on visits in flight.
     grace : float
@@ -199,13 +200,25 @@ class Replayer:
             return 0
         where = self.opts.db_url or f"SQLite in {self.run_dir}"
         self.say(f"loading the archive's starting catalogue into {where}")
-        # In a process of its own, so that the memory of a large catalogue goes
-        # back to the system when done; a pool, so an interrupt ends it too.
         t0 = time.monotonic()
-        spawn = multiprocessing.get_context("spawn")
-        with spawn.Pool(1) as pool:
-            args = (self.opts.db_url, self.run_dir, objects, files.get("catalogue_diasources"))
-            n = pool.apply(_preload, args)
+        cmd = [sys.executable, "-m", "association.nights.preload", str(self.run_dir), str(objects)]
+        if files.get("catalogue_diasources"):
+            cmd.append(str(files["catalogue_diasources"]))
+        if self.opts.db_url:
+            cmd += ["--db", self.opts.db_url]
+        # In a process of its own, so that the memory of a large catalogue
+        # goes back to the system when done.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+            raise ReplayError(f"loading the starting catalogue failed: {last}")
+        n = int(out.split()[-1])
         took = time.monotonic() - t0
         self.say(f"loaded {n} Objects in {took:.1f} s" if n else "the catalogue was already loaded")
         return n
@@ -247,7 +260,7 @@ class Replayer:
                     f"{self.run_dir / LOG_FILE}"
                 )
             quiet = watch.quiet_for()
-            if quiet > self.opts.timeout:
+            if quiet > max(self.opts.timeout, STARTUP_QUIET_S):
                 raise ReplayError(
                     f"the pipeline has neither used CPU nor logged for {quiet:.0f} s while "
                     f"starting{_last_words(self.run_dir)}"
@@ -507,11 +520,3 @@ def _sleep_until(t: float, tick: Callable[[], None] | None = None) -> None:
             time.sleep(left - 1e-3)
         else:
             os.sched_yield()
-
-
-def _preload(db_url: str | None, run_dir: Path, objects: str, diasources: str | None) -> int:
-    engine = make_engine(db_url, run_dir)
-    try:
-        return preload(engine, objects, diasources)
-    finally:
-        engine.dispose()
