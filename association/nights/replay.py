@@ -267,7 +267,7 @@ class Replayer:
                 )
             if time.monotonic() >= next_say:
                 next_say += 5.0
-                doing = _last_log_line(self.run_dir / LOG_FILE) or "starting"
+                doing = _last_log_line(self.run_dir / LOG_FILE) or "its ranks are loading nightpipe"
                 self.say(
                     f"waiting for the pipeline to come up ({time.monotonic() - t0:.0f} s): {doing}"
                 )
