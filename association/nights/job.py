@@ -139,7 +139,18 @@ class Job:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL every process of the job, and reap the command."""
+        """SIGKILL every process of the job, and reap the command.
+
+        SIGINT and SIGTERM wait until it is done (then they act as usual).
+        """
+        held = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            self._kill_all()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+    def _kill_all(self) -> None:
         for _ in range(50):  # a process may start while the last ones are killed
             left = self.pids()
             if self.alive() and self.proc.pid not in left:
