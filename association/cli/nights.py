@@ -234,7 +234,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     try:
         summary = replayer.run()
-    except ReplayError as exc:
+    except (ReplayError, TimeoutError) as exc:  # TimeoutError: no reply from the master
         print(f"nightpipe replay: failed: {exc}", file=sys.stderr)
         return 1
     print(summary_line(summary))
