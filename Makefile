@@ -13,6 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: install demo test lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
+	@echo "make: installing nightpipe into $(VENV) (about a minute; the numba kernels compile last)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -32,6 +33,8 @@ $(STAMP): setup.cfg pyproject.toml
 	@# Headless Chromium, for the test that opens the live night page in a browser.
 	@if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q chromium chromium-headless-shell) || echo "warning: could not install Chromium"; fi
+	@# The numba kernels, compiled once here rather than by every rank on first start.
+	$(BIN)/python -m association.warmup
 	touch $@
 
 install: $(STAMP)

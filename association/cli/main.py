@@ -1,122 +1,35 @@
-"""The ``nightpipe`` command line."""
+"""The ``nightpipe`` command line.
+
+Each subcommand imports what it needs when it runs: ``--help``, ``status`` and
+``inject`` start without numpy, numba or the database drivers.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from association.cli.alerts import COMMANDS as ALERT_COMMANDS
+from association.cli.inject import add_inject, cmd_inject
 from association.cli.keys import COMMANDS as KEY_COMMANDS
 from association.cli.nights import COMMANDS as NIGHT_COMMANDS
-from events.envelope import Event
-from events.types import BODY_SPECS, KNOWN_TYPES, is_control
-from framework.rundir import RunDir
+from association.cli.usage import USAGE_EXIT, Parser, UsageError
+from association.nights.job import Terminated
 
 COMMANDS = {**NIGHT_COMMANDS, **ALERT_COMMANDS, **KEY_COMMANDS}
 
+DESCRIPTION = """\
+nightpipe runs an observatory's association pipeline under MPI, and simulates, replays and
+reports on nights."""
 
-def endpoint_of(run_dir: str | Path) -> dict[str, Any]:
-    """The addresses a master running in `run_dir` listens and publishes on."""
-    path = RunDir(run_dir).endpoint
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"{path}: not found; is a pipeline running in {run_dir}?") from None
-
-
-def _coerce(event_type: str, name: str, values: list[str]) -> Any:
-    kinds = {f.name: f.kind for f in BODY_SPECS.get(event_type, ())}
-    kind = kinds.get(name)
-    try:
-        if kind == "str_list":
-            return [p for v in values for p in v.split(",") if p]
-        value = values[-1]
-        if kind == "float":
-            return float(value)
-        if kind == "int":
-            return int(value)
-        if kind == "dict":
-            return json.loads(value)
-        if kind == "str":
-            return value
-        return json.loads(value)
-    except (ValueError, json.JSONDecodeError):
-        if kind is None:
-            return values[-1]
-        raise SystemExit(f"--{name}: expected {kind}, got {values[-1]!r}") from None
-
-
-def _body_from_args(event_type: str, extra: list[str]) -> dict[str, Any]:
-    fields: dict[str, list[str]] = {}
-    i = 0
-    while i < len(extra):
-        arg = extra[i]
-        if not arg.startswith("--"):
-            raise SystemExit(f"unexpected argument {arg!r}: fields are given as --name value")
-        name, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(extra):
-                raise SystemExit(f"--{name}: missing value")
-            i += 1
-            value = extra[i]
-        fields.setdefault(name.replace("-", "_"), []).append(value)
-        i += 1
-    return {k: _coerce(event_type, k, v) for k, v in fields.items()}
-
-
-def client_keys(info: dict[str, Any], key: str | None, server_key: str | None) -> Any:
-    """CURVE keys for a master that asks for them (its endpoint.json names its public key)."""
-    from events.curve import ClientKeys, KeyFileError
-
-    server = server_key or info.get("server_key")
-    if server is None:
-        return None
-    secret = key or (
-        Path(info["curve_keys"]) / "client.key_secret" if "curve_keys" in info else None
-    )
-    if secret is None:
-        raise SystemExit("this master requires CURVE keys: give --key CLIENT.key_secret")
-    try:
-        return ClientKeys.load(secret, server)
-    except KeyFileError as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
-def cmd_inject(args: argparse.Namespace, extra: list[str]) -> int:
-    """Send one event to a running master and say whether it was accepted."""
-    from events.client import inject
-
-    info = {} if args.address else endpoint_of(args.run_dir)
-    address = args.address or info["address"]
-    keys = client_keys(info, args.key, args.server_key)
-    if args.json:
-        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
-        payload: Any = text
-    else:
-        if not args.type:
-            raise SystemExit("give an event TYPE, or --json FILE|-")
-        if args.type not in KNOWN_TYPES:
-            raise SystemExit(f"unknown event type {args.type!r}; known: {sorted(KNOWN_TYPES)}")
-        if args.fov_id is None and not is_control(args.type):
-            raise SystemExit(f"{args.type} needs --fov-id")
-        body = _body_from_args(args.type, extra)
-        payload = Event.new(args.type, args.fov_id, body, source=args.source, id=args.id)
-    try:
-        reply = inject(address, payload, timeout=args.timeout, keys=keys)
-    except TimeoutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if reply.get("ok"):
-        dup = " (duplicate: already accepted)" if reply.get("duplicate") else ""
-        print(f"accepted {reply.get('id')}{dup}")
-        return 0
-    print(f"rejected: {reply.get('error')}", file=sys.stderr)
-    return 1
-
+EPILOG = """\
+Start with: nightpipe demo. Each command's options: nightpipe COMMAND --help.
+The commands and mpiexec are in .venv/bin after 'make install';
+'. .venv/bin/activate' puts them on your PATH."""
 
 PIPELINES = Path(__file__).parents[1] / "pipelines"
 
@@ -142,7 +55,7 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         stage, dot, name = key.partition(".")
         if not (eq and dot and stage and name):
-            raise SystemExit(f"--set {item!r}: expected STAGE.KEY=VALUE")
+            raise UsageError(f"--set {item!r}: expected STAGE.KEY=VALUE")
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -177,8 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(config_path(args.config), overrides, stage_overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     return run_mpi(config, Path(args.run_dir))
 
 
@@ -186,28 +98,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the status board of a pipeline's run directory."""
     from framework.status import format_status, read_status
 
+    if not Path(args.run_dir).is_dir():
+        raise UsageError(f"{args.run_dir}: no such run directory")
     while True:
         try:
             text = format_status(read_status(Path(args.run_dir)))
         except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
             if not args.watch:
-                return 1
-            text = ""
-        if args.watch:
-            print("\033[2J\033[H" + text, flush=True)
-            time.sleep(args.interval)
-        else:
+                raise UsageError(str(exc)) from None
+            text = f"{exc}; waiting"
+        if not args.watch:
             print(text)
             return 0
+        print("\033[2J\033[H" + text, flush=True)
+        time.sleep(args.interval)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    p = argparse.ArgumentParser(prog="nightpipe", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(
+        prog="nightpipe",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a pipeline (under mpiexec -n N)")
+    r = sub.add_parser(
+        "run",
+        help="run a pipeline (under mpiexec -n N)",
+        description="Run a pipeline: mpiexec -n 3 nightpipe run association --run-dir RUN",
+    )
     r.add_argument("config", help="pipeline TOML file, or 'association'")
     r.add_argument("--run-dir", default="run", help="journal, database, log, status (default: run)")
     r.add_argument("--endpoint", help="ZeroMQ address to listen on (default from config)")
@@ -227,42 +148,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a stage's config, e.g. crossmatch.default_radius_arcsec=1.5",
     )
 
-    i = sub.add_parser(
-        "inject",
-        help="send one event to a running pipeline",
-        description="Body fields are given as --name value (lists comma-separated).",
-    )
-    i.add_argument("type", nargs="?", help="event type, e.g. telescope.next_visit")
-    i.add_argument("--fov-id", type=int)
-    i.add_argument("--json", help="send this JSON envelope (file or - for stdin) as it is")
-    where = i.add_mutually_exclusive_group()
-    where.add_argument("--run-dir", default="run", help="find the master's address here")
-    where.add_argument("--address", help="the master's ZeroMQ address")
-    i.add_argument("--id", help="event id (default: a fresh one)")
-    i.add_argument("--source", default="nightpipe-inject")
-    i.add_argument("--timeout", type=float, default=5.0)
-    i.add_argument("--key", help="client CURVE secret key file, for a master that requires one")
-    i.add_argument("--server-key", help="the master's public CURVE key (default: endpoint.json)")
+    add_inject(sub)
 
     s = sub.add_parser("status", help="show the status board of a running pipeline")
-    s.add_argument("run_dir", nargs="?", default="run")
+    s.add_argument("run_dir", nargs="?", default="run", help="the run directory (default: run)")
     s.add_argument("--watch", action="store_true", help="keep printing it")
-    s.add_argument("--interval", type=float, default=1.0)
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between prints")
     for add, _ in COMMANDS.values():
         add(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``nightpipe`` command."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nightpipe`` command; returns the exit code."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "inject":
-        code = cmd_inject(args, extra)
-    else:
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        handlers = {"run": cmd_run, "status": cmd_status}
-        handlers.update({name: cmd for name, (_, cmd) in COMMANDS.items()})
-        code = handlers[args.command](args)
-    raise SystemExit(code)
+    prog = f"nightpipe {args.command}"
+    if extra and args.command != "inject":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handlers = {"run": cmd_run, "status": cmd_status}
+    handlers.update({name: cmd for name, (_, cmd) in COMMANDS.items()})
+    try:
+        if args.command == "inject":
+            return cmd_inject(args, extra)
+        return handlers[args.command](args)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return USAGE_EXIT
+    except BrokenPipeError:
+        # The reader went away (``nightpipe status | head``): stop quietly, as
+        # other commands do, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{prog}: stopped (SIGTERM)", file=sys.stderr)
+        return 143

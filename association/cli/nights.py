@@ -1,4 +1,7 @@
-"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report, serve."""
+"""The ``nightpipe`` subcommands that work on nights: simulate, replay, demo, report, serve.
+
+The parsers import nothing heavy; each command imports its modules when it runs.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +14,48 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from association.nights.opsim import BUNDLED_DB
+from association.cli.usage import UsageError, one_line, positive_float, positive_int
+
+DEMO_NIGHT = 60217.5
 
 
 def _speed(text: str) -> float | None:
-    if text == "max":
-        return None
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("--speed must be > 0 or 'max'")
+    return None if text == "max" else positive_float(text)
+
+
+def _night(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an MJD, got {text!r}") from None
+    if (value - 0.5) % 1.0 != 0.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a night start (MJD x.5, e.g. 60217.5), got {text}"
+        )
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
     return value
+
+
+def _region(text: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    try:
+        ra, dec, radius = (float(x) for x in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected RA,DEC,RADIUS in degrees (three numbers), got {text!r}"
+        ) from None
+    if not (-90.0 <= dec <= 90.0 and radius > 0):
+        raise argparse.ArgumentTypeError(f"needs -90 <= DEC <= 90 and RADIUS > 0, got {text!r}")
+    return ra, dec, radius
 
 
 def _sim_config(args: argparse.Namespace) -> Any:
@@ -39,26 +67,38 @@ def _sim_config(args: argparse.Namespace) -> Any:
     for item in args.sim:
         key, eq, value = item.partition("=")
         if not eq:
-            raise SystemExit(f"--sim {item!r}: expected KEY=VALUE")
-        values[key] = tomllib.loads(f"v = {value}")["v"]
+            raise UsageError(f"--sim {item!r}: expected KEY=VALUE")
+        try:
+            values[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise UsageError(f"--sim {item!r}: {value!r} is not a number or a list") from None
     names = {f.name for f in dataclasses.fields(SimConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise SystemExit(f"--sim: unknown setting(s) {unknown}; known: {sorted(names)}")
+        raise UsageError(
+            f"--sim: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return SimConfig(**values)
+    try:
+        return SimConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--sim: {exc}") from None
 
 
 def add_simulate(sub: Any) -> None:
     """``nightpipe simulate``."""
-    p = sub.add_parser("simulate", help="simulate a night with truth into a night archive")
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a night with truth into a night archive",
+        description="Simulate a night of a real cadence, with truth, into a night archive.",
+    )
     p.add_argument("out", help="archive directory to write")
-    p.add_argument("--cadence", default=str(BUNDLED_DB), help="OpSim SQLite file")
-    p.add_argument("--night", type=float, default=60217.5, help="night start MJD (x.5)")
-    p.add_argument("--visits", type=int, help="at most this many visits")
-    p.add_argument("--region", help="RA,DEC,RADIUS in degrees: only visits there")
+    p.add_argument("--cadence", help="OpSim SQLite file (default: the five nights shipped)")
+    p.add_argument("--night", type=_night, default=DEMO_NIGHT, help="night start MJD (x.5)")
+    p.add_argument("--visits", type=positive_int, help="at most this many visits")
+    p.add_argument("--region", type=_region, help="RA,DEC,RADIUS in degrees: only visits there")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--density", type=float, help="static Objects per square degree")
+    p.add_argument("--density", type=positive_float, help="static Objects per square degree")
     p.add_argument(
         "--sim",
         action="append",
@@ -66,27 +106,38 @@ def add_simulate(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="any SimConfig setting, e.g. movers_per_deg2=20",
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate a night archive."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{out}: directory is not empty; give --overwrite to write into it")
+    if args.cadence is not None and not Path(args.cadence).is_file():
+        raise UsageError(f"--cadence {args.cadence}: no such file")
+    config = _sim_config(args)
+    from association.nights.opsim import BUNDLED_DB, CadenceError
     from association.nights.simulate import simulate
 
-    region = tuple(float(x) for x in args.region.split(",")) if args.region else None
     t0 = time.time()
-    m = simulate(
-        args.cadence,
-        args.out,
-        args.night,
-        _sim_config(args),
-        region,
-        args.visits,
-        overwrite=args.overwrite,
-    )
+    try:
+        m = simulate(
+            args.cadence or BUNDLED_DB,
+            out,
+            args.night,
+            config,
+            args.region,
+            args.visits,
+            overwrite=args.overwrite,
+        )
+    except CadenceError as exc:
+        raise UsageError(str(exc)) from None
     c = m["counts"]
     print(
-        f"{args.out}: {c['visits']} visits, {c['diasources']} DIASources, "
+        f"{out}: {c['visits']} visits, {c['diasources']} DIASources, "
         f"{c['objects_preloaded']} preloaded Objects, {c['movers']} movers "
         f"({time.time() - t0:.1f} s)"
     )
@@ -95,16 +146,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def add_replay(sub: Any) -> None:
     """``nightpipe replay``."""
-    p = sub.add_parser("replay", help="play a night archive into a pipeline")
-    p.add_argument("archive")
+    p = sub.add_parser(
+        "replay",
+        help="play a night archive into a pipeline",
+        description="Play a night archive into a pipeline it starts (or one at --address), "
+        "keeping the events' spacing divided by --speed. Resumes when the run directory "
+        "holds an earlier attempt.",
+    )
+    p.add_argument("archive", help="night archive directory (from nightpipe simulate)")
     p.add_argument(
         "--speed",
         type=_speed,
         default=None,
         help="divide the event spacing by this; 'max' (default) sends at once",
     )
-    p.add_argument("--run-dir", default="run")
-    p.add_argument("--ranks", type=int, default=3, help="ranks of the pipeline it starts")
+    p.add_argument("--run-dir", default="run", help="the pipeline's run directory (default: run)")
+    p.add_argument("--ranks", type=_ranks, default=3, help="ranks of the pipeline it starts")
     p.add_argument("--address", help="send into the running pipeline listening there")
     p.add_argument("--db", help="database URL (default: SQLite in the run dir)")
     p.add_argument("--config", default="association", help="pipeline config it starts")
@@ -115,11 +172,7 @@ def add_replay(sub: Any) -> None:
         help="print the report and exit 1 if a visit failed or a quality figure is under its "
         "threshold (quality needs the archive's truth)",
     )
-    for name, default in (
-        ("completeness", 0.99),
-        ("purity", 0.99),
-        ("mover-recovery", 0.95),
-    ):
+    for name, default in (("completeness", 0.99), ("purity", 0.99), ("mover-recovery", 0.95)):
         p.add_argument(
             f"--min-{name}",
             type=_fraction,
@@ -129,17 +182,57 @@ def add_replay(sub: Any) -> None:
         )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=600.0,
-        help="after the last event, give up once no visit has finished for this long (s)",
+        help="give up once the pipeline has made no progress for this long (s; default 600)",
     )
-    p.add_argument("--max-in-flight", type=int, help="cap on visits in flight")
+    p.add_argument("--max-in-flight", type=positive_int, help="cap on visits in flight")
+    p.add_argument(
+        "--grace",
+        type=positive_float,
+        default=30.0,
+        help="a pipeline stopped early (error, Ctrl-C, SIGTERM) gets this long to drain "
+        "before it is killed (s; default 30)",
+    )
+
+
+def _ranks(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 (a master and a Slice), got {value}")
+    return value
+
+
+def check_database(url: str) -> None:
+    """Connect once to `url`; a one-paragraph `UsageError` when that fails."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        parsed = make_url(url)
+        shown = parsed.render_as_string(hide_password=True)
+        timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        engine = create_engine(parsed, connect_args=timeout)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise UsageError(f"--db {url!r}: not a usable database URL: {one_line(exc)}") from None
+    try:
+        with engine.connect():
+            pass
+    except (SQLAlchemyError, ImportError) as exc:
+        reason = one_line(getattr(exc, "orig", None) or exc)
+        raise UsageError(f"--db {shown}: cannot connect: {reason}") from None
+    finally:
+        engine.dispose()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay an archive; resumes when the run directory holds an earlier attempt."""
     from association.nights.replay import Replayer, ReplayError, ReplayOptions
+    from events.archive import ArchiveError
 
+    if args.db and not args.address:
+        check_database(args.db)
     opts = ReplayOptions(
         archive=Path(args.archive),
         run_dir=Path(args.run_dir),
@@ -151,16 +244,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sets=args.set,
         timeout=args.timeout,
         max_in_flight=args.max_in_flight,
+        grace=args.grace,
     )
     try:
-        summary = Replayer(opts).run()
-    except ReplayError as exc:
-        print(f"replay failed: {exc}", file=sys.stderr)
+        replayer = Replayer(opts)
+    except ArchiveError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        summary = replayer.run()
+    except (ReplayError, TimeoutError) as exc:  # TimeoutError: no reply from the master
+        print(f"nightpipe replay: failed: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"replayed {summary['visits']} visits: {summary['done']} done, {summary['failed']} failed, "
-        f"{summary['wall_seconds']:.1f} s, {summary['visits_per_minute']:.1f} visits/min"
-    )
+    print(summary_line(summary))
     if args.check:
         thresholds = {
             "completeness": args.min_completeness,
@@ -169,6 +264,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         }
         return _print_report(Path(args.run_dir), Path(args.archive), False, thresholds)
     return 0 if summary["failed"] == 0 else 1
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one-line summary of a replay, its rate as on its progress line."""
+    line = (
+        f"replayed {summary['visits']} visits: {summary['done']} done, {summary['failed']} failed"
+    )
+    if summary.get("visits_this_run") != summary["visits"]:
+        line += f" ({summary.get('visits_this_run', 0)} in this run, the rest before)"
+    return (
+        f"{line}; {summary['visits_per_minute']:.1f} visits/min from the first event "
+        f"({summary['replay_seconds']:.1f} s), after {summary['startup_seconds']:.1f} s of "
+        f"preload and start-up"
+    )
 
 
 def _print_report(
@@ -180,7 +289,7 @@ def _print_report(
     rep = report.build_report(run_dir, archive)
     print(report.format_report(rep))
     if plots:
-        for p in report.write_plots(run_dir, rep, run_dir / "report"):
+        for p in report.write_plots(run_dir, rep):
             print(f"plot: {p}")
     print(f"report: {report.write_json(run_dir, rep)}")
     if thresholds is None:
@@ -195,47 +304,71 @@ def _print_report(
 
 def add_demo(sub: Any) -> None:
     """``nightpipe demo``."""
-    p = sub.add_parser("demo", help="simulate and replay a small night, then report")
+    p = sub.add_parser(
+        "demo",
+        help="simulate and replay a small night, then report",
+        description="Simulate about 50 visits of a real Rubin cadence, replay them into a "
+        "3-rank pipeline on SQLite at full speed, and print the night's report.",
+    )
     p.add_argument("--dir", default="demo-night", help="where the archive and the run go")
-    p.add_argument("--visits", type=int, default=50)
-    p.add_argument("--ranks", type=int, default=3)
+    p.add_argument("--visits", type=positive_int, default=50)
+    p.add_argument("--ranks", type=_ranks, default=3)
     p.add_argument("--seed", type=int, default=1)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate ~50 visits of the real cadence, replay them at full speed, report."""
-    from association.nights.replay import Replayer, ReplayError, ReplayOptions
-    from association.nights.simulate import SimConfig, simulate
-
     base = Path(args.dir).resolve()
     archive, run_dir = base / "archive", base / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
-    print(f"demo: simulating {args.visits} visits of night 60217.5 into {archive}", flush=True)
+    print(f"demo: simulating {args.visits} visits of night {DEMO_NIGHT} into {archive}", flush=True)
+    from association.nights.opsim import BUNDLED_DB
+    from association.nights.replay import Replayer, ReplayError, ReplayOptions
+    from association.nights.simulate import SimConfig, simulate
+
     simulate(
-        BUNDLED_DB, archive, 60217.5, SimConfig(seed=args.seed), None, args.visits, overwrite=True
+        BUNDLED_DB,
+        archive,
+        DEMO_NIGHT,
+        SimConfig(seed=args.seed),
+        None,
+        args.visits,
+        overwrite=True,
     )
     print(f"demo: replaying into a {args.ranks}-rank pipeline on SQLite in {run_dir}", flush=True)
     opts = ReplayOptions(archive=archive, run_dir=run_dir, speed=None, ranks=args.ranks)
     try:
         summary = Replayer(opts).run()
     except ReplayError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
+        print(f"nightpipe demo: failed: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"demo: {summary['done']} of {summary['visits']} visits done in "
-        f"{summary['wall_seconds']:.1f} s ({summary['visits_per_minute']:.0f} visits/min)\n"
-    )
+    print(f"demo: {summary_line(summary)}\n", flush=True)
+    print("demo: the night's report (quality against the simulation's truth):", flush=True)
     code = _print_report(run_dir, archive, plots=True)
     print(f"demo: finished in {time.time() - t0:.1f} s")
     return code if summary["failed"] == 0 else 1
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``nightpipe report``."""
+    parser.add_argument("run_dir", help="the pipeline's run directory")
+    parser.add_argument("--archive", help="night archive with truth (default: from replay.json)")
+    parser.add_argument("--db", help="database URL (default: replay.json's, else the run's SQLite)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNGs")
+
+
 def add_report(sub: Any) -> None:
     """``nightpipe report``."""
-    from association.nights import report
-
-    report.add_arguments(sub.add_parser("report", help="figures, quality and plots of a run"))
+    add_report_arguments(
+        sub.add_parser(
+            "report",
+            help="figures, quality and plots of a run",
+            description="Events, timings, latency, counts, failures, quality against the "
+            "archive's truth, and plots of a run directory.",
+        )
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -245,11 +378,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+SERVE_ADDRESS = "127.0.0.1:8765"
+
+
 def add_serve(sub: Any) -> None:
     """``nightpipe serve``."""
-    from association.nights import serve
-
-    serve.add_parser(sub)
+    p = sub.add_parser(
+        "serve",
+        help="serve a live page of a night's run directory (running or finished)",
+        description="Serve a live page of a night's run directory, running or finished:"
+        " progress, latency per visit, stage times, ranks, failures, rejected events.",
+    )
+    p.add_argument("run_dir", nargs="?", default="run", help="the run directory (default: run)")
+    p.add_argument(
+        "--address",
+        default=SERVE_ADDRESS,
+        help=f"HOST:PORT to listen on (default {SERVE_ADDRESS}; port 0 picks one)",
+    )
+    p.add_argument("--refresh", type=float, default=2.0, help="seconds between page updates")
+    p.add_argument(
+        "--nice", type=int, default=5, help="lower this process's priority by this much (0: no)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -27,6 +27,11 @@ CADENCE_DTYPE = np.dtype(
 BUNDLED_DB = Path(__file__).parents[1] / "data" / "opsim_5nights.db"
 """Five nights of OpSim ``baseline_v2.0`` shipped with nightpipe (see data/README.md)."""
 
+
+class CadenceError(ValueError):
+    """A cadence file cannot be read as OpSim, or holds no visits for the selection."""
+
+
 Region = tuple[float, float, float]
 """(ra, dec, radius), all degrees: visits whose centre lies within `radius` of (ra, dec)."""
 
@@ -47,10 +52,10 @@ def _connect(db_path: str | PathLike[str]) -> sqlite3.Connection:
         ).fetchone()
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise ValueError(f"{path}: not an SQLite database: {exc}") from None
+        raise CadenceError(f"{path}: not an SQLite database: {exc}") from None
     if found is None:
         conn.close()
-        raise ValueError(f"{path}: no 'observations' table; not an OpSim database")
+        raise CadenceError(f"{path}: no 'observations' table; not an OpSim database")
     return conn
 
 
@@ -109,7 +114,7 @@ def read_cadence(
     try:
         rows = conn.execute(sql, args).fetchall()
     except sqlite3.OperationalError as exc:
-        raise ValueError(f"{db_path}: cannot read the observations table: {exc}") from None
+        raise CadenceError(f"{db_path}: cannot read the observations table: {exc}") from None
     finally:
         conn.close()
     visits = np.array(rows, dtype=CADENCE_DTYPE) if rows else np.empty(0, CADENCE_DTYPE)

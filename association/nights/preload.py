@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -61,3 +62,40 @@ def preload(
     n_history = 0 if history is None else len(history)
     storage.note(DONE, f"{len(objects)} Objects and {n_history} DIASources from {objects_path}")
     return len(objects)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m association.nights.preload RUN_DIR OBJECTS [DIASOURCES] [--db URL] ...``.
+
+    Loads the catalogue (see `preload`) into a database made with the given
+    partition and prints how many Objects it loaded. A replay runs it as a
+    process of its own, so the memory of a large catalogue goes back to the
+    system when done. A bad file or database is one line on stderr, exit 1.
+    """
+    import argparse
+
+    from association.inputs.readers import BadInputError
+    from association.storage import FrozenParameters, StorageError, open_storage
+
+    p = argparse.ArgumentParser(prog="python -m association.nights.preload")
+    p.add_argument("run_dir")
+    p.add_argument("objects")
+    p.add_argument("diasources", nargs="?")
+    p.add_argument("--db", help="database URL (default: SQLite in the run directory)")
+    p.add_argument("--chunk-order", type=int, required=True)
+    p.add_argument("--fine-order", type=int, required=True)
+    args = p.parse_args(argv)
+    params = FrozenParameters(args.chunk_order, args.fine_order)
+    try:
+        with open_storage(args.db, args.run_dir, params, create=True) as storage:
+            partition = Partition(params.chunk_order, params.fine_order)
+            n = preload(storage, args.objects, args.diasources, partition)
+    except (BadInputError, PreloadError, StorageError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(n)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

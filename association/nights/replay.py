@@ -1,24 +1,27 @@
-"""Replay a night archive into a pipeline, keeping its event spacing."""
+"""Replay a night archive into a pipeline, keeping its event spacing.
+
+A replay that starts its pipeline owns it: however the replay ends (done, its
+own error, a timeout, Ctrl-C, SIGTERM), the pipeline is shut down, gracefully
+first, and no process of its job is left (`association.nights.job`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from association.inputs.readers import BadInputError
-from association.nights.preload import PreloadError, preload
+from association.nights.job import Job, sigterm_raises
 from association.rundir import NightRunDir
-from association.sky.partition import Partition
-from association.storage import FrozenParameters, open_storage
+from association.storage import FrozenParameters
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
@@ -26,6 +29,9 @@ from events.journal import Journal
 from events.types import NEXT_VISIT, SHUTDOWN
 from framework.mpiexec import run_command
 from framework.rundir import RunDirBusy
+
+STARTUP_QUIET_S = 60.0
+"""While starting, a pipeline may show no sign of life for at least this long."""
 
 
 class ReplayError(RuntimeError):
@@ -55,10 +61,15 @@ class ReplayOptions:
     sets : list of str
         ``STAGE.KEY=VALUE`` overrides for that pipeline.
     timeout : float
-        After the last event, give up once no visit has finished for this
-        many seconds.
+        Give up once the pipeline has shown no progress for this many
+        seconds: while starting, no CPU used and no log line (for at least
+        `STARTUP_QUIET_S`); after the last event, no visit finished and no
+        change on its status board.
     max_in_flight : int or None
         Override the pipeline's cap on visits in flight.
+    grace : float
+        A pipeline stopped before its end (error, timeout, signal) gets this
+        many seconds to drain before its processes are killed.
     """
 
     archive: Path
@@ -71,52 +82,102 @@ class ReplayOptions:
     sets: list[str] = dataclasses.field(default_factory=list)
     timeout: float = 600.0
     max_in_flight: int | None = None
+    grace: float = 30.0
 
 
 class Progress:
-    """Visits done out of the total, the rate and the ETA, on one refreshed line."""
+    """Visits finished out of the total, the rate and the ETA, one line every few seconds.
 
-    def __init__(self, total: int, out: TextIO = sys.stderr, every: float = 2.0) -> None:
+    The rate counts only the visits finished by this run, from its first
+    event sent: start-up and preload are left out, and a resumed replay does
+    not count what the earlier attempts did.
+    """
+
+    def __init__(
+        self, total: int, finished_before: int = 0, out: TextIO = sys.stderr, every: float = 4.0
+    ) -> None:
         self.total = total
+        self.before = finished_before
         self.out = out
         self.every = every
-        self.t0 = time.time()
+        self.t0: float | None = None
+        self.last_finish: float | None = None
+        self._finished = finished_before
         self._next = 0.0
 
-    def line(self, sent: int, n_events: int, done: int, failed: int) -> str:
+    def first_event(self) -> None:
+        """The clock of the rate starts now."""
+        self.t0 = time.time()
+
+    def update(self, finished: int) -> None:
+        """Visits finished so far (this run and before)."""
+        if finished > self._finished:
+            self.last_finish = time.time()
+        self._finished = finished
+
+    @property
+    def this_run(self) -> int:
+        """Visits finished by this run."""
+        return self._finished - self.before
+
+    def seconds(self, end: float | None = None) -> float:
+        """Seconds from the first event to `end` (default now)."""
+        if self.t0 is None:
+            return 0.0
+        return max((time.time() if end is None else end) - self.t0, 0.0)
+
+    def rate(self, end: float | None = None) -> float:
+        """Visits per minute finished by this run, from the first event to `end`."""
+        s = self.seconds(end)
+        return 60.0 * self.this_run / s if s > 0 and self.this_run else 0.0
+
+    def line(self, sent: int, n_events: int, failed: int) -> str:
         """The progress line."""
-        elapsed = time.time() - self.t0
-        finished = done + failed
-        rate = 60.0 * finished / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - finished) / (rate / 60.0) if rate > 0 else float("nan")
+        visits = f"visits {self._finished}/{self.total} ({failed} failed"
+        visits += f", {self.before} before this run)" if self.before else ")"
+        elapsed = f"{self.seconds():.0f} s since the first event"
+        if not self.this_run:
+            return f"replay: events {sent}/{n_events} | {visits} | {elapsed} | no visit done yet"
+        rate = self.rate()
+        eta = (self.total - self._finished) / (rate / 60.0)
         return (
-            f"replay: events {sent}/{n_events} | visits {finished}/{self.total} "
-            f"({failed} failed) | {rate:.1f} visits/min | elapsed {elapsed:.0f} s | ETA {eta:.0f} s"
+            f"replay: events {sent}/{n_events} | {visits} | {rate:.1f} visits/min | "
+            f"{elapsed} | ETA {eta:.0f} s"
         )
 
-    def show(self, sent: int, n_events: int, done: int, failed: int, force: bool = False) -> None:
+    def due(self) -> bool:
+        """Whether it is time for a line."""
+        return time.monotonic() >= self._next
+
+    def show(self, sent: int, n_events: int, failed: int, force: bool = False) -> None:
         """Print the line if it is time to."""
-        now = time.time()
+        now = time.monotonic()
         if force or now >= self._next:
             self._next = now + self.every
-            print(self.line(sent, n_events, done, failed), file=self.out, flush=True)
+            print(self.line(sent, n_events, failed), file=self.out, flush=True)
 
 
 class Replayer:
     """Starts (or attaches to) a pipeline and plays an archive into it."""
 
-    def __init__(self, opts: ReplayOptions) -> None:
+    def __init__(self, opts: ReplayOptions, out: TextIO = sys.stderr) -> None:
         self.opts = opts
         self.run_dir = Path(opts.run_dir).resolve()
         self.archive = Archive(opts.archive)
         self.events = self.archive.events()
         self.visits = sorted({e.fov_id for e in self.events if e.type == NEXT_VISIT})
-        self.proc: subprocess.Popen | None = None
+        self.out = out
+        self.job: Job | None = None
+        self.dir = NightRunDir(self.run_dir)
+
+    def say(self, message: str) -> None:
+        """One line of what the replay is doing."""
+        print(f"replay: {message}", file=self.out, flush=True)
 
     # -- set-up ---------------------------------------------------------------
 
     def _record(self, **extra: Any) -> None:
-        path = NightRunDir(self.run_dir).replay
+        path = self.dir.replay
         info = json.loads(path.read_text()) if path.exists() else {}
         info.update(extra)
         tmp = path.with_suffix(".json.tmp")  # others read it while the night runs
@@ -151,131 +212,194 @@ class Replayer:
                 f"{self.archive.manifest_path}: the catalogue's fine indexes are of "
                 f"fine_order={made_at}; the pipeline says fine_order={params.fine_order}"
             )
+        where = self.opts.db_url or f"SQLite in {self.run_dir}"
+        self.say(f"loading the archive's starting catalogue into {where}")
+        t0 = time.monotonic()
+        cmd = [sys.executable, "-m", "association.nights.preload", str(self.run_dir), str(objects)]
+        if files.get("catalogue_diasources"):
+            cmd.append(str(files["catalogue_diasources"]))
+        if self.opts.db_url:
+            cmd += ["--db", self.opts.db_url]
+        cmd += ["--chunk-order", str(params.chunk_order), "--fine-order", str(params.fine_order)]
         # In a process of its own, so that the memory of a large catalogue
-        # goes back to the system (to the database's page cache) when done.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            job = pool.submit(
-                _preload,
-                self.opts.db_url,
-                self.run_dir,
-                params,
-                objects,
-                files.get("catalogue_diasources"),
-            )
-            try:
-                return job.result()
-            except (BadInputError, PreloadError) as exc:
-                raise ReplayError(f"the starting catalogue cannot be loaded: {exc}") from None
+        # goes back to the system when done.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+            raise ReplayError(f"the starting catalogue cannot be loaded: {last}")
+        n = int(out.split()[-1])
+        took = time.monotonic() - t0
+        self.say(f"loaded {n} Objects in {took:.1f} s" if n else "the catalogue was already loaded")
+        return n
 
-    def start_pipeline(self) -> str:
-        """Start ``mpiexec -n RANKS nightpipe run`` on the run directory; its address."""
-        endpoint = NightRunDir(self.run_dir).endpoint
-        endpoint.unlink(missing_ok=True)
+    def command(self) -> list[str]:
+        """The ``mpiexec -n RANKS nightpipe run ...`` that starts the pipeline.
+
+        Unless told otherwise, it reads input files from the archive only.
+        """
         args = ["--db", self.opts.db_url] if self.opts.db_url else []
         if not any(s.startswith("settings.data_roots=") for s in self.opts.sets):
             root = json.dumps(str(Path(self.opts.archive).resolve()))
-            args += ["--set", f"settings.data_roots=[{root}]"]  # the archive's files only
+            args += ["--set", f"settings.data_roots=[{root}]"]
         for s in self.opts.sets:
             args += ["--set", s]
         if self.opts.max_in_flight:
             args += ["--max-in-flight", str(self.opts.max_in_flight)]
         try:
-            cmd = run_command(self.opts.ranks, self.opts.config, self.run_dir, *args)
+            return run_command(self.opts.ranks, self.opts.config, self.run_dir, *args)
         except FileNotFoundError as exc:
             raise ReplayError(str(exc)) from None
-        log = open(NightRunDir(self.run_dir).pipeline_out, "ab")  # noqa: SIM115 (kept for the job's life)
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
+
+    def start_pipeline(self) -> str:
+        """Start the pipeline and wait while it comes up and shows progress; its address."""
+        endpoint = self.dir.endpoint
+        endpoint.unlink(missing_ok=True)
+        out = self.dir.pipeline_out
+        self.say(f"starting a {self.opts.ranks}-rank pipeline ({out.name} has its output)")
+        self.job = Job(self.command(), out)
+        t0 = time.monotonic()
+        watch = _Liveness(self.job, [self.dir.log, out])
+        next_say = t0 + 5.0
         while not endpoint.exists():
-            if self.proc.poll() is not None:
+            if not self.job.alive():
                 raise ReplayError(
-                    f"the pipeline exited with {self.proc.returncode} before it was up; "
-                    f"see {self.run_dir / 'pipeline.out'} and {self.run_dir / 'nightpipe.log'}"
+                    f"the pipeline exited with {self.job.returncode} before it was up"
+                    f"{_last_words(self.run_dir)}; see {out} and {self.dir.log}"
                 )
-            if time.time() > deadline:
-                raise ReplayError("the pipeline did not come up within 120 s")
+            quiet = watch.quiet_for()
+            if quiet > max(self.opts.timeout, STARTUP_QUIET_S):
+                raise ReplayError(
+                    f"the pipeline has neither used CPU nor logged for {quiet:.0f} s while "
+                    f"starting{_last_words(self.run_dir)}"
+                )
+            if time.monotonic() >= next_say:
+                next_say += 5.0
+                doing = _last_log_line(self.dir.log) or "its ranks are loading nightpipe"
+                self.say(
+                    f"waiting for the pipeline to come up ({time.monotonic() - t0:.0f} s): {doing}"
+                )
             time.sleep(0.05)
+        self.say(f"pipeline up in {time.monotonic() - t0:.1f} s")
         return json.loads(endpoint.read_text())["address"]
 
     # -- playing ---------------------------------------------------------------
 
     def _already_journaled(self) -> set[str]:
-        path = NightRunDir(self.run_dir).journal
+        path = self.dir.journal
         if not path.exists():
             return set()
         with Journal(path) as j:
             return j.ids("in")
 
-    def _outcomes(self) -> dict[int, str]:
-        with Journal(NightRunDir(self.run_dir).journal) as j:
-            return j.outcomes()
+    def _finished(self) -> tuple[int, int]:
+        """Visits of the archive with an outcome, and how many of them failed."""
+        path = self.dir.journal
+        if not path.exists():
+            return 0, 0
+        with Journal(path) as j:
+            out = j.outcomes()
+        ends = [out[v] for v in self.visits if v in out]
+        return len(ends), sum(v != "done" for v in ends)
+
+    def _check_alive(self) -> None:
+        if self.job is not None and not self.job.alive():
+            raise ReplayError(
+                f"the pipeline died (exit {self.job.returncode}){_last_words(self.run_dir)}"
+            )
 
     def play(self, address: str, progress: Progress) -> dict[str, Any]:
         """Send every event on the scaled schedule, then wait for every visit."""
         skip = self._already_journaled()
         base = self.events[0].time if self.events else 0.0
         speed = self.opts.speed
+        n = len(self.events)
         sent = len([e for e in self.events if e.id in skip])
         rejected = []
-        log_path = NightRunDir(self.run_dir).sends
-        with Injector(address, timeout=30) as inj, log_path.open("a") as log:
+        pace = "as fast as it takes them" if speed is None else f"at {speed:g}x the night's pace"
+        self.say(f"sending {n - sent} events {pace}")
+
+        def tick() -> None:
+            finished, failed = self._finished()
+            progress.update(finished)
+            progress.show(sent, n, failed)
+            self._check_alive()
+
+        with Injector(address, timeout=30) as inj, self.dir.sends.open("a") as log:
             t0 = time.perf_counter() + 0.05
+            progress.first_event()
             for ev in self.events:
                 if ev.id in skip:
                     continue
                 due = 0.0 if speed is None else (ev.time - base) / speed
                 if speed is not None:
-                    _sleep_until(t0 + due)
+                    _sleep_until(t0 + due, tick)
                 actual = time.perf_counter() - t0
                 reply = inj.send(dataclasses.replace(ev, time=time.time()))
                 sent += 1
                 if not reply.get("ok"):
                     rejected.append({"id": ev.id, "error": reply.get("error")})
                 log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise ReplayError(f"the pipeline died (exit {self.proc.returncode})")
-                if sent % 50 == 0:
-                    out = self._outcomes()
-                    done = sum(v == "done" for v in out.values())
-                    progress.show(sent, len(self.events), done, len(out) - done)
-        deadline, seen = time.time() + self.opts.timeout, -1
+                if progress.due():
+                    tick()
+        finished, failed = self._wait_for_visits(progress, sent)
+        progress.show(sent, n, failed, force=True)
+        return {
+            "sent": sent,
+            "rejected": rejected,
+            "done": finished - failed,
+            "failed": failed,
+        }
+
+    def _wait_for_visits(self, progress: Progress, sent: int) -> tuple[int, int]:
+        """Wait until every visit has finished, or the pipeline dies or stalls."""
+        status = _Board(self.dir.status)
+        last_progress, seen = time.monotonic(), -1
         while True:
-            out = self._outcomes()
-            finished = [v for v in self.visits if v in out]
-            done = sum(out[v] == "done" for v in finished)
-            progress.show(sent, len(self.events), done, len(finished) - done)
-            if len(finished) == len(self.visits):
-                break
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ReplayError(f"the pipeline died (exit {self.proc.returncode})")
-            if len(finished) > seen:
-                deadline, seen = time.time() + self.opts.timeout, len(finished)
-            elif time.time() > deadline:
+            finished, failed = self._finished()
+            progress.update(finished)
+            progress.show(sent, len(self.events), failed)
+            if finished == len(self.visits):
+                return finished, failed
+            self._check_alive()
+            if finished > seen or status.changed():
+                last_progress, seen = time.monotonic(), finished
+            elif time.monotonic() - last_progress > self.opts.timeout:
                 raise ReplayError(
-                    f"{len(self.visits) - len(finished)} visit(s) unfinished and none "
-                    f"finished in the last {self.opts.timeout:g} s"
+                    f"{len(self.visits) - finished} visit(s) unfinished, and the pipeline has "
+                    f"made no progress for {self.opts.timeout:g} s (no visit finished, its "
+                    f"status board unchanged){status.in_flight()}"
                 )
             time.sleep(0.2)
-        progress.show(sent, len(self.events), done, len(finished) - done, force=True)
-        return {"sent": sent, "rejected": rejected, "done": done, "failed": len(finished) - done}
 
     def stop_pipeline(self, address: str) -> int:
         """Shut down the pipeline this replay started; its exit code."""
-        assert self.proc is not None
+        assert self.job is not None
+        self.say("every visit finished: shutting the pipeline down")
         with Injector(address, timeout=30) as inj:
             inj.send(Event.new(SHUTDOWN, None, {"reason": "replay finished"}, source="replay"))
-        return self.proc.wait(300)
+        code = self.job.wait(300)
+        if code is None:
+            raise ReplayError("the pipeline did not stop within 300 s of control.shutdown")
+        return code
 
     def run(self) -> dict[str, Any]:
         """Preload, start or attach, play, wait, stop; returns a summary.
 
+        However this ends, a pipeline it started is stopped: SIGTERM (a
+        drain) first, then after ``opts.grace`` seconds every process of its
+        job is killed. SIGTERM to the replay raises `association.nights.job.Terminated`.
         One replay at a time runs on a run directory: a second one is refused
         at once (`ReplayError` naming the holder).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            lock = NightRunDir(self.run_dir).lock("replay").acquire()
+            lock = self.dir.lock("replay").acquire()
         except RunDirBusy as exc:
             raise ReplayError(str(exc)) from None
         try:
@@ -294,54 +418,131 @@ class Replayer:
             finished=None,
         )
         t0 = time.time()
-        n = self.preload()
-        preload_s = time.time() - t0
-        address = self.opts.address or self.start_pipeline()
-        progress = Progress(len(self.visits))
-        try:
-            summary = self.play(address, progress)
-            if self.proc is not None:
-                code = self.stop_pipeline(address)
-                if code != 0:
-                    raise ReplayError(f"the pipeline exited with {code}")
-        finally:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-        wall = time.time() - t0
+        with sigterm_raises():
+            try:
+                n = self.preload()
+                preload_s = time.time() - t0
+                address = self.opts.address or self.start_pipeline()
+                progress = Progress(len(self.visits), self._finished()[0], self.out)
+                summary = self.play(address, progress)
+                if self.job is not None:
+                    code = self.stop_pipeline(address)
+                    if code != 0:
+                        raise ReplayError(f"the pipeline exited with {code}")
+            finally:
+                if self.job is not None:
+                    self.job.end(self.opts.grace, self.say)
+        end = progress.last_finish or time.time()
         summary.update(
             visits=len(self.visits),
+            visits_this_run=progress.this_run,
             preloaded_objects=n,
             preload_seconds=preload_s,
-            wall_seconds=wall,
-            visits_per_minute=60.0 * len(self.visits) / max(wall - preload_s, 1e-9),
+            startup_seconds=(progress.t0 or t0) - t0,
+            replay_seconds=progress.seconds(end),
+            wall_seconds=time.time() - t0,
+            visits_per_minute=progress.rate(end),
         )
         self._record(finished=time.time(), summary=summary)
         return summary
 
 
-def _sleep_until(t: float) -> None:
-    """Sleep until perf_counter reaches `t`, spinning the last millisecond."""
+class _Liveness:
+    """Whether a starting job shows signs of life: CPU used, or lines written."""
+
+    def __init__(self, job: Job, files: list[Path]) -> None:
+        self.job = job
+        self.files = files
+        self._last = self._sign()
+        self._since = time.monotonic()
+        self._next_check = 0.0
+
+    def _sign(self) -> tuple[float, ...]:
+        sizes = tuple(float(f.stat().st_size) if f.exists() else -1.0 for f in self.files)
+        return (round(self.job.cpu_seconds(), 2), *sizes)
+
+    def quiet_for(self) -> float:
+        """Seconds since the last sign of life."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + 1.0
+            sign = self._sign()
+            if sign != self._last:
+                self._last, self._since = sign, now
+        return now - self._since
+
+
+class _Board:
+    """The pipeline's status board, read for signs of progress."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last: Any = None
+        self.status: dict[str, Any] = {}
+
+    def changed(self) -> bool:
+        """Whether the work on the board moved since the last call."""
+        try:
+            self.status = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        execs = [
+            (e.get("key"), e.get("stage"), e.get("phase"))
+            for e in self.status.get("executions", [])
+        ]
+        work = tuple(self.status.get(k) for k in ("done", "failed", "accepted", "in_flight"))
+        sign = (work, tuple(execs))
+        moved = sign != self._last
+        self._last = sign
+        return moved
+
+    def in_flight(self) -> str:
+        """What the visits in flight are doing, for an error message."""
+        parts = [
+            f"fov {e['key']} at {e['stage']} ({e['phase']}"
+            + (f", waiting for {e['waiting_for']})" if e.get("waiting_for") else ")")
+            for e in self.status.get("executions", [])[:5]
+        ]
+        return f"; in flight: {', '.join(parts)}" if parts else ""
+
+
+_LOG_LINE = re.compile(r"rank=(\d+) exec=\S+ \w+ [\w.]+: (.*)")
+
+
+def _last_log_line(path: Path) -> str | None:
+    """The last line of the pipeline's log, as ``rank N: message``."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        m = _LOG_LINE.search(line)
+        if m:
+            return f"rank {m.group(1)}: {m.group(2)}"
+    return None
+
+
+def _last_words(run_dir: Path) -> str:
+    """`` (last log line: ...)`` for an error message, if the log has one."""
+    line = _last_log_line(NightRunDir(run_dir).log)
+    return f" (its log's last line: {line})" if line else ""
+
+
+def _sleep_until(t: float, tick: Callable[[], None] | None = None) -> None:
+    """Sleep until perf_counter reaches `t`, spinning the last millisecond.
+
+    ``tick`` is called about once a second while more than a second is left.
+    """
     while True:
         left = t - time.perf_counter()
         if left <= 0:
             return
-        if left > 2e-3:
+        if tick is not None and left > 1.25:
+            time.sleep(1.0)
+            tick()
+        elif left > 2e-3:
             time.sleep(left - 1e-3)
         else:
             os.sched_yield()
-
-
-def _preload(
-    db_url: str | None,
-    run_dir: Path,
-    params: FrozenParameters,
-    objects: str,
-    diasources: str | None,
-) -> int:
-    partition = Partition(params.chunk_order, params.fine_order)
-    with open_storage(db_url, run_dir, params, create=True) as storage:
-        return preload(storage, objects, diasources, partition)

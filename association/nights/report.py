@@ -888,15 +888,6 @@ def write_json(run_dir: str | Path, report: dict[str, Any]) -> Path:
 # -- command line -----------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``nightpipe report``."""
-    parser.add_argument("run_dir", help="the pipeline's run directory")
-    parser.add_argument("--archive", help="night archive with truth (default: from replay.json)")
-    parser.add_argument("--db", help="database URL (default: replay.json's, else the run's SQLite)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--no-plots", action="store_true", help="write no PNGs")
-
-
 def run(args: argparse.Namespace) -> int:
     """Print the report of ``args.run_dir`` and write its plots; the exit code."""
     try:
@@ -918,8 +909,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``nightpipe report RUN_DIR [--archive A] [--db URL] [--json] [--no-plots]``."""
+    from association.cli.nights import add_report_arguments
+
     parser = argparse.ArgumentParser(prog="nightpipe report", description=__doc__)
-    add_arguments(parser)
+    add_report_arguments(parser)
     return run(parser.parse_args(argv))
 
 

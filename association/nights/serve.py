@@ -28,7 +28,6 @@ from association.nights.watch import PLOTS, RunWatcher
 from association.rundir import NightRunDir
 from framework.metrics import MetricsError, parse_address
 
-DEFAULT_ADDRESS = "127.0.0.1:8765"
 CLIENT_TIMEOUT_S = 10.0
 """A client that sends nothing for this long is dropped, so that it holds no thread."""
 SECURITY_HEADERS = {
@@ -63,7 +62,7 @@ class NightServer:
     def __init__(
         self,
         run_dir: str | Path,
-        address: str = DEFAULT_ADDRESS,
+        address: str = "127.0.0.1:8765",
         refresh: float = 2.0,
         min_interval: float = 0.5,
     ) -> None:
@@ -203,26 +202,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def add_parser(sub: Any) -> None:
-    """``nightpipe serve``."""
-    p = sub.add_parser(
-        "serve",
-        help="serve a live page of a night's run directory (running or finished)",
-        description="Serve a live page of a night's run directory, running or finished:"
-        " progress, latency per visit, stage times, ranks, failures, rejected events.",
-    )
-    p.add_argument("run_dir", nargs="?", default="run", help="the run directory (default: run)")
-    p.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
-        help=f"HOST:PORT to listen on (default {DEFAULT_ADDRESS}; port 0 picks one)",
-    )
-    p.add_argument("--refresh", type=float, default=2.0, help="seconds between page updates")
-    p.add_argument(
-        "--nice", type=int, default=5, help="lower this process's priority by this much (0: no)"
-    )
 
 
 def command(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
-from association.nights.opsim import Region, nights, read_cadence
+from association.nights.opsim import CadenceError, Region, nights, read_cadence
 from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
 from association.sky.partition import DEFAULT_FINE_ORDER
 from events.archive import ArchiveWriter
@@ -772,11 +772,11 @@ def simulate(
     if night_mjd is None:
         found = nights(cadence_path)
         if not found:
-            raise ValueError(f"{cadence_path}: no visits")
+            raise CadenceError(f"{cadence_path}: no visits")
         night_mjd = found[0][0]
     visits = read_cadence(cadence_path, night_mjd, region, max_visits)
     if visits.size == 0:
-        raise ValueError(f"{cadence_path}: no visits in night {night_mjd} (region {region})")
+        raise CadenceError(f"{cadence_path}: no visits in night {night_mjd} (region {region})")
     if cfg.pair_gap_s > 0:
         visits = with_pairs(visits, cfg.pair_gap_s)
     night = _plan(visits, cfg.fov_radius)

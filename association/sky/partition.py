@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import healpy as hp
 import numpy as np
+
+from association.sky import healpix as hp
 
 DEFAULT_CHUNK_ORDER = 6
 """HEALPix order of a chunk unless the pipeline says otherwise (49152 chunks of ~0.92 deg)."""

@@ -14,6 +14,7 @@ from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, SliceVisit
 from association.storage.errors import is_retriable
+from association.warmup import ensure_compiled
 from events.types import ASSOCIATION_SPECS
 from framework.hooks import PipelineHooks
 from framework.stage import RankContext
@@ -73,6 +74,8 @@ class AssociationPipeline(PipelineHooks):
 
     def setup(self, ctx: RankContext) -> AssociationState:
         s: AssociationSettings = self.settings
+        # One rank compiles a stale kernel cache while the others wait for it.
+        ensure_compiled(ctx.log.info)
         st = AssociationState(
             Partition(s.chunk_order, s.fine_order),
             s.db_url or None,
