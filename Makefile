@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SERVERS := $(VENV)/.test-servers
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -21,6 +22,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --no-deps 'lsst-alert-packet>=30.2026.2700'
 	@# MPI: use the machine's if it has one, else the MPICH wheel from PyPI.
 	@if ! command -v mpiexec >/dev/null 2>&1; then $(BIN)/pip install -q mpich; fi
+	@# The numba kernels, compiled once here rather than by every rank on first start.
+	$(BIN)/python -m association.warmup
+	touch $@
+
+# What only the tests need: throwaway servers and tools, from Debian's packages.
+$(SERVERS): $(STAMP)
+	@echo "make: installing the test servers (PostgreSQL, Prometheus, Chromium, faketime) if missing"
 	@# PostgreSQL binaries for the throwaway test server.
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q postgresql) || echo "warning: could not install PostgreSQL"; fi
@@ -33,8 +41,6 @@ $(STAMP): setup.cfg pyproject.toml
 	@# Headless Chromium, for the test that opens the live night page in a browser.
 	@if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q chromium chromium-headless-shell) || echo "warning: could not install Chromium"; fi
-	@# The numba kernels, compiled once here rather than by every rank on first start.
-	$(BIN)/python -m association.warmup
 	touch $@
 
 install: $(STAMP)
@@ -42,7 +48,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nightpipe demo
 
-test: $(STAMP)
+test: $(STAMP) $(SERVERS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --durations=15

@@ -161,6 +161,9 @@ def _failures(run: Path) -> dict[int, dict]:
 def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
     """Bad files fail their visit at read; a failure after the update is rolled back.
 
+    The bad files: missing, a column missing, a NaN, a duplicate id, and a
+    symlink out of the data roots (refused before it is opened).
+
     Either way nothing of the visit is stored and the other visits end exactly as
     in the same night without the failed visits.
     """
@@ -177,6 +180,7 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
         visits[14],
     )
     victim = visits[4]  # fails in a stage after update, before its changes are decided
+    v_link = visits[16]  # its file a symlink out of the archive (the data root)
 
     def path(v: int) -> Path:
         return bad / "data" / f"visit_{v}_diasources.parquet"
@@ -194,6 +198,9 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
     pq.write_table(t.set_column(0, "diaSourceId", pa.array(ids)), path(v_dup))
     t = pq.read_table(path(v_empty))
     pq.write_table(t.slice(0, 0), path(v_empty))
+    outside = tmp_path / "elsewhere.parquet"
+    path(v_link).rename(outside)
+    path(v_link).symlink_to(outside)
 
     text = (ROOT / "association" / "pipelines" / "association.toml").read_text()
     boom = (
@@ -208,8 +215,8 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
 
     summary = replay(bad, tmp_path / "run", ranks=3, config=str(cfg))
     failed = _failures(tmp_path / "run")
-    assert set(failed) == {v_missing, v_column, v_nan, v_dup, victim}
-    assert summary["done"] == len(visits) - 5
+    assert set(failed) == {v_missing, v_column, v_nan, v_dup, victim, v_link}
+    assert summary["done"] == len(visits) - 6
     for v in (v_missing, v_column, v_nan, v_dup):
         assert failed[v]["stage"] == "sources" and failed[v]["hook"] == "preprocess"
         assert f"visit_{v}_diasources.parquet" in failed[v]["error"]
@@ -221,6 +228,8 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
         "InputError" in failed[v_missing]["error"] and "no such file" in failed[v_missing]["error"]
     )
     assert (failed[victim]["stage"], failed[victim]["hook"]) == ("boom", "process")
+    assert f"resolves to '{outside}', outside the data roots" in failed[v_link]["error"]
+    assert failed[v_link]["stage"] == "sources"
     log = (tmp_path / "run" / "nightpipe.log").read_text()
     assert f"exec={victim} INFO" in log and "catalogue changes rolled back" in log
     rows = db_rows(tmp_path / "run")
@@ -229,7 +238,7 @@ def test_bad_files_and_failures_fail_only_their_visit(archive, tmp_path):
     assert read_alerts(tmp_path / "run" / "alerts" / f"visit_{v_empty}.avro") == []
     # nothing of a failed visit is stored, and the others are exactly as without them
     ref = copy_archive(bad, tmp_path / "ref")
-    _drop_visits(ref, {v_missing, v_column, v_nan, v_dup, victim})
+    _drop_visits(ref, {v_missing, v_column, v_nan, v_dup, victim, v_link})
     assert replay(ref, tmp_path / "refrun", ranks=3)["failed"] == 0
     assert rows == db_rows(tmp_path / "refrun")
 

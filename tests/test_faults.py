@@ -132,6 +132,51 @@ def test_a_master_that_cannot_start_says_why_in_one_paragraph(tmp_path):
     assert "Traceback" in (tmp_path / "run" / "nightpipe.log").read_text()
 
 
+def test_a_database_made_with_another_partition_is_refused_at_start(tmp_path):
+    run = tmp_path / "run"
+    first = MpiPipeline("association", run, n=2).start()
+    assert first.stop() == 0  # the database is made, with fine_order 20
+    done = subprocess.run(
+        _run_cmd(run, 2, "--set", "settings.fine_order=18"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "was made with fine_order=20; the config says fine_order=18" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# -- a crash during preload -----------------------------------------------------------------------
+
+
+def test_a_preload_cut_short_is_redone_on_resume(pole_archive, pole_reference, tmp_path):
+    import sqlite3
+
+    run = tmp_path / "run"
+    proc = _replay(pole_archive, run, "--speed", "max")
+    db = run / "nightpipe.sqlite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as conn:
+                if conn.execute("SELECT 1 FROM objects LIMIT 1").fetchone():
+                    break
+        except sqlite3.Error:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the replay and its preload process, mid-preload
+    proc.wait(30)
+    with sqlite3.connect(db) as conn:
+        notes = conn.execute("SELECT count(*) FROM notes").fetchone()[0]
+        history = conn.execute("SELECT count(*) FROM diasources").fetchone()[0]
+    assert notes == 0  # not marked complete: the resume must not skip it
+    summary = replay(pole_archive, run, ranks=3)
+    assert summary["failed"] == 0
+    assert db_rows(run) == db_rows(pole_reference), f"{history} history rows at the kill"
+
+
 # -- a hung Slice ---------------------------------------------------------------------------------
 
 
