@@ -73,6 +73,20 @@ def _wait_outcomes(run: Path, n: int, proc: subprocess.Popen, timeout: float = 1
     raise TimeoutError(f"fewer than {n} outcomes in {timeout} s")
 
 
+def _running_on(run: Path) -> list[str]:
+    """Command lines of the processes that name `run` (a job left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(run) in cmd:
+                found.append(cmd)
+    return found
+
+
 def _run_cmd(run: Path, n: int, *args: str) -> list[str]:
     return run_command(n, "association", run, *args)
 
@@ -109,8 +123,9 @@ def test_second_replay_refused(pole_archive, tmp_path):
         code, out = _finish(second, timeout=60)
         assert code != 0 and "in use" in out and "replay" in out, out
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(30)
+        first.send_signal(signal.SIGTERM)  # the replay ends its pipeline's job, then itself
+        _finish(first, timeout=120)
+    assert not _running_on(run)
 
 
 # -- a master that cannot start -------------------------------------------------------------------
