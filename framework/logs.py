@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-LOG_FILE = "nightpipe.log"
+from framework.rundir import RunDir
+
 current_execution: contextvars.ContextVar[str] = contextvars.ContextVar("execution", default="-")
 
 FILE_ONLY = {"console": False}
@@ -58,7 +59,7 @@ def setup_logging(
         logger.removeHandler(h)
         h.close()
     ctx = _Context(rank)
-    fh = logging.FileHandler(Path(run_dir) / LOG_FILE, mode="a")
+    fh = logging.FileHandler(RunDir(run_dir).log, mode="a")
     fh.setLevel(logging.INFO)
     fh.setFormatter(_UTCFormatter(FORMAT))
     fh.addFilter(ctx)

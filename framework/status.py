@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-STATUS_FILE = "status.json"
+from framework.rundir import RunDir
+
 OBSERVED = "observed"
 """Board key of the durations a rank observed: ``[[seq, name, seconds], ...]``, newest last."""
 OBSERVED_KEEP = 256
@@ -56,7 +57,7 @@ class Board:
 
 def write_status(run_dir: Path, status: dict[str, Any]) -> None:
     """Write the combined board to ``RUN_DIR/status.json`` atomically."""
-    path = Path(run_dir) / STATUS_FILE
+    path = RunDir(run_dir).status
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(status, default=str, indent=1))
     os.replace(tmp, path)
@@ -64,7 +65,7 @@ def write_status(run_dir: Path, status: dict[str, Any]) -> None:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """Read the last status written in `run_dir`."""
-    path = Path(run_dir) / STATUS_FILE
+    path = RunDir(run_dir).status
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -13,13 +13,14 @@ from association.cli.alerts import COMMANDS as ALERT_COMMANDS
 from association.cli.nights import COMMANDS as NIGHT_COMMANDS
 from events.envelope import Event
 from events.types import BODY_SPECS, KNOWN_TYPES, is_control
+from framework.rundir import RunDir
 
 COMMANDS = {**NIGHT_COMMANDS, **ALERT_COMMANDS}
 
 
 def endpoint_of(run_dir: str | Path) -> dict[str, Any]:
     """The addresses a master running in `run_dir` listens and publishes on."""
-    path = Path(run_dir) / "endpoint.json"
+    path = RunDir(run_dir).endpoint
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -21,8 +21,8 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 
-from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
-from association.inputs.readers import _band_index, _Col, _read_checked, _Reporter, derive_fine
+from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE, band_index
+from association.inputs.readers import _Col, _read_checked, _Reporter, derive_fine
 from association.sky.partition import Partition
 
 OBJECT_FINE_TOLERANCE_ARCSEC = 5.0
@@ -127,7 +127,7 @@ def read_diasources(
     err.at_least("psfFluxErr", cols["psfFluxErr"], 0.0, allow_nan=False)
     for name in ("raErr", "decErr"):
         err.at_least(name, cols[name], 0.0, allow_nan=True)
-    band = _band_index(cols["band"])
+    band = band_index(cols["band"])
     bad = np.flatnonzero(band < 0)
     if bad.size:
         err.fail(

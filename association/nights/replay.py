@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from association.inputs.readers import BadInputError
 from association.nights.preload import preload
+from association.rundir import NightRunDir
 from association.storage.tables import make_engine
 from events.archive import Archive
 from events.client import Injector
@@ -23,9 +24,6 @@ from events.envelope import Event
 from events.journal import Journal
 from events.types import NEXT_VISIT, SHUTDOWN
 from framework.mpiexec import run_command
-
-REPLAY_FILE = "replay.json"
-SEND_LOG = "replay_sends.jsonl"
 
 
 class ReplayError(RuntimeError):
@@ -116,7 +114,7 @@ class Replayer:
     # -- set-up ---------------------------------------------------------------
 
     def _record(self, **extra: Any) -> None:
-        path = self.run_dir / REPLAY_FILE
+        path = NightRunDir(self.run_dir).replay
         info = json.loads(path.read_text()) if path.exists() else {}
         info.update(extra)
         tmp = path.with_suffix(".json.tmp")  # others read it while the night runs
@@ -143,7 +141,7 @@ class Replayer:
 
     def start_pipeline(self) -> str:
         """Start ``mpiexec -n RANKS nightpipe run`` on the run directory; its address."""
-        endpoint = self.run_dir / "endpoint.json"
+        endpoint = NightRunDir(self.run_dir).endpoint
         endpoint.unlink(missing_ok=True)
         args = ["--db", self.opts.db_url] if self.opts.db_url else []
         for s in self.opts.sets:
@@ -154,7 +152,7 @@ class Replayer:
             cmd = run_command(self.opts.ranks, self.opts.config, self.run_dir, *args)
         except FileNotFoundError as exc:
             raise ReplayError(str(exc)) from None
-        log = open(self.run_dir / "pipeline.out", "ab")  # noqa: SIM115 (kept for the job's life)
+        log = open(NightRunDir(self.run_dir).pipeline_out, "ab")  # noqa: SIM115 (kept for the job's life)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while not endpoint.exists():
@@ -171,14 +169,14 @@ class Replayer:
     # -- playing ---------------------------------------------------------------
 
     def _already_journaled(self) -> set[str]:
-        path = self.run_dir / "journal.sqlite"
+        path = NightRunDir(self.run_dir).journal
         if not path.exists():
             return set()
         with Journal(path) as j:
             return j.ids("in")
 
     def _outcomes(self) -> dict[int, str]:
-        with Journal(self.run_dir / "journal.sqlite") as j:
+        with Journal(NightRunDir(self.run_dir).journal) as j:
             return j.outcomes()
 
     def play(self, address: str, progress: Progress) -> dict[str, Any]:
@@ -188,7 +186,7 @@ class Replayer:
         speed = self.opts.speed
         sent = len([e for e in self.events if e.id in skip])
         rejected = []
-        log_path = self.run_dir / SEND_LOG
+        log_path = NightRunDir(self.run_dir).sends
         with Injector(address, timeout=30) as inj, log_path.open("a") as log:
             t0 = time.perf_counter() + 0.05
             for ev in self.events:

@@ -24,16 +24,13 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from association.nights.quality import quality
-from association.nights.replay import REPLAY_FILE
+from association.rundir import NightRunDir
 from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
 from association.storage import tables as db
 from events.archive import Archive
 from events.types import ALERTS_READY, DIASOURCES_READY, NEXT_VISIT, VISIT_DONE, VISIT_FAILED
 from framework.metrics import processing_latency
 
-JOURNAL = "journal.sqlite"
-REPORT_DIR = "report"
-REPORT_JSON = "report.json"
 EVENT_COLUMNS = "seq, type, fov_id, time, received, direction, json, expired"
 """The journal columns `event_row` takes, in order."""
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "association.toml"
@@ -83,7 +80,7 @@ def event_row(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _read_replay(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / REPLAY_FILE
+    path = NightRunDir(run_dir).replay
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -385,7 +382,7 @@ def build_report(
         When the run directory has no journal.
     """
     run_dir = Path(run_dir).resolve()
-    events, outcomes = _journal_rows(run_dir / JOURNAL)
+    events, outcomes = _journal_rows(NightRunDir(run_dir).journal)
     replay = _read_replay(run_dir)
     report = summarize(run_dir, events, outcomes, replay)
     notes: list[str] = []
@@ -876,7 +873,7 @@ def write_plots(
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / REPORT_DIR
+    out = Path(out_dir) if out_dir is not None else NightRunDir(run_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "sky.png", out / "latency.png", out / "stages.png"]
     for plot, path in zip((_sky_plot, _latency_plot, _stages_plot), paths, strict=True):
@@ -886,7 +883,7 @@ def write_plots(
 
 def write_json(run_dir: str | Path, report: dict[str, Any]) -> Path:
     """Write the report to ``RUN_DIR/report.json`` (atomically); its path."""
-    path = Path(run_dir) / REPORT_JSON
+    path = NightRunDir(run_dir).report_json
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str))
     tmp.replace(path)

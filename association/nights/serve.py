@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from association.nights.page import SCRIPT, STYLE, panels, render_page
-from association.nights.report import REPORT_DIR
 from association.nights.watch import PLOTS, RunWatcher
+from association.rundir import NightRunDir
 from framework.metrics import MetricsError, parse_address
 
 DEFAULT_ADDRESS = "127.0.0.1:8765"
@@ -180,9 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
             return "text/javascript; charset=utf-8", SCRIPT.encode()
         if path == "/style.css":
             return "text/css; charset=utf-8", STYLE.encode()
-        name = path.removeprefix(f"/{REPORT_DIR}/")
+        report_dir = NightRunDir(night.run_dir).report_dir
+        name = path.removeprefix(f"/{report_dir.name}/")
         if name in PLOTS:
-            plot = night.run_dir / REPORT_DIR / name
+            plot = report_dir / name
             return "image/png", plot.read_bytes() if plot.is_file() else None
         return "text/plain", None
 

@@ -19,18 +19,14 @@ from typing import Any
 
 from association.nights.report import (
     EVENT_COLUMNS,
-    JOURNAL,
-    REPLAY,
-    REPORT_DIR,
-    REPORT_JSON,
     event_row,
     summarize,
 )
+from association.rundir import NightRunDir
 from events.archive import Archive, ArchiveError
 from events.types import NEXT_VISIT
-from framework.status import OBSERVED, STATUS_FILE
+from framework.status import OBSERVED
 
-DEADLETTER = "deadletter.jsonl"
 PLOTS = ("sky.png", "latency.png", "stages.png")
 """The report's plots, shown on the page once ``nightpipe report`` has made them."""
 RATE_WINDOW_S = 300.0
@@ -68,7 +64,7 @@ class RunWatcher:
 
     def _journal(self) -> tuple[dict[int, str], dict[int, float], int]:
         """New events into `_events`; every outcome and its time; the number expired."""
-        path = self.run_dir / JOURNAL
+        path = NightRunDir(self.run_dir).journal
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -129,7 +125,7 @@ class RunWatcher:
 
     def _dead_letters(self) -> None:
         """New complete lines of the dead-letter log."""
-        path = self.run_dir / DEADLETTER
+        path = NightRunDir(self.run_dir).deadletters
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -201,9 +197,9 @@ class RunWatcher:
         """
         now = time.time() if now is None else now
         outcomes, ended, expired = self._journal()
-        status = self._json(STATUS_FILE)
-        replay = self._json(REPLAY)
-        report = self._json(REPORT_JSON)
+        status = self._json(NightRunDir(self.run_dir).status.name)
+        replay = self._json(NightRunDir(self.run_dir).replay.name)
+        report = self._json(NightRunDir(self.run_dir).report_json.name)
         self._dead_letters()
         base = summarize(self.run_dir, self._events, outcomes, replay)
         visits = base["per_visit"]
@@ -262,7 +258,7 @@ class RunWatcher:
             "events": {"in": base["events"]["in"], "expired": expired},
             "rejected": {"n": self._dead_count, "recent": list(self._dead_recent)[::-1]},
             "quality": (report or {}).get("quality"),
-            "plots": [n for n in PLOTS if (self.run_dir / REPORT_DIR / n).is_file()],
+            "plots": [n for n in PLOTS if (NightRunDir(self.run_dir).report_dir / n).is_file()],
         }
 
     def close(self) -> None:
