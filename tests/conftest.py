@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from association.storage.tables import create_schema, make_engine
-from tests.kafkaserver import KafkaServer, KafkaServerError
+from events.tansu import KafkaServer, KafkaServerError
 from tests.pgserver import PgServer, PgServerError
 
 

@@ -27,8 +27,8 @@ from events.kafka import (
     create_topics,
     take_batch,
 )
+from events.tansu import KafkaServer
 from events.validate import parse_event
-from tests.kafkaserver import KafkaServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,9 +112,9 @@ def test_invalid_messages_dead_lettered_and_committed(kafka_server, topics, tmp_
     topic = topics[T.NEXT_VISIT]
     p = Producer({"bootstrap.servers": kafka_server.bootstrap})
     p.produce(topic, b"{not json", partition=0)
-    bad_dec = Event.new(T.NEXT_VISIT, 5, {"mjd": 1.0, "ra": 1.0, "dec": 95.0, "filter": "r"})
+    bad_dec = Event.new(T.NEXT_VISIT, 5, {"mjd": 60000.0, "ra": 1.0, "dec": 95.0, "filter": "r"})
     p.produce(topic, bad_dec.to_json().encode(), partition=0)
-    good = Event.new(T.NEXT_VISIT, 6, {"mjd": 1.0, "ra": 1.0, "dec": 5.0, "filter": "r"})
+    good = Event.new(T.NEXT_VISIT, 6, {"mjd": 60000.0, "ra": 1.0, "dec": 5.0, "filter": "r"})
     p.produce(topic, good.to_json().encode(), partition=0)
     assert p.flush(10) == 0
     journal = Journal(tmp_path / "journal.sqlite")

@@ -25,8 +25,8 @@ from association.alerts.kafka import (
 from association.alerts.rubin import RubinAlertEncoder
 from association.cli.main import main as nightpipe
 from events.kafka import KafkaConnection, KafkaError
+from events.tansu import KafkaServer
 from tests.alertdata import make_visit
-from tests.kafkaserver import KafkaServer
 
 MJD = 60500.5
 ROOT = Path(__file__).resolve().parent.parent

@@ -111,7 +111,8 @@ def config_path(name: str) -> Path:
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     """``--set STAGE.KEY=VALUE`` options as config overrides (values as TOML).
 
-    ``settings.KEY`` names a pipeline setting; any other prefix names a stage.
+    ``settings.KEY`` names a pipeline setting, ``runtime.KEY`` a runtime one
+    (``[runtime]``); any other prefix names a stage.
     """
     import tomllib
 
@@ -142,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_in_flight:
         overrides.setdefault("pipeline", {})["max_in_flight"] = args.max_in_flight
     stage_overrides = parse_sets(args.set)
+    overrides.setdefault("runtime", {}).update(stage_overrides.pop("runtime", {}))
     settings = stage_overrides.pop("settings", {})
     if args.db:
         settings["db_url"] = args.db
@@ -192,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help="override a stage's config, e.g. crossmatch.default_radius_arcsec=1.5",
+        help="override a stage's config, e.g. crossmatch.default_radius_arcsec=1.5; "
+        "settings.KEY and runtime.KEY override [settings] and [runtime]",
     )
 
     i = sub.add_parser(

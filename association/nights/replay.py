@@ -15,15 +15,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from association.inputs.readers import BadInputError
+from association.nights.channels import Channel, KafkaNight, ZmqChannel
 from association.nights.preload import preload
+from association.nights.topiccheck import AlertTopicCheck, check_alert_topic
 from association.rundir import NightRunDir
 from association.storage.tables import make_engine
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
 from events.journal import Journal
+from events.kafka import KafkaError
 from events.types import NEXT_VISIT, SHUTDOWN
 from framework.mpiexec import run_command
+
+PLAY_BATCH = 200
+"""Events sent at once into Kafka at full speed (each batch acknowledged before the next)."""
 
 
 class ReplayError(RuntimeError):
@@ -57,6 +63,12 @@ class ReplayOptions:
         many seconds.
     max_in_flight : int or None
         Override the pipeline's cap on visits in flight.
+    kafka : str or None
+        Kafka bootstrap servers: play the events into Kafka topics instead
+        of the endpoint; the pipeline the replay starts reads them and
+        streams its alerts there (see `association.nights.channels`).
+    kafka_prefix : str
+        Put before every topic name.
     """
 
     archive: Path
@@ -69,6 +81,8 @@ class ReplayOptions:
     sets: list[str] = dataclasses.field(default_factory=list)
     timeout: float = 600.0
     max_in_flight: int | None = None
+    kafka: str | None = None
+    kafka_prefix: str = ""
 
 
 class Progress:
@@ -110,6 +124,9 @@ class Replayer:
         self.events = self.archive.events()
         self.visits = sorted({e.fov_id for e in self.events if e.type == NEXT_VISIT})
         self.proc: subprocess.Popen | None = None
+        self.kafka = (
+            None if not opts.kafka else KafkaNight(opts.kafka, opts.kafka_prefix, self.run_dir)
+        )
 
     # -- set-up ---------------------------------------------------------------
 
@@ -144,7 +161,8 @@ class Replayer:
         endpoint = NightRunDir(self.run_dir).endpoint
         endpoint.unlink(missing_ok=True)
         args = ["--db", self.opts.db_url] if self.opts.db_url else []
-        for s in self.opts.sets:
+        sets = [] if self.kafka is None else self.kafka.pipeline_sets()
+        for s in [*sets, *self.opts.sets]:  # the caller's own settings win
             args += ["--set", s]
         if self.opts.max_in_flight:
             args += ["--max-in-flight", str(self.opts.max_in_flight)]
@@ -168,12 +186,20 @@ class Replayer:
 
     # -- playing ---------------------------------------------------------------
 
-    def _already_journaled(self) -> set[str]:
-        path = NightRunDir(self.run_dir).journal
-        if not path.exists():
-            return set()
-        with Journal(path) as j:
-            return j.ids("in")
+    def _already_sent(self) -> set[str]:
+        """Events not to send again: journaled ones; with Kafka, also those on the topics."""
+        rd = NightRunDir(self.run_dir)
+        done = set()
+        if rd.journal.exists():
+            with Journal(rd.journal) as j:
+                done = j.ids("in")
+        if self.kafka is not None and rd.sends.exists():
+            # acknowledged by the broker before they were logged
+            done |= {json.loads(line)["id"] for line in rd.sends.read_text().splitlines() if line}
+        return done
+
+    def _channel(self, address: str) -> Channel:
+        return ZmqChannel(address) if self.kafka is None else self.kafka.channel()
 
     def _outcomes(self) -> dict[int, str]:
         with Journal(NightRunDir(self.run_dir).journal) as j:
@@ -181,32 +207,35 @@ class Replayer:
 
     def play(self, address: str, progress: Progress) -> dict[str, Any]:
         """Send every event on the scaled schedule, then wait for every visit."""
-        skip = self._already_journaled()
+        skip = self._already_sent()
         base = self.events[0].time if self.events else 0.0
         speed = self.opts.speed
         sent = len([e for e in self.events if e.id in skip])
+        todo = [e for e in self.events if e.id not in skip]
+        # one at a time, but into Kafka at full speed in acknowledged batches
+        batch = PLAY_BATCH if speed is None and self.kafka is not None else 1
         rejected = []
         log_path = NightRunDir(self.run_dir).sends
-        with Injector(address, timeout=30) as inj, log_path.open("a") as log:
+        with self._channel(address) as channel, log_path.open("a") as log:
             t0 = time.perf_counter() + 0.05
-            for ev in self.events:
-                if ev.id in skip:
-                    continue
-                due = 0.0 if speed is None else (ev.time - base) / speed
+            for i in range(0, len(todo), batch):
+                group = todo[i : i + batch]
+                due = 0.0 if speed is None else (group[0].time - base) / speed
                 if speed is not None:
                     _sleep_until(t0 + due)
                 actual = time.perf_counter() - t0
-                reply = inj.send(dataclasses.replace(ev, time=time.time()))
-                sent += 1
-                if not reply.get("ok"):
-                    rejected.append({"id": ev.id, "error": reply.get("error")})
-                log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
+                now = time.time()
+                rejected += channel.send([dataclasses.replace(ev, time=now) for ev in group])
+                for ev in group:
+                    log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
+                log.flush()
                 if self.proc is not None and self.proc.poll() is not None:
                     raise ReplayError(f"the pipeline died (exit {self.proc.returncode})")
-                if sent % 50 == 0:
+                if sent // 50 != (sent + len(group)) // 50:
                     out = self._outcomes()
                     done = sum(v == "done" for v in out.values())
-                    progress.show(sent, len(self.events), done, len(out) - done)
+                    progress.show(sent + len(group), len(self.events), done, len(out) - done)
+                sent += len(group)
         deadline, seen = time.time() + self.opts.timeout, -1
         while True:
             out = self._outcomes()
@@ -227,6 +256,16 @@ class Replayer:
             time.sleep(0.2)
         progress.show(sent, len(self.events), done, len(finished) - done, force=True)
         return {"sent": sent, "rejected": rejected, "done": done, "failed": len(finished) - done}
+
+    def check_alert_topic(self) -> AlertTopicCheck:
+        """The alert topic against the database's alerts table (a Kafka replay only)."""
+        if self.kafka is None:
+            raise ReplayError("only a replay into Kafka has an alert topic to check")
+        engine = make_engine(self.opts.db_url, self.run_dir)
+        try:
+            return check_alert_topic(self.kafka.connection, self.kafka.alert_topic, engine)
+        finally:
+            engine.dispose()
 
     def stop_pipeline(self, address: str) -> int:
         """Shut down the pipeline this replay started; its exit code."""
@@ -250,6 +289,12 @@ class Replayer:
         t0 = time.time()
         n = self.preload()
         preload_s = time.time() - t0
+        if self.kafka is not None:
+            try:
+                self.kafka.create_topics()
+            except KafkaError as exc:
+                raise ReplayError(f"Kafka at {self.kafka.bootstrap}: {exc}") from None
+            self._record(kafka=self.kafka.describe())
         address = self.opts.address or self.start_pipeline()
         progress = Progress(len(self.visits))
         try:

@@ -11,8 +11,8 @@ import numba
 from association.catalogue import Catalogue, CatalogueConfig, warm_up
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
+from association.stages.store import passing
 from association.stages.visit import MasterVisit, SliceVisit
-from association.storage.errors import is_retriable
 from events.types import ASSOCIATION_SPECS
 from framework.hooks import PipelineHooks
 from framework.stage import RankContext
@@ -90,4 +90,4 @@ class AssociationPipeline(PipelineHooks):
         ctx.shared.close()
 
     def retriable(self, exc: BaseException) -> bool:
-        return is_retriable(exc)
+        return passing(exc)
