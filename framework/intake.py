@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ from framework.config import RuntimeConfig
 
 SOURCE_BATCH = 1024
 """Most messages taken from one source per poll."""
+
+TROUBLE_EVERY_S = 10.0
+"""A failing source is logged at most this often."""
 
 
 class RawMessage(Protocol):
@@ -118,6 +122,7 @@ class Intake:
         self.sources = list(sources)
         self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._more = False
+        self._quiet_until: dict[int, float] = {}
 
     def submit(self, events: list[Event]) -> None:
         """Hand over already-parsed events from another thread; `poll` journals them."""
@@ -140,7 +145,7 @@ class Intake:
         self._more = False
         if not draining:
             for source in self.sources:
-                new += self._from_source(source, draining)
+                new += self._from_source(source)
         if self.endpoint is None:
             return new
         reqs = self.endpoint.receive(0.0 if new or items or self._more else timeout)
@@ -160,12 +165,12 @@ class Intake:
             new += more
         return new
 
-    def _from_source(self, source: EventSource, draining: bool) -> list[tuple[Event, int]]:
+    def _from_source(self, source: EventSource) -> list[tuple[Event, int]]:
         """Journal what a source holds now, dead-letter what is invalid, then commit it."""
         try:
             messages = source.receive(0.0, SOURCE_BATCH)
         except Exception as exc:  # the source's client reconnects by itself
-            self.log.warning("event source %s: %s", type(source).__name__, exc)
+            self._source_trouble(source, "receive failed", exc)
             return []
         if not messages:
             return []
@@ -178,12 +183,19 @@ class Intake:
                 self._reject(m.raw, exc, m.where)
                 continue
             parsed.append((ev, m))
-        new = self._take(parsed, draining, messages[0].where)[1] if parsed else []
+        new = self._take(parsed, False, messages[0].where)[1] if parsed else []
         try:
             source.commit(messages)
         except Exception as exc:  # journaled already: a redelivery is dropped by its id
-            self.log.warning("event source %s: commit failed: %s", type(source).__name__, exc)
+            self._source_trouble(source, "commit failed", exc)
         return new
+
+    def _source_trouble(self, source: EventSource, what: str, exc: Exception) -> None:
+        """Log a source's failure, at most once every `TROUBLE_EVERY_S` per source."""
+        now = time.monotonic()
+        if now >= self._quiet_until.get(id(source), 0.0):
+            self._quiet_until[id(source)] = now + TROUBLE_EVERY_S
+            self.log.warning("event source %s: %s: %s", type(source).__name__, what, exc)
 
     def close(self) -> None:
         """Release the event sources."""

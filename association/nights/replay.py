@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from association.inputs.readers import BadInputError
 from association.nights.channels import Channel, KafkaNight, ZmqChannel
 from association.nights.preload import preload
 from association.nights.topiccheck import AlertTopicCheck, check_alert_topic
 from association.rundir import NightRunDir
+from association.storage import tables as db
 from association.storage.tables import make_engine
 from events.archive import Archive
 from events.client import Injector
@@ -139,11 +143,36 @@ class Replayer:
         os.replace(tmp, path)
 
     def preload(self) -> int:
-        """Load the archive's starting catalogue into the pipeline's database."""
+        """Load the archive's starting catalogue into the pipeline's database.
+
+        A resumed replay skips it when this run directory's record says the
+        same archive was loaded into the same database, and that database
+        holds Objects.
+        """
         files = self.archive.files
         objects = files.get("catalogue_objects")
         if not objects:
             return 0
+        target = {"archive": str(Path(self.opts.archive).resolve()), "db_url": self.opts.db_url}
+        path = NightRunDir(self.run_dir).replay
+        done = json.loads(path.read_text()).get("preloaded") if path.exists() else None
+        if done is not None and {k: done.get(k) for k in target} == target and self._has_objects():
+            return int(done["objects"])
+        n = self._preload(files, objects)
+        self._record(preloaded={**target, "objects": n})
+        return n
+
+    def _has_objects(self) -> bool:
+        engine = make_engine(self.opts.db_url, self.run_dir)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(select(db.objects.c.diaObjectId).limit(1)).first() is not None
+        except SQLAlchemyError:
+            return False
+        finally:
+            engine.dispose()
+
+    def _preload(self, files: dict[str, Any], objects: str) -> int:
         # In a process of its own, so that the memory of a large catalogue
         # goes back to the system (to the database's page cache) when done.
         spawn = multiprocessing.get_context("spawn")
