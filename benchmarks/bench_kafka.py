@@ -97,7 +97,7 @@ def main() -> None:
     from association.alerts.kafka import AlertProducer, AlertStreamConfig
     from association.alerts.rubin import RubinAlertEncoder
     from events.kafka import KafkaConnection
-    from tests.kafkaserver import KafkaServer
+    from events.tansu import KafkaServer
 
     encoder = RubinAlertEncoder()
     encoder.warm_up()

@@ -16,7 +16,8 @@ committed offsets of its group id.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -357,6 +358,56 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].code() != CKError.TOPIC_ALREADY_EXISTS:
                 raise KafkaError(f"could not create topic {topic!r}: {exc}") from exc
+
+
+def topic_messages(connection: KafkaConnection, topic: str, timeout: float = 60.0) -> Iterator[Any]:
+    """Every message of a topic (confluent-kafka Messages), each partition read to its end.
+
+    The end is where a fetch reports it (partition EOF), not what ListOffsets
+    says (Tansu answers the last batch's first offset there). No offset is
+    committed.
+
+    Raises
+    ------
+    KafkaError
+        If the topic does not exist, or is not read to its end within
+        `timeout` seconds without a message.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import KafkaError as CKError
+
+    conf = connection.client_config()
+    conf.update(
+        {
+            "group.id": f"nightpipe-read-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer = Consumer(conf)
+    try:
+        info = consumer.list_topics(timeout=10).topics.get(topic)
+        if info is None or not info.partitions:
+            raise KafkaError(f"topic {topic!r} on {connection.bootstrap_servers} does not exist")
+        parts = sorted(info.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        at_end: set[int] = set()
+        last = time.monotonic()
+        while len(at_end) < len(parts):
+            if time.monotonic() - last > timeout:
+                raise KafkaError(f"{topic}: not read to its end ({timeout:g} s without a message)")
+            for m in consumer.consume(1000, 0.2):
+                err = m.error()
+                if err is None:
+                    last = time.monotonic()
+                    at_end.discard(m.partition())
+                    yield m
+                elif err.code() == CKError._PARTITION_EOF:
+                    at_end.add(m.partition())
+                elif err.fatal():
+                    raise KafkaError(f"Kafka consumer failed: {err}")
+    finally:
+        consumer.close()
 
 
 def produce_waiting(

@@ -72,6 +72,17 @@ class RuntimeConfig:
     """``HOST:PORT`` the Prometheus metrics are served on (port 0: any free one); empty: none."""
     metrics_noun: str = "executions"
     """What an execution is called in metric names (``visits``: ``nightpipe_visits_done_total``)."""
+    kafka_bootstrap: str = ""
+    """Kafka bootstrap servers to take events from, beside the endpoint; empty: none."""
+    kafka_topics: tuple[str, ...] = ()
+    """The topics events come on (each message one event envelope); every partition is read."""
+    kafka_group_id: str = ""
+    """Consumer group whose committed offsets are the intake's position; empty: ``nightpipe-NAME``."""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password_env: str = ""
+    """Environment variable holding the SASL password (never the password itself)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +257,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     runtime = build_dataclass(RuntimeConfig, dict(data.get("runtime", {})), f"{where}: [runtime]")
     if runtime.waiting not in WAITING_MODES:
         raise ConfigError(f"{where}: [runtime].waiting must be one of {WAITING_MODES}")
+    if runtime.kafka_bootstrap and not runtime.kafka_topics:
+        raise ConfigError(f"{where}: [runtime].kafka_bootstrap is set but kafka_topics is empty")
     try:
         if runtime.metrics:
             parse_address(runtime.metrics, "[runtime].metrics")

@@ -47,7 +47,7 @@ from framework.execution import (
     WaitExpired,
     describe_exception,
 )
-from framework.intake import Intake
+from framework.intake import Intake, configured_sources
 from framework.liveness import Liveness
 from framework.logs import current_execution, setup_logging
 from framework.messages import Alive, Bye, Ready, Release, Result, Shutdown, Work
@@ -178,6 +178,11 @@ class Master:
             keys = ServerKeys.load(rt.curve_keys) if rt.curve_keys else None
             endpoint = Endpoint(rt.endpoint, rt.publish or None, keys=keys)
         self.endpoint = endpoint
+        try:
+            sources = configured_sources(rt, config.name)
+        except Exception:
+            self.close()
+            raise
         self.intake = Intake(
             self.journal,
             DeadLetters(self.dir.deadletters),
@@ -187,6 +192,7 @@ class Master:
             rt.max_event_bytes,
             self.log,
             self._start_conflict,
+            sources,
         )
         self.scheduler = Scheduler(config, self.n_slices)
         self.execs: dict[int, Running] = {}
@@ -385,7 +391,10 @@ class Master:
         )
 
     def close(self) -> None:
-        """Release the endpoint, the journal and the run directory's lock."""
+        """Release the endpoint, the event sources, the journal and the run directory's lock."""
+        intake = getattr(self, "intake", None)
+        if intake is not None:
+            intake.close()
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from association.storage import SqliteStorage, open_storage
+from events.tansu import KafkaServer, KafkaServerError
 from tests.databases import PARAMS
-from tests.kafkaserver import KafkaServer, KafkaServerError
 from tests.pgserver import PgServer, PgServerError
 
 

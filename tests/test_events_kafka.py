@@ -27,8 +27,8 @@ from events.kafka import (
     create_topics,
     take_batch,
 )
+from events.tansu import KafkaServer
 from events.validate import parse_event
-from tests.kafkaserver import KafkaServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

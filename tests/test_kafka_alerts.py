@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,9 +25,11 @@ from association.alerts.kafka import (
 )
 from association.alerts.rubin import RubinAlertEncoder
 from association.cli.main import main as nightpipe
-from events.kafka import KafkaConnection, KafkaError
+from association.stages.store import passing
+from events.kafka import KafkaConnection, KafkaError, create_topics
+from events.tansu import KafkaServer
+from framework.retry import Backoff, retrying
 from tests.alertdata import make_visit
-from tests.kafkaserver import KafkaServer
 
 MJD = 60500.5
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,25 +103,52 @@ def test_missing_topic_refused_at_start(kafka_server):
         AlertProducer(stream(kafka_server, "no-such-topic"))
 
 
-def test_unacknowledged_visit_raises(encoder):
-    """The broker goes away: publish_visit raises instead of returning."""
+def test_broker_outage_is_passing_and_retried(encoder):
+    """The broker goes away: publish_visit raises a passing error; the Store's retry gets through."""
     sources, objects, recent, moving = make_visit(n=20, n_moving=2)
     alerts = encoder.encode(sources, objects, recent, moving, processed_mjd=MJD)
     with KafkaServer() as server:
         server.create_topics("alerts")
-        producer = AlertProducer(stream(server, "alerts", delivery_timeout_s=2.0))
+        producer = AlertProducer(stream(server, "alerts", delivery_timeout_s=1.0))
         producer.publish_visit(alerts)
+        port = int(server.bootstrap.rsplit(":", 1)[1])
         server.stop()
-        with pytest.raises(AlertDeliveryError, match=r"visit 3: .*20 alerts"):
+        with pytest.raises(AlertDeliveryError, match=r"visit 3: .*20 alerts") as info:
             producer.publish_visit(alerts, visit=3)
+        assert passing(info.value)
+
+        def come_back() -> None:
+            time.sleep(1.5)
+            server.start(port=port)  # memory storage: back empty
+            create_topics(KafkaConnection(server.bootstrap), ["alerts"])
+
+        thread = threading.Thread(target=come_back)
+        thread.start()
+        retries: list[BaseException] = []
+        try:
+            published = retrying(
+                lambda: producer.publish_visit(alerts, visit=3),
+                passing,
+                Backoff(budget=60.0, first=0.5, longest=2.0),
+                lambda attempt, delay, exc: retries.append(exc),
+            )
+        finally:
+            thread.join()
+        assert retries and all(isinstance(e, AlertDeliveryError) for e in retries)
+        assert published.n_alerts == 20
+        keys = {key_id(m.key()) for m in server.messages("alerts")}
+        assert keys == set(sources["diaSourceId"].tolist())
 
 
 def test_refused_alert_named(kafka_server, topic, encoder):
     sources, objects, recent, moving = make_visit(n=10, n_moving=0)
     alerts = encoder.encode(sources, objects, recent, moving, processed_mjd=MJD)
     config = stream(kafka_server, topic, producer={"message.max.bytes": 1000})
-    with pytest.raises(AlertDeliveryError, match=r"alert diaSourceId \d+ \(\d+ bytes\) refused"):
+    with pytest.raises(
+        AlertDeliveryError, match=r"alert diaSourceId \d+ \(\d+ bytes\) refused"
+    ) as info:
         AlertProducer(config).publish_visit(alerts)
+    assert not passing(info.value)  # sending it again cannot help: the visit fails
 
 
 def test_unframed_alerts_refused(kafka_server, topic, encoder):

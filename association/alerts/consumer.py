@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fastavro
+import numpy as np
 
 from association.alerts.kafka import TIMESTAMP_HEADER, key_id
 from association.alerts.rubin_schema import load_alert_schema, version_of_id
 from association.alerts.wire import unframe
-from events.kafka import KafkaConnection, KafkaError
+from events.kafka import KafkaConnection, KafkaError, topic_messages
 
 
 def decode_alert(message: bytes) -> tuple[int, dict[str, Any]]:
@@ -222,3 +223,13 @@ def _decode(m: Any) -> StreamAlert:
 
 def _num(v: float | None) -> str:
     return "null" if v is None else f"{v:.6g}"
+
+
+def topic_keys(connection: KafkaConnection, topic: str, timeout: float = 60.0) -> np.ndarray:
+    """The ``diaSourceId`` key of every message of an alert topic, duplicates included.
+
+    Reads each partition to its end without decoding; a message without an
+    8-byte key counts as -1.
+    """
+    keys = [key_id(m.key()) for m in topic_messages(connection, topic, timeout)]
+    return np.array([-1 if k is None else k for k in keys], np.int64)

@@ -31,8 +31,54 @@ from events.kafka import KafkaConnection, KafkaError, produce_waiting
 TIMESTAMP_HEADER = "producer_timestamp"
 
 
+PERMANENT_ERRORS = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_MSG",
+        "INVALID_RECORD",
+        "INVALID_REQUIRED_ACKS",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "CLUSTER_AUTHORIZATION_FAILED",
+        "_INVALID_ARG",
+        "_FATAL",
+    }
+)
+"""librdkafka errors that sending again cannot cure; any other failure is passing."""
+
+
 class AlertDeliveryError(KafkaError):
-    """Some alerts of a visit were not acknowledged by the broker."""
+    """Some alerts of a visit were not acknowledged by the broker.
+
+    ``passing`` is True when sending the visit again may succeed: the broker
+    down or slow, a leader moving, a timeout. It is False for an alert the
+    broker refuses as such (too large, not authorised).
+    """
+
+    def __init__(self, message: str, passing: bool = True) -> None:
+        super().__init__(message)
+        self.passing = passing
+
+
+def delivery_passing(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is an `AlertDeliveryError` worth retrying."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, AlertDeliveryError):
+            return e.passing
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _permanent(err: Any) -> bool:
+    """Whether a librdkafka error (a KafkaError of confluent-kafka) is permanent."""
+    from confluent_kafka import KafkaError as CKError
+
+    if err.fatal():
+        return True
+    return any(err.code() == getattr(CKError, name, None) for name in PERMANENT_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -183,7 +229,7 @@ class AlertProducer:
         def delivered(err: Any, msg: Any) -> None:
             nonlocal acked
             if err is not None:
-                failed.append((msg.key(), str(err)))
+                failed.append((msg.key(), err))
                 return
             acked += 1
             p, o = msg.partition(), msg.offset()
@@ -208,7 +254,8 @@ class AlertProducer:
             except KafkaException as exc:
                 raise AlertDeliveryError(
                     f"{what}: alert diaSourceId {int(alerts.ids[i])} ({len(value)} bytes)"
-                    f" refused by the producer: {exc}"
+                    f" refused by the producer: {exc}",
+                    passing=not _permanent(exc.args[0]),
                 ) from exc
         producer.flush(self.config.delivery_timeout_s)
         seconds = time.perf_counter() - start
@@ -216,7 +263,8 @@ class AlertProducer:
             key, err = failed[0]
             raise AlertDeliveryError(
                 f"{what}: {len(failed)} of {n} alerts refused by topic {topic!r}"
-                f" (first: diaSourceId {key_id(key)}: {err})"
+                f" (first: diaSourceId {key_id(key)}: {err})",
+                passing=not any(_permanent(e) for _, e in failed),
             )
         if acked != n:
             raise AlertDeliveryError(

@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_in_flight:
         overrides.setdefault("pipeline", {})["max_in_flight"] = args.max_in_flight
     stage_overrides = parse_sets(args.set)
+    overrides.setdefault("runtime", {}).update(stage_overrides.pop("runtime", {}))
     settings = stage_overrides.pop("settings", {})
     runtime = stage_overrides.pop("runtime", {})
     if runtime:
@@ -145,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help="override a stage's config, e.g. crossmatch.default_radius_arcsec=1.5",
+        help="override a stage's config, e.g. crossmatch.default_radius_arcsec=1.5; "
+        "settings.KEY and runtime.KEY override [settings] and [runtime]",
     )
 
     add_inject(sub)

