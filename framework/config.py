@@ -68,6 +68,9 @@ class RuntimeConfig:
     """``HOST:PORT`` the Prometheus metrics are served on (port 0: any free one); empty: none."""
     metrics_noun: str = "executions"
     """What an execution is called in metric names (``visits``: ``nightpipe_visits_done_total``)."""
+    latency_from: str = ""
+    """The stage an execution's processing latency counts from, typically the one that waits
+    for its triggering event; empty: the first. Waits and queueing are never counted."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,11 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     )
     if pipe:
         raise ConfigError(f"{where}: [pipeline] unknown key(s) {sorted(pipe)}")
+    if runtime.latency_from and runtime.latency_from not in names:
+        raise ConfigError(
+            f"{where}: [runtime].latency_from: no stage named {runtime.latency_from!r} "
+            f"(stages: {names})"
+        )
     if cfg.max_in_flight < 1:
         raise ConfigError(f"{where}: [pipeline].max_in_flight must be >= 1")
     if cfg.ordered is not None:

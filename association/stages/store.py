@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -89,6 +90,7 @@ class StoreStage(Stage):
             # The alert file is written beside the database transaction, which
             # commits only once the file is complete.
             writing = self._alerts.submit(write_visit_alerts, path, alerting, objects, recent)
+            t0 = time.perf_counter()
             store_visit(
                 st.engine,
                 record,
@@ -103,6 +105,7 @@ class StoreStage(Stage):
                 before_commit=writing.result,
                 writer=self._writer,
             )
+            ctx.board.observe("db_write", time.perf_counter() - t0)  # the transaction, to commit
 
         def retry(attempt: int, delay: float, exc: BaseException) -> None:
             ctx.log.warning(
@@ -139,5 +142,14 @@ class StoreStage(Stage):
 
     def postprocess(self, ctx: MasterContext, results: list[None]) -> None:
         visit: MasterVisit = ctx.state
-        assert visit.counts is not None
-        ctx.emit(ALERTS_READY, {"path": visit.alerts_path, **asdict(visit.counts)})
+        c = visit.counts
+        assert c is not None
+        ctx.emit(ALERTS_READY, {"path": visit.alerts_path, **asdict(c)})
+        for name, n in (
+            ("diasources", c.n_sources),
+            ("alerts", c.n_alerts),
+            ("new_objects", c.n_new_objects),
+            ("updated_objects", len(visit.objects) - c.n_new_objects),
+            ("moving_matches", c.n_moving),
+        ):
+            ctx.count(name, n)
