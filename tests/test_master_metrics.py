@@ -51,6 +51,7 @@ def night(tmp_path):
     if r.pipe.exit_code is None:
         r.stop()
 
+
 def test_the_master_feeds_its_metrics(night):
     r = night
     address = endpoint_info(r.run_dir)["metrics"]
@@ -71,7 +72,9 @@ def test_the_master_feeds_its_metrics(night):
     time.sleep(max(WAIT_S - (time.time() - t_wait), 0.0))
     r.send(DET, 1)  # visit 1 waited WAIT_S for this: not processing latency
     busy, deadline = set(), time.time() + 30
-    while len(r.outcomes()) < 2 and time.time() < deadline:  # stage c sleeps on both Slices: they have work in hand
+    while (
+        len(r.outcomes()) < 2 and time.time() < deadline
+    ):  # stage c sleeps on both Slices: they have work in hand
         busy.add(one(scrape(address), "nightpipe_slices_busy"))
     assert r.wait([1, 2]) == {1: "done", 2: "done"}
     assert 2 in busy, busy

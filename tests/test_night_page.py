@@ -28,7 +28,8 @@ from events.types import (
 )
 from framework.status import write_status
 
-TIMINGS = {"load": 0.5, "crossmatch": 0.2, "moving": 0.1, "update": 0.05, "store": 0.3}
+TIMINGS = {"load": 0.5, "sources": 0.1, "crossmatch": 0.2, "moving": 0.1, "update": 0.05}
+TIMINGS["store"] = 0.3
 EVIL = "<script>alert('x')</script> & more"
 
 
@@ -92,7 +93,7 @@ def test_watcher_reads_the_run_directory_as_it_grows(tmp_path: Path):
         finish(j, 1)
         fail(j, 2)
         j.accept([Event.new(DIASOURCES_READY, 9, {"paths": []})])  # never starts
-        assert len(j.expire_orphans(NEXT_VISIT, time.time() + 1)) == 1
+        assert len(j.expire_fovs([9], NEXT_VISIT)) == 1
         with DeadLetters(run / "deadletter.jsonl") as dead:
             dead.write(b"{not json", "not JSON", "endpoint")
             dead.write(b"{}", EVIL, "endpoint")
@@ -103,7 +104,7 @@ def test_watcher_reads_the_run_directory_as_it_grows(tmp_path: Path):
     assert (v["done"], v["failed"], v["in_flight"], v["queued"]) == (1, 1, 1, 0)
     assert snap["state"] == "running" and snap["pipeline"] == "association"
     assert snap["rate_per_min"] > 0 and snap["eta_s"] > 0
-    assert snap["latency"]["processing"]["p50"] == pytest.approx(0.65)  # crossmatch..store
+    assert snap["latency"]["processing"]["p50"] == pytest.approx(0.75)  # sources..store
     assert snap["latency"]["queue_wait"]["n"] == 1
     assert [f["fov_id"] for f in snap["failures"]] == [2] and snap["failures"][0]["error"] == EVIL
     assert snap["events"]["expired"] == 1
