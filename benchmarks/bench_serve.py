@@ -13,12 +13,17 @@ One simulated night (the demo's cadence) is replayed at full speed into a
 
 Throughput is visits done per minute between the first event journaled and
 the last outcome (so the pipeline's start-up is not in it). Requests count
-when answered in full (status 200, whole body) within that window. The arms
-alternate round by round, each starting first in every other round, so a
-drift in the machine's load falls on both. The reference is the quiet arm,
-measured in the same run.
+when answered in full (status 200, whole body) within that window (after it,
+the master's ``/metrics`` is gone with the master). The arms alternate round
+by round, each starting first in every other round, so a drift in the
+machine's load falls on both; each round's watched/quiet ratio compares two
+replays a minute apart. On a shared machine wall time swings with the other
+jobs, so the CPU seconds of the pipeline job (every rank, and the preload),
+which the watchers could raise only by making it do more work, are reported
+beside it, with the CPU seconds the page server and the clients spent. The
+reference is the quiet arm, measured in the same run.
 
-Prints one JSON document: every replay, the medians, the ratio watched/quiet,
+Prints one JSON document: every replay, the medians, the ratios watched/quiet,
 and the load average. Usage: ``python benchmarks/bench_serve.py [--rounds N]``.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -158,6 +164,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_s(who: int) -> float:
+    """User + system CPU seconds of `who` (``resource.RUSAGE_SELF`` or ``RUSAGE_CHILDREN``)."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def replay_once(archive: Path, run_dir: Path, ranks: int, watched: bool) -> dict[str, Any]:
     """One replay; with `watched`, the page server and the clients run during it."""
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -182,6 +194,7 @@ def replay_once(archive: Path, run_dir: Path, ranks: int, watched: bool) -> dict
             stderr=subprocess.DEVNULL,
         )
         clients = Clients(page, run_dir)
+    children0, self0 = cpu_s(resource.RUSAGE_CHILDREN), cpu_s(resource.RUSAGE_SELF)
     player = threading.Thread(target=night)
     player.start()
     try:
@@ -190,11 +203,14 @@ def replay_once(archive: Path, run_dir: Path, ranks: int, watched: bool) -> dict
             clients.start()
         player.join()
     finally:
+        job_cpu = cpu_s(resource.RUSAGE_CHILDREN) - children0  # the job ended and was reaped
+        self_cpu = cpu_s(resource.RUSAGE_SELF) - self0
         if clients is not None:
             clients.finish()
         if serve is not None:
             serve.terminate()
             serve.wait(30)
+    serve_cpu = cpu_s(resource.RUSAGE_CHILDREN) - children0 - job_cpu
     if "error" in result:
         raise result["error"]
     first, last, done = night_window(run_dir)
@@ -204,11 +220,14 @@ def replay_once(archive: Path, run_dir: Path, ranks: int, watched: bool) -> dict
         "failed": result["summary"]["failed"],
         "night_s": round(last - first, 3),
         "visits_per_min": round(60.0 * done / (last - first), 2),
+        "job_cpu_s": round(job_cpu, 2),
+        "this_process_cpu_s": round(self_cpu, 2),  # the replay's sender, and the clients
     }
     if clients is not None:
         inside = [a for a in clients.answered if first <= a[0] <= last]
         by_kind = {k: sum(a[1] == k for a in inside) for k in ("poll", "slow", "metrics")}
         out.update(
+            serve_cpu_s=round(serve_cpu, 2),
             requests_answered=2 * by_kind["poll"] + by_kind["slow"],  # a poll is two requests
             by_kind=by_kind,
             slow_read_s_median=round(
@@ -240,11 +259,20 @@ def main() -> None:
                 print(json.dumps(r), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rates = {
-        arm: [r["visits_per_min"] for r in runs if r["arm"] == arm] for arm in ("quiet", "watched")
-    }
+
+    def by_arm(key: str) -> dict[str, list[float]]:
+        return {arm: [r[key] for r in runs if r["arm"] == arm] for arm in ("quiet", "watched")}
+
+    def paired(key: str) -> list[float]:
+        """Each round's watched / quiet."""
+        out = []
+        for i in range(args.rounds):
+            arm = {r["arm"]: r[key] for r in runs if r["round"] == i}
+            out.append(round(arm["watched"] / arm["quiet"], 3))
+        return out
+
+    rates, cpu = by_arm("visits_per_min"), by_arm("job_cpu_s")
     med = {arm: statistics.median(v) for arm, v in rates.items()}
-    spread = {arm: round(max(v) - min(v), 2) for arm, v in rates.items()}
     watched = [r for r in runs if r["arm"] == "watched"]
     print(
         json.dumps(
@@ -262,8 +290,14 @@ def main() -> None:
                 },
                 "visits_per_min": rates,
                 "median_visits_per_min": med,
-                "spread_visits_per_min": spread,
-                "ratio_watched_over_quiet": round(med["watched"] / med["quiet"], 3),
+                "ratio_of_medians_watched_over_quiet": round(med["watched"] / med["quiet"], 3),
+                "round_ratios_watched_over_quiet": paired("visits_per_min"),
+                "median_round_ratio": statistics.median(paired("visits_per_min")),
+                "job_cpu_s": cpu,
+                "median_job_cpu_s": {arm: statistics.median(v) for arm, v in cpu.items()},
+                "median_round_ratio_job_cpu": statistics.median(paired("job_cpu_s")),
+                "serve_cpu_s_median": statistics.median(r["serve_cpu_s"] for r in watched),
+                "this_process_cpu_s": by_arm("this_process_cpu_s"),
                 "requests_answered_min": min(r["requests_answered"] for r in watched),
                 "requests_answered_median": statistics.median(
                     r["requests_answered"] for r in watched
