@@ -23,8 +23,14 @@ which the watchers could raise only by making it do more work, are reported
 beside it, with the CPU seconds the page server and the clients spent. The
 reference is the quiet arm, measured in the same run.
 
+The clients run on the pipeline's machine, which browsers would not:
+``--client-nice 19`` lowers their threads' priority so that their own CPU
+weighs on the night as little as the machine allows, leaving the page server
+(at its default ``--nice 5``) as what is measured.
+
 Prints one JSON document: every replay, the medians, the ratios watched/quiet,
-and the load average. Usage: ``python benchmarks/bench_serve.py [--rounds N]``.
+and the load average. Usage:
+``python benchmarks/bench_serve.py [--rounds N] [--visits N] [--client-nice 19]``.
 """
 
 from __future__ import annotations
@@ -63,15 +69,19 @@ SCRAPE_PERIOD_S = 0.5
 class Clients:
     """The watched arm's clients; each answered request is logged with its end time."""
 
-    def __init__(self, page: str, run_dir: Path) -> None:
+    def __init__(self, page: str, run_dir: Path, nice: int) -> None:
         self.page = page
         self.run_dir = run_dir
+        self.nice = nice
         self.stop = threading.Event()
         self.answered: list[tuple[float, str, float]] = []  # (end, kind, seconds)
         self.errors: list[tuple[float, str]] = []  # (when, what)
         self.threads: list[threading.Thread] = []
 
     def _loop(self, kind: str, once: Callable[[], None], period: float) -> None:
+        if self.nice:  # Linux: a thread's own priority
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
         while not self.stop.is_set():
             t0 = time.time()
             try:
@@ -170,7 +180,9 @@ def cpu_s(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def replay_once(archive: Path, run_dir: Path, ranks: int, watched: bool) -> dict[str, Any]:
+def replay_once(
+    archive: Path, run_dir: Path, ranks: int, watched: bool, client_nice: int
+) -> dict[str, Any]:
     """One replay; with `watched`, the page server and the clients run during it."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -193,7 +205,7 @@ def replay_once(archive: Path, run_dir: Path, ranks: int, watched: bool) -> dict
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        clients = Clients(page, run_dir)
+        clients = Clients(page, run_dir, client_nice)
     children0, self0 = cpu_s(resource.RUSAGE_CHILDREN), cpu_s(resource.RUSAGE_SELF)
     player = threading.Thread(target=night)
     player.start()
@@ -243,6 +255,12 @@ def main() -> None:
     p.add_argument("--visits", type=int, default=40, help="visits in the simulated night")
     p.add_argument("--rounds", type=int, default=3, help="rounds of (quiet, watched)")
     p.add_argument("--ranks", type=int, default=3)
+    p.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="lower the client threads' priority by this much (19: as if they ran elsewhere)",
+    )
     args = p.parse_args()
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -253,7 +271,7 @@ def main() -> None:
         for i in range(args.rounds):
             arms = (False, True) if i % 2 == 0 else (True, False)
             for watched in arms:
-                r = replay_once(archive, work / "run", args.ranks, watched)
+                r = replay_once(archive, work / "run", args.ranks, watched, args.client_nice)
                 r["round"] = i
                 runs.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
@@ -287,6 +305,7 @@ def main() -> None:
                     "slow_readers": SLOW_READERS,
                     "stalled": STALLED,
                     "metrics_scrape_period_s": SCRAPE_PERIOD_S,
+                    "nice": args.client_nice,
                 },
                 "visits_per_min": rates,
                 "median_visits_per_min": med,

@@ -527,9 +527,8 @@ class Master:
             except Exception:
                 self.log.exception("fov %s: execution_state() failed", key)
                 raise
-            self.execs[key] = Running(start, events, state)
-            if received is not None:
-                self.execs[key].queue_wait = max(time.time() - received, 0.0)
+            waited = None if received is None else max(time.time() - received, 0.0)
+            self.execs[key] = Running(start, events, state, queue_wait=waited)
             self.log.info(
                 "fov %s: execution starts (%d event(s) already queued)", key, len(events) - 1
             )
