@@ -3,8 +3,9 @@
 Simulates the demo's night (50 visits, seed 1), replays it at full speed into
 a 3-rank pipeline while ``nightpipe serve``'s page is open in headless
 Chromium, and takes the live page once about 60 % of the visits are done.
-Then it runs the report and keeps its three plots. Every PNG is scaled to
-`WIDTH` pixels and reduced to a palette, and written to ``docs/``.
+Then it runs the report and keeps its three plots. Every PNG is scaled down
+(the page to `WIDTH` pixels, the plots to `PLOT_WIDTH`) and reduced to a
+palette, and written to ``docs/``.
 
 Usage: ``python docs/screenshots.py`` (needs Chromium, as ``make install`` sets up).
 """
@@ -33,6 +34,7 @@ from tests.browser import Browser  # noqa: E402
 
 DOCS = ROOT / "docs"
 WIDTH = 960
+PLOT_WIDTH = 1200
 LIVE_AT = 0.6
 """The live page is taken once this fraction of the visits is done."""
 DONE = "Number(document.getElementById('visits-done').textContent)"
@@ -44,14 +46,14 @@ def small_png(src: Path, dst: Path, width: int = WIDTH) -> Path:
         im = im.convert("RGB")
         if im.width > width:
             im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
-        im.quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+        im.quantize(256, method=Image.Quantize.FASTOCTREE).save(dst, optimize=True)
     return dst
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nightpipe-shots-"))
     try:
-        archive, run = work / "archive", work / "run"
+        archive, run = work / "archive", work / "demo-night" / "run"  # the plots name the run
         simulate(BUNDLED_DB, archive, 60217.5, SimConfig(seed=1), None, 50, overwrite=True)
         outcome: dict[str, Any] = {}
 
@@ -82,7 +84,7 @@ def main() -> None:
         write_json(run, report)
         DOCS.mkdir(exist_ok=True)
         made = [small_png(live, DOCS / "night-page.png")]
-        made += [small_png(p, DOCS / f"report-{p.name}") for p in plots]
+        made += [small_png(p, DOCS / f"report-{p.name}", PLOT_WIDTH) for p in plots]
         for path in made:
             print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
         print(f"night: {outcome['summary']}")
