@@ -61,6 +61,16 @@ _ORPHANS = (
     " AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.fov_id = e.fov_id)"
 )
 
+_PENDING_STARTS = (
+    "SELECT e.json, e.fov_id FROM events e"
+    " JOIN (SELECT MIN(seq) AS seq FROM events"
+    "       WHERE type = ? AND direction = 'in' AND expired = 0 GROUP BY fov_id) f"
+    " ON e.seq = f.seq"
+    " WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.fov_id = e.fov_id)"
+    " ORDER BY e.seq"
+)
+"""Each visit's first live start event, if it has no outcome, in arrival order."""
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -236,24 +246,22 @@ class Journal:
         """
         if limit <= 0:
             return []
-        sql = (
-            "SELECT e.json, e.fov_id FROM events e"
-            " JOIN (SELECT MIN(seq) AS seq FROM events"
-            "       WHERE type = ? AND direction = 'in' AND expired = 0 GROUP BY fov_id) f"
-            " ON e.seq = f.seq"
-            " WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.fov_id = e.fov_id)"
-            " ORDER BY e.seq"
-        )
         skip = set(exclude)
         out: list[Event] = []
         with self._lock:
-            for text, fov_id in self._db.execute(sql, (start_type,)):
+            for text, fov_id in self._db.execute(_PENDING_STARTS, (start_type,)):
                 if fov_id in skip:
                     continue
                 out.append(_event(text))
                 if len(out) >= limit:
                     break
         return out
+
+    def count_pending_starts(self, start_type: str, exclude: Collection[int]) -> int:
+        """How many visits `pending_starts` would list without a limit."""
+        rows = self._query(f"SELECT fov_id FROM ({_PENDING_STARTS})", (start_type,))
+        skip = set(exclude)
+        return sum(fov_id not in skip for (fov_id,) in rows)
 
     def events_for(self, fov_id: int, types: Collection[str] | None = None) -> list[Event]:
         """Inbound, non-expired events of one visit, in arrival order."""

@@ -83,6 +83,9 @@ class RuntimeConfig:
     kafka_sasl_username: str = ""
     kafka_sasl_password_env: str = ""
     """Environment variable holding the SASL password (never the password itself)."""
+    latency_from: str = ""
+    """The stage an execution's processing latency counts from, typically the one that waits
+    for its triggering event; empty: the first. Waits and queueing are never counted."""
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,11 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> PipelineCo
     )
     if pipe:
         raise ConfigError(f"{where}: [pipeline] unknown key(s) {sorted(pipe)}")
+    if runtime.latency_from and runtime.latency_from not in names:
+        raise ConfigError(
+            f"{where}: [runtime].latency_from: no stage named {runtime.latency_from!r} "
+            f"(stages: {names})"
+        )
     if cfg.max_in_flight < 1:
         raise ConfigError(f"{where}: [pipeline].max_in_flight must be >= 1")
     if cfg.ordered is not None:

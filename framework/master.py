@@ -51,6 +51,7 @@ from framework.intake import Intake, configured_sources
 from framework.liveness import Liveness
 from framework.logs import current_execution, setup_logging
 from framework.messages import Alive, Bye, Ready, Release, Result, Shutdown, Work
+from framework.metrics import Metrics, MetricsError, processing_latency
 from framework.retry import Backoff
 from framework.rundir import RunDir
 from framework.scheduler import (
@@ -128,6 +129,8 @@ class Running:
     t_start: float = field(default_factory=time.perf_counter)
     t_stage: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    queue_wait: float | None = None
+    """From its start event's arrival (journal time) to its admission, s."""
 
 
 class Master:
@@ -195,6 +198,8 @@ class Master:
             sources,
         )
         self.scheduler = Scheduler(config, self.n_slices)
+        self.metrics = Metrics(rt.metrics_noun, [s.name for s in self.stages], pipeline=config.name)
+        self._intake_fed = (0, 0, 0)
         self.execs: dict[int, Running] = {}
         self._later: list[tuple[int, Future[Any]]] = []
         self.slice_boards: dict[int, dict[str, Any]] = {}
@@ -256,6 +261,7 @@ class Master:
             for ev, seq in self.intake.poll(timeout, self.scheduler.draining):
                 busy = True
                 self._route(ev, seq)
+            self._feed_intake()
             mono = time.monotonic()
             self._handle(Clock(mono))
             hung = self.liveness.hung(mono)
@@ -287,6 +293,12 @@ class Master:
 
     def _setup(self) -> None:
         self.board.set(state="setup")
+        if self.cfg.runtime.metrics:
+            try:
+                self.metrics.start_server(self.cfg.runtime.metrics)
+            except MetricsError as exc:
+                self._stop_slices()
+                raise SetupError(f"[runtime].metrics: {exc}") from exc
         try:
             self.shared = self.hooks.setup(self._ctx())
         except Exception as exc:
@@ -312,6 +324,7 @@ class Master:
             if isinstance(msg, Ready):
                 waiting.discard(msg.slice)
                 self.slice_boards[msg.slice] = msg.board
+                self.metrics.slice_board(msg.slice, msg.board)
                 if msg.failure:
                     failures.append(msg.failure.describe())
         if failures:
@@ -328,6 +341,9 @@ class Master:
 
     def _write_endpoint(self) -> None:
         info: dict[str, Any] = {"pid": os.getpid(), "address": None, "publish": None}
+        info["metrics"] = self.metrics.address
+        if self.metrics.address:
+            self.log.info("metrics on http://%s/metrics", self.metrics.address)
         if self.endpoint is not None:
             info["address"] = self.endpoint.address
             info["publish"] = self.endpoint.pub_address
@@ -371,6 +387,8 @@ class Master:
         for key in list(self.scheduler.executions):
             self._handle(Feed(key, Abort(stopped)))
         self._stop_slices()
+        for i, board in self.slice_boards.items():
+            self.metrics.slice_board(i, board)
         for stage in self.stages:
             try:
                 stage.shutdown(self._ctx())
@@ -391,10 +409,11 @@ class Master:
         )
 
     def close(self) -> None:
-        """Release the endpoint, the event sources, the journal and the run directory's lock."""
+        """Release the endpoint, the event sources, the metrics server, the journal and the lock."""
         intake = getattr(self, "intake", None)
         if intake is not None:
             intake.close()
+        self.metrics.stop_server()
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None
@@ -418,6 +437,17 @@ class Master:
         raise SliceHung(msg)
 
     # -- events in -----------------------------------------------------------
+
+    def _feed_intake(self) -> None:
+        """What the intake took in since the last look, into the metrics."""
+        c = self.intake.counts
+        now = (c.accepted, c.rejected, c.duplicates)
+        if now != self._intake_fed:
+            accepted, rejected, duplicates = self._intake_fed
+            self.metrics.event_accepted(c.accepted - accepted)
+            self.metrics.event_rejected(c.rejected - rejected)
+            self.metrics.event_duplicate(c.duplicates - duplicates)
+            self._intake_fed = now
 
     def _stop_for(self, reason: str) -> None:
         if not self.draining:
@@ -489,8 +519,11 @@ class Master:
             events = {start.type: start}
             seqs: dict[str, int] = {}
             expired: dict[str, int] = {}
+            received = None
             for entry in self.journal.entries_for(key):
                 ev = entry.event
+                if ev.id == start.id:
+                    received = entry.received
                 if ev.type == WAIT_EXPIRED:
                     expired.setdefault(str(ev.body.get("event")), entry.seq)
                 elif ev.type not in seqs:
@@ -508,7 +541,8 @@ class Master:
             except Exception:
                 self.log.exception("fov %s: execution_state() failed", key)
                 raise
-            self.execs[key] = Running(start, events, state)
+            waited = None if received is None else max(time.time() - received, 0.0)
+            self.execs[key] = Running(start, events, state, queue_wait=waited)
             self.log.info(
                 "fov %s: execution starts (%d event(s) already queued)", key, len(events) - 1
             )
@@ -517,7 +551,9 @@ class Master:
         return out
 
     def _expire(self, fovs: tuple[int, ...]) -> None:
-        for ev in self.journal.expire_fovs(fovs, self.cfg.start):
+        expired = self.journal.expire_fovs(fovs, self.cfg.start)
+        self.metrics.event_expired(len(expired))
+        for ev in expired:
             msg = (
                 f"event {ev.id!r} ({ev.type}) for fov {ev.fov_id}: no {self.cfg.start} "
                 f"came within {self.cfg.runtime.orphan_timeout:g} s; expired"
@@ -540,6 +576,7 @@ class Master:
             clipboard=rec.clipboard,
             emit=lambda type, body: self._emit(type, key, body),
             counts=rec.counts,
+            count=self.metrics.count,
             shutdown=self._stop_for,
         )
 
@@ -631,6 +668,7 @@ class Master:
                         item = payload.items[i] if isinstance(payload, Scatter) else payload
                         self.t.send(i + 1, Work(key, k, item, rec.events))
                         self.liveness.sent(i, now)
+                    self._count_busy()
                     return None
                 case RunPostprocess(stage=k):
                     stage = self.stages[k]
@@ -696,10 +734,23 @@ class Master:
         if self.journal.record_outcome(key, "done" if ok else "failed", ev, retriable):
             self._publish(ev)
         self.outcomes["done" if ok else "failed"] += 1
+        self._feed_outcome(rec, end)
         if ok:
             self.log.info("fov %s: done in %.3f s", key, total)
         else:
             self.log.error("fov %s: FAILED at %s", key, failure.describe())  # type: ignore[union-attr]
+
+    def _feed_outcome(self, rec: Running, end: Finish) -> None:
+        """An execution's outcome into the metrics: latency and queue wait apart."""
+        if end.failure is not None:
+            self.metrics.execution_failed(end.failure.stage, rec.queue_wait)
+        else:
+            latency = None
+            if end.ended_early is None:  # an execution ended early did no work of its own
+                first = self.cfg.runtime.latency_from or None
+                latency = processing_latency(rec.timings, [s.name for s in self.stages], first)
+            self.metrics.execution_done(rec.timings, latency, rec.queue_wait)
+        self.metrics.take_observed("master", self.board.snapshot())
 
     def _emit(self, type: str, key: int, body: dict[str, Any]) -> Event:
         ev = Event.new(type, key, body)
@@ -748,6 +799,8 @@ class Master:
             if isinstance(msg, Result):
                 self.liveness.answered(msg.slice, time.monotonic())
                 self.slice_boards[msg.slice] = msg.board
+                self.metrics.slice_board(msg.slice, msg.board)
+                self._count_busy()
                 ex = self.scheduler.executions.get(msg.key)
                 if ex is None or ex.phase is not Phase.DISPATCHED:
                     self.log.warning("stale result from slice %d for fov %s", msg.slice, msg.key)
@@ -757,8 +810,12 @@ class Master:
             elif isinstance(msg, Alive):
                 self.liveness.heard(msg.slice, time.monotonic())
                 self.slice_boards[msg.slice] = msg.board
+                self.metrics.slice_board(msg.slice, msg.board)
             else:
                 self.log.warning("unexpected message from a slice: %r", msg)
+
+    def _count_busy(self) -> None:
+        self.metrics.set_slices_busy(sum(n > 0 for n in self.liveness.in_hand))
 
     # -- status ----------------------------------------------------------------
 
@@ -784,6 +841,7 @@ class Master:
             "time": now,
             "state": "draining" if self.draining else self.board.values.get("state"),
             "in_flight": len(execs),
+            "queued_start": self.journal.count_pending_starts(self.cfg.start, tuple(self.execs)),
             "rate_per_min": 60.0 * (self.outcomes["done"] + self.outcomes["failed"]) / elapsed,
             **self.outcomes,
             "accepted": c.accepted,
@@ -796,7 +854,11 @@ class Master:
     def _write_status(self, now: float) -> None:
         self._next_status = now + self.cfg.runtime.status_interval
         self.board.set(in_flight=len(self.execs))
+        status = self.status(now)
+        self.metrics.set_in_flight(status["in_flight"])
+        self.metrics.set_queued(status["queued_start"])
+        self.metrics.take_observed("master", self.board.snapshot())
         try:
-            write_status(self.run_dir, self.status(now))
+            write_status(self.run_dir, status)
         except OSError:
             self.log.exception("could not write the status file")

@@ -8,8 +8,8 @@ low-cardinality labels (a stage name, a Slice rank; never an execution key).
 
 The Slices' figures reach the master with their replies: each `Board` snapshot carries the
 durations its stages recorded with `framework.status.Board.observe` (say ``db_read``) and
-the Slice's state, and `Metrics.slice_board` turns them into histogram observations and
-gauges. Nothing is scraped from a Slice.
+the Slice's busy time, and `Metrics.slice_board` turns them into histogram observations
+and counters. Nothing is scraped from a Slice.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -180,7 +180,7 @@ class Metrics:
             )
         }
         self.slices = Gauge(f"{ns}_slices", "Slices that reported", registry=r)
-        self.slices_busy = Gauge(f"{ns}_slices_busy", "Slices running a stage now", registry=r)
+        self.slices_busy = Gauge(f"{ns}_slices_busy", "Slices with work in hand now", registry=r)
         self.slice_busy_seconds = Counter(
             f"{ns}_slice_busy_seconds", "time a Slice spent in stages", ["slice"], registry=r
         )
@@ -212,9 +212,9 @@ class Metrics:
         self._counters: dict[str, Counter] = {}
         for name in durations:
             self._duration(name)
-        self._busy: dict[int, bool] = {}
+        self._reported: set[int] = set()
         self._busy_seconds: dict[int, float] = {}
-        self._seen: dict[int, int] = {}
+        self._seen: dict[Hashable, int] = {}
 
     # -- what the master calls -------------------------------------------------------------
 
@@ -274,31 +274,53 @@ class Metrics:
         """Executions whose start event waits in the journal now."""
         self.queued.set(n)
 
-    def slice_board(self, rank: int, board: Mapping[str, Any]) -> None:
-        """Take in a Slice's board, as it came with a reply.
+    def set_slices_busy(self, n: int) -> None:
+        """Slices with work in hand now."""
+        self.slices_busy.set(n)
 
-        Its ``state`` feeds `nightpipe_slices_busy`, its ``busy_seconds`` the
-        Slice's busy-time counter, and each duration it observed since the last
-        board seen from `rank` (`Board.observe`) its histogram. A board seen
-        twice counts once.
+    def slice_board(self, index: int, board: Mapping[str, Any]) -> None:
+        """Take in the board of Slice `index` (0, 1, ...), as it came with a message.
+
+        Its ``busy_seconds`` feeds the Slice's busy-time counter and its
+        durations the histograms (`take_observed`); the Slices seen so far
+        make `nightpipe_slices`. A board seen twice counts once.
         """
         with self._lock:
-            self._busy[rank] = board.get("state") == "busy"
-            self.slices.set(len(self._busy))
-            self.slices_busy.set(sum(self._busy.values()))
+            self._reported.add(index)
+            self.slices.set(len(self._reported))
             busy = board.get("busy_seconds")
             if isinstance(busy, int | float):
-                before = self._busy_seconds.get(rank, 0.0)
+                before = self._busy_seconds.get(index, 0.0)
                 grown = busy - before if busy >= before else busy  # a restarted Slice
                 if grown > 0:
-                    self.slice_busy_seconds.labels(slice=str(rank)).inc(grown)
-                self._busy_seconds[rank] = float(busy)
-            last = self._seen.get(rank, 0)
+                    self.slice_busy_seconds.labels(slice=str(index)).inc(grown)
+                self._busy_seconds[index] = float(busy)
+            self.take_observed(("slice", index), board)
+
+    def take_observed(self, source: Hashable, board: Mapping[str, Any]) -> int:
+        """Observe the durations a board holds (`Board.observe`) not yet taken from `source`.
+
+        Parameters
+        ----------
+        source : hashable
+            Whose board it is (one sequence of durations per source).
+        board : mapping
+            A `framework.status.Board` snapshot, or its ``values``.
+
+        Returns
+        -------
+        int
+            How many durations were new.
+        """
+        with self._lock:
+            last = self._seen.get(source, 0)
+            new = 0
             for seq, name, seconds in board.get(OBSERVED, ()):
                 if seq > last:
                     self._duration(name).observe(seconds)
-            seqs = [seq for seq, _, _ in board.get(OBSERVED, ())]
-            self._seen[rank] = max([last, *seqs])
+                    new += 1
+                    self._seen[source] = max(self._seen.get(source, 0), seq)
+            return new
 
     def observe(self, name: str, seconds: float) -> None:
         """One duration measured on the master, e.g. ``observe("db_write", 0.02)``."""

@@ -109,6 +109,9 @@ class MasterContext(ExecutionContext):
     """``emit(type, body)`` publishes an outbound event for this execution."""
     counts: dict[str, int] = field(default_factory=dict)
     """Figures a stage adds to the execution's outcome event (``counts``)."""
+    count: Any = None
+    """``count(name, n)`` adds `n` to the pipeline's counter ``nightpipe_<name>_total``
+    (`framework.metrics.Metrics.count`), e.g. ``count("alerts", 120)``."""
     shutdown: Any = None
     """``shutdown(reason)`` asks the pipeline to stop: no new executions, then exit."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ class Board:
             "started": time.time(),
         }
         self._seq = 0
+        self._observed_lock = threading.Lock()
 
     def set(self, **values: Any) -> None:
         """Set keys; `updated` is stamped."""
@@ -40,18 +42,21 @@ class Board:
         """Record one duration, e.g. ``observe("db_read", 0.012)``, for the master's metrics.
 
         It travels with every snapshot until `OBSERVED_KEEP` newer ones push it
-        out; its sequence number lets the master count it once.
+        out; its sequence number lets the master count it once. A worker thread
+        of the rank (a database writer, say) may call it.
         """
-        self._seq += 1
-        kept = self.values.setdefault(OBSERVED, [])
-        kept.append([self._seq, name, float(seconds)])
-        del kept[:-OBSERVED_KEEP]
+        with self._observed_lock:
+            self._seq += 1
+            kept = self.values.setdefault(OBSERVED, [])
+            kept.append([self._seq, name, float(seconds)])
+            del kept[:-OBSERVED_KEEP]
 
     def snapshot(self) -> dict[str, Any]:
         """A copy to send or write."""
-        out = dict(self.values)
-        if OBSERVED in out:
-            out[OBSERVED] = list(out[OBSERVED])
+        with self._observed_lock:
+            out = dict(self.values)
+            if OBSERVED in out:
+                out[OBSERVED] = list(out[OBSERVED])
         return out
 
 

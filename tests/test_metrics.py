@@ -113,23 +113,52 @@ def test_slice_boards_count_each_duration_once(metrics):
     boards[0].observe("db_read", 0.010)
     boards[0].observe("db_read", 0.030)
     boards[1].set(state="idle", busy_seconds=0.5)
-    for rank, b in enumerate(boards, 1):
-        metrics.slice_board(rank, b.snapshot())
-    metrics.slice_board(1, boards[0].snapshot())  # the same board again: nothing new
+    for index, b in enumerate(boards):
+        metrics.slice_board(index, b.snapshot())
+    metrics.slice_board(0, boards[0].snapshot())  # the same board again: nothing new
     boards[0].observe("db_write", 0.2)
     boards[0].set(state="idle", busy_seconds=2.0)
-    metrics.slice_board(1, boards[0].snapshot())
+    metrics.slice_board(0, boards[0].snapshot())
+    master = Board(0)
+    master.observe("db_write", 0.5)  # the master's own board: a sequence of its own
+    assert metrics.take_observed("master", master.snapshot()) == 1
+    assert metrics.take_observed("master", master.snapshot()) == 0
     got = scrape(metrics.address)
     assert got[("nightpipe_slices", ())] == 2
-    assert got[("nightpipe_slices_busy", ())] == 0
     assert got[("nightpipe_db_read_duration_seconds_count", ())] == 2
     assert got[("nightpipe_db_read_duration_seconds_sum", ())] == pytest.approx(0.04)
-    assert got[("nightpipe_db_write_duration_seconds_count", ())] == 1
-    assert got[("nightpipe_slice_busy_seconds_total", (("slice", "1"),))] == pytest.approx(2.0)
-    assert got[("nightpipe_slice_busy_seconds_total", (("slice", "2"),))] == pytest.approx(0.5)
-    boards[1].set(state="busy")
-    metrics.slice_board(2, boards[1].snapshot())
+    assert got[("nightpipe_db_write_duration_seconds_count", ())] == 2
+    assert got[("nightpipe_db_write_duration_seconds_sum", ())] == pytest.approx(0.7)
+    assert got[("nightpipe_slice_busy_seconds_total", (("slice", "0"),))] == pytest.approx(2.0)
+    assert got[("nightpipe_slice_busy_seconds_total", (("slice", "1"),))] == pytest.approx(0.5)
+    # busy is what the master has sent and not had answered, not what a board last said
+    assert got[("nightpipe_slices_busy", ())] == 0
+    metrics.set_slices_busy(1)
     assert scrape(metrics.address)[("nightpipe_slices_busy", ())] == 1
+
+
+def test_board_observations_from_a_worker_thread():
+    board = Board(0)
+    n, threads = 2000, 4
+
+    def observe() -> None:
+        for _ in range(n):
+            board.observe("db_write", 0.001)
+
+    workers = [threading.Thread(target=observe) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    snaps = []
+    while any(w.is_alive() for w in workers):
+        snaps.append(board.snapshot().get(OBSERVED, []))
+    for w in workers:
+        w.join()
+    snaps.append(board.snapshot()[OBSERVED])
+    for snap in filter(None, snaps):  # every snapshot: consecutive numbers, none lost or repeated
+        seqs = [seq for seq, _, _ in snap]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert len(snap) <= OBSERVED_KEEP
+    assert snaps[-1][-1][0] == n * threads
 
 
 def test_board_keeps_the_latest_durations_out_of_the_status_text():

@@ -28,7 +28,8 @@ from events.types import (
 )
 from framework.status import write_status
 
-TIMINGS = {"load": 0.5, "sources": 0.2, "moving": 0.1, "update": 0.05, "store": 0.3}
+TIMINGS = {"load": 0.5, "sources": 0.1, "crossmatch": 0.2, "moving": 0.1, "update": 0.05}
+TIMINGS["store"] = 0.3
 EVIL = "<script>alert('x')</script> & more"
 
 
@@ -103,7 +104,7 @@ def test_watcher_reads_the_run_directory_as_it_grows(tmp_path: Path):
     assert (v["done"], v["failed"], v["in_flight"], v["queued"]) == (1, 1, 1, 0)
     assert snap["state"] == "running" and snap["pipeline"] == "association"
     assert snap["rate_per_min"] > 0 and snap["eta_s"] > 0
-    assert snap["latency"]["processing"]["p50"] == pytest.approx(0.65)  # sources..store
+    assert snap["latency"]["processing"]["p50"] == pytest.approx(0.75)  # sources..store
     assert snap["latency"]["queue_wait"]["n"] == 1
     assert [f["fov_id"] for f in snap["failures"]] == [2] and snap["failures"][0]["error"] == EVIL
     assert snap["events"]["expired"] == 1

@@ -31,8 +31,10 @@ from tests.databases import PARAMS
 
 T0 = 1_700_000_000.0
 TIMINGS = {
-    1: {"load": 0.5, "sources": 0.2, "moving": 0.1, "update": 0.05, "store": 0.3, "total": 3.5},
-    2: {"load": 1.0, "sources": 0.4, "moving": 0.3, "update": 0.1, "store": 0.6, "total": 5.0},
+    1: {"load": 0.5, "sources": 0.1, "crossmatch": 0.2, "moving": 0.1, "update": 0.05, "store": 0.3}
+    | {"total": 3.5},
+    2: {"load": 1.0, "sources": 0.2, "crossmatch": 0.4, "moving": 0.3, "update": 0.1, "store": 0.6}
+    | {"total": 5.0},
 }
 # fov -> (mjd, ra, dec) of the visit
 FIELDS = {1: (60218.01, 10.0, -30.0), 2: (60218.02, 12.0, -31.0), 3: (60218.03, 359.0, -29.0)}
@@ -196,18 +198,26 @@ def test_figures(run_dir: Path):
     assert lat["p50"] == pytest.approx(4.0)
     assert lat["p95"] == pytest.approx(4.9)
     assert lat["max"] == pytest.approx(5.0)
-    # own work from sources (the stage that waits for the detections) to store
+    # own work from sources ([runtime] latency_from: it waits for the detections) to store
     proc = r["latency"]["processing"]
     assert proc["n"] == 2
-    assert proc["p50"] == pytest.approx((0.65 + 1.4) / 2)
-    assert proc["max"] == pytest.approx(1.4)
+    assert proc["p50"] == pytest.approx((0.75 + 1.6) / 2)
+    assert proc["max"] == pytest.approx(1.6)
     # start event -> execution start (outcome time less the total timing)
     queue = r["latency"]["queue_wait"]
     assert queue["n"] == 2
     assert queue["p50"] == pytest.approx((10.5 + 9.0) / 2)
     assert queue["max"] == pytest.approx(10.5)
 
-    assert list(r["stages"]) == ["load", "sources", "moving", "update", "store", "total"]
+    assert list(r["stages"]) == [
+        "load",
+        "sources",
+        "crossmatch",
+        "moving",
+        "update",
+        "store",
+        "total",
+    ]
     assert r["stages"]["load"]["p50"] == pytest.approx(0.75)
     assert r["stages"]["load"]["p95"] == pytest.approx(0.975)
     assert r["stages"]["total"]["max"] == pytest.approx(5.0)
@@ -227,7 +237,7 @@ def test_figures(run_dir: Path):
     assert by_fov[1]["events"] == {NEXT_VISIT: 1, DIASOURCES_READY: 1, PREDICTIONS_READY: 1}
     assert by_fov[1]["end_to_end_s"] == pytest.approx(3.0)
     assert by_fov[2]["end_to_end_s"] == pytest.approx(5.0)
-    assert by_fov[1]["processing_s"] == pytest.approx(0.65)
+    assert by_fov[1]["processing_s"] == pytest.approx(0.75)
     assert by_fov[1]["queue_wait_s"] == pytest.approx(10.5)
     assert by_fov[1]["started"] == pytest.approx(T0 + 10.5)
     assert by_fov[3]["end_to_end_s"] is None and by_fov[3]["outcome"] == "failed"
@@ -265,7 +275,7 @@ def test_text(run_dir: Path):
     assert "night 2023-09-30 (MJD 60217.5)" in text
     lines = {line.split(":")[0].strip(): line for line in text.splitlines() if ":" in line}
     assert lines["end to end"].split()[-4:] == ["2", "4.000", "4.900", "5.000"]
-    assert lines["processing"].split()[-4:] == ["2", "1.025", "1.362", "1.400"]
+    assert lines["processing"].split()[-4:] == ["2", "1.175", "1.558", "1.600"]
     assert lines["queue wait"].split()[-4:] == ["2", "9.750", "10.425", "10.500"]
     assert "ValueError: bad predictions" in text and "more" not in text
     assert "completeness (true links made)" in text

@@ -236,7 +236,6 @@ def check_database(url: str) -> None:
         engine.dispose()
 
 
-
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay an archive; resumes when the run directory holds an earlier attempt."""
     from association.nights.replay import Replayer, ReplayError, ReplayOptions

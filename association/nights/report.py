@@ -87,14 +87,17 @@ def _read_replay(run_dir: Path) -> dict[str, Any] | None:
 
 @functools.cache
 def _pipeline_stages() -> tuple[tuple[str, ...], str | None]:
-    """The shipped pipeline's stage names, and the stage that waits for the detections."""
+    """The shipped pipeline's stage names, and the stage processing latency counts from.
+
+    That stage is its ``[runtime] latency_from``, as the master's metrics take it.
+    """
     try:
-        stages = tomllib.loads(PIPELINE.read_text())["stages"]
+        config = tomllib.loads(PIPELINE.read_text())
+        stages = config["stages"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return (), None
     names = tuple(s["name"] for s in stages)
-    waits = [s["name"] for s in stages if s.get("wait", {}).get("event") == DIASOURCES_READY]
-    return names, (waits[0] if waits else None)
+    return names, config.get("runtime", {}).get("latency_from") or None
 
 
 def _stage_order(names: set[str]) -> list[str]:

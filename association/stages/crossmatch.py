@@ -82,7 +82,7 @@ class CrossMatchStage(Stage):
         cat = st.catalogue
         assert cat is not None
         held = cat.columns(visit.held, MATCH_COLUMNS)
-        strip = margin_strips(st, visit.owned, visit.strip_chunks)
+        strip = margin_strips(st, visit.owned, visit.strip_chunks, ctx.board)
         objects = {k: np.concatenate([held[k], strip[k]]) for k in MATCH_COLUMNS}
         n = len(sources)
         obj_id = np.zeros(n, np.int64)

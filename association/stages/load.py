@@ -14,6 +14,7 @@ from association.stages.rank import AssociationState
 from association.stages.visit import LoadResult, MasterVisit, SliceVisit
 from events.types import ALERTS_READY, NEXT_VISIT
 from framework.stage import EndExecution, ExecutionContext, MasterContext, Scatter, Stage
+from framework.status import Board
 
 
 def rss_mb() -> float:
@@ -22,12 +23,13 @@ def rss_mb() -> float:
 
 
 def margin_strips(
-    st: AssociationState, owned: np.ndarray, chunks: np.ndarray
+    st: AssociationState, owned: np.ndarray, chunks: np.ndarray, board: Board
 ) -> dict[str, np.ndarray]:
     """Match columns of the thin strips of margin `chunks` along the `owned` chunks.
 
-    From the Slice's strip cache, reading (and caching) what it lacks. The
-    cache holds every decided change, so the columns are current.
+    From the Slice's strip cache, reading (and caching) what it lacks; each
+    read's duration goes on `board` as ``db_read``. The cache holds every
+    decided change, so the columns are current.
     """
     key = tuple(owned.tolist())
     strips = []
@@ -35,7 +37,9 @@ def margin_strips(
         strip = st.strips.get(chunk, key)
         if strip is None:
             lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
+            t0 = time.perf_counter()
             columns = st.storage.load_object_columns(lo, hi, MATCH_COLUMNS)
+            board.observe("db_read", time.perf_counter() - t0)
             columns["isVariable"] = columns["isVariable"].astype(bool)
             strip = st.strips.put(chunk, key, lo, hi, columns)
         strips.append(strip.columns)
@@ -103,12 +107,14 @@ class LoadStage(Stage):
         keep = cat.config.recent_per_object
         for chunk in missing:
             lo, hi = st.partition.chunk_range(int(chunk))
+            t_read = time.perf_counter()
             objects = st.storage.load_objects(int(lo), int(hi))
             recent = st.storage.load_recent_diasources(int(lo), int(hi), keep)
+            ctx.board.observe("db_read", time.perf_counter() - t_read)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)
         visit.owned, visit.held, visit.strip_chunks = owned, need, strip_of
-        n_strip = len(margin_strips(st, owned, strip_of)["ra"])
+        n_strip = len(margin_strips(st, owned, strip_of, ctx.board)["ra"])
         stats = cat.stats()
         ctx.board.set(
             catalogue_objects=stats["n_objects"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -120,6 +121,7 @@ class StoreStage(Stage):
 
         def write() -> None:
             sending: Future[VisitAlerts] = self._alerts.submit(send)
+            t0 = time.perf_counter()
             st.storage.store_visit(
                 record,
                 sources,
@@ -135,6 +137,7 @@ class StoreStage(Stage):
             done = sending.result()
             visit.alerts_path = done.path or ""
             visit.alerts_stream = {} if done.stream is None else done.stream.event_fields()
+            ctx.board.observe("db_write", time.perf_counter() - t0)  # the transaction, to commit
 
         def retry(attempt: int, delay: float, exc: BaseException) -> None:
             ctx.log.warning(
@@ -171,6 +174,14 @@ class StoreStage(Stage):
 
     def postprocess(self, ctx: MasterContext, results: list[None]) -> None:
         visit: MasterVisit = ctx.state
-        assert visit.counts is not None
-        body = {"path": visit.alerts_path, **visit.alerts_stream, **asdict(visit.counts)}
-        ctx.emit(ALERTS_READY, body)
+        c = visit.counts
+        assert c is not None
+        ctx.emit(ALERTS_READY, {"path": visit.alerts_path, **visit.alerts_stream, **asdict(c)})
+        for name, n in (
+            ("diasources", c.n_sources),
+            ("alerts", c.n_alerts),
+            ("new_objects", c.n_new_objects),
+            ("updated_objects", len(visit.objects) - c.n_new_objects),
+            ("moving_matches", c.n_moving),
+        ):
+            ctx.count(name, n)

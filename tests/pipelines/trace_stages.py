@@ -22,6 +22,7 @@ class TraceConfig:
     array_size: int = 1000
     later_fov: int = -1  # this fov's preprocess runs in a thread, `later_s` long
     later_s: float = 0.0
+    observe: str = ""  # process reports its sleep as a duration of this name (Board.observe)
 
 
 class Trace(Stage):
@@ -70,6 +71,8 @@ class Trace(Stage):
         ctx.clipboard.setdefault("stages", []).append(self.name)
         if self.config.sleep:
             time.sleep(self.config.sleep)
+        if self.config.observe:
+            ctx.board.observe(self.config.observe, self.config.sleep)
         self._maybe_fail(ctx, "process")
         arr = np.arange(self.config.array_size, dtype="f8") * ctx.slice_index
         self._rec(ctx, "end")
@@ -88,6 +91,7 @@ class Trace(Stage):
             for r in results
         )
         self._rec(ctx, "post", slices=slices, ok=ok)
+        ctx.count("postprocessed", 1)
         if not ok:
             raise AssertionError(f"postprocess saw {results!r}")
 
@@ -130,13 +134,18 @@ def check_barriers(trace: list[dict], stages: list[str], n_slices: int) -> int:
     return checked
 
 
-def config_text(stages: list[dict], **pipeline) -> str:
-    """A TOML pipeline of Trace stages. Each dict: name, wait (optional), config (optional)."""
+def config_text(stages: list[dict], runtime: dict | None = None, **pipeline) -> str:
+    """A TOML pipeline of Trace stages. Each dict: name, wait (optional), config (optional).
+
+    `runtime` adds keys to its ``[runtime]`` table, `pipeline` to its ``[pipeline]`` table.
+    """
     here = Path(__file__).resolve()
     pipe = {"name": "trace", "start": "telescope.next_visit", "max_in_flight": 8, **pipeline}
     out = ["[pipeline]"]
     out += [f"{k} = {json.dumps(v)}" for k, v in pipe.items()]
-    out += ["", "[runtime]", 'endpoint = "tcp://127.0.0.1:0"', "status_interval = 0.2", ""]
+    out += ["", "[runtime]", 'endpoint = "tcp://127.0.0.1:0"', "status_interval = 0.2"]
+    out += [f"{k} = {json.dumps(v)}" for k, v in (runtime or {}).items()]
+    out.append("")
     for s in stages:
         out.append("[[stages]]")
         out.append(f'name = "{s["name"]}"')
