@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from association.nights.job import Job
 from events.client import Injector
 from events.envelope import Event
 from events.journal import Journal
@@ -27,11 +28,8 @@ class MpiPipeline:
         """Start the job and wait for its endpoint; `connect` an injector to it."""
         (self.run_dir / "endpoint.json").unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.out = open(self.run_dir / "mpiexec.out", "ab")  # noqa: SIM115 (lives as long as the job)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            self.cmd, stdout=self.out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        self.job = Job(self.cmd, self.run_dir / "mpiexec.out")
+        self.proc = self.job.proc
         deadline = time.time() + timeout
         while not (self.run_dir / "endpoint.json").exists():
             if self.proc.poll() is not None:
@@ -86,19 +84,13 @@ class MpiPipeline:
     def kill9(self) -> None:
         """kill -9 the master; mpiexec then takes the whole job down."""
         os.kill(self.info["pid"], signal.SIGKILL)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.job.wait(30)
         self.close()
 
     def close(self) -> None:
+        """End every process of the job still there (MPICH starts each rank in a session of its own)."""
         if getattr(self, "injector", None):
             self.injector.close()
             self.injector = None
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        if getattr(self, "out", None):
-            self.out.close()
+        if getattr(self, "job", None) is not None:
+            self.job.kill()

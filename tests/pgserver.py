@@ -125,8 +125,7 @@ class PgServer:
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is cut, the server comes back."""
-        assert self.base is not None
-        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "restart")
+        self._pg_ctl("restart", check=True)
 
     def pause(self) -> None:
         """Stop the server, keeping its data and port (`resume` starts it again)."""
@@ -145,25 +144,20 @@ class PgServer:
                 return
 
     def _pg_start(self, check: bool) -> subprocess.CompletedProcess:
+        return self._pg_ctl("start", check)
+
+    def _pg_ctl(self, action: str, check: bool) -> subprocess.CompletedProcess:
+        """``pg_ctl start`` or ``restart``; always with the log file, or the server would
+        keep our output pipes open and we would wait for it for ever."""
         assert self.base is not None
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base / 'sock'} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
-        return self._run(
-            "pg_ctl",
-            "-D",
-            str(self.base / "data"),
-            "-o",
-            opts,
-            "-l",
-            str(self.base / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-            check=check,
-        )
+        data, log = str(self.base / "data"), str(self.base / "server.log")
+        mode = ["-m", "fast"] if action == "restart" else []
+        args = ["-D", data, "-o", opts, "-l", log, "-w", "-t", "60", *mode, action]
+        return self._run("pg_ctl", *args, check=check)
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / tool), *args]
