@@ -121,12 +121,12 @@ class Progress:
 
     def first_event(self) -> None:
         """The clock of the rate starts now."""
-        self.t0 = time.time()
+        self.t0 = time.monotonic()
 
     def update(self, finished: int) -> None:
         """Visits finished so far (this run and before)."""
         if finished > self._finished:
-            self.last_finish = time.time()
+            self.last_finish = time.monotonic()
         self._finished = finished
 
     @property
@@ -138,7 +138,7 @@ class Progress:
         """Seconds from the first event to `end` (default now)."""
         if self.t0 is None:
             return 0.0
-        return max((time.time() if end is None else end) - self.t0, 0.0)
+        return max((time.monotonic() if end is None else end) - self.t0, 0.0)
 
     def rate(self, end: float | None = None) -> float:
         """Visits per minute finished by this run, from the first event to `end`."""
@@ -150,9 +150,9 @@ class Progress:
         visits = f"visits {self._finished}/{self.total} ({failed} failed"
         visits += f", {self.before} before this run)" if self.before else ")"
         elapsed = f"{self.seconds():.0f} s since the first event"
-        if not self.this_run:
-            return f"replay: events {sent}/{n_events} | {visits} | {elapsed} | no visit done yet"
         rate = self.rate()
+        if not self.this_run or rate <= 0:
+            return f"replay: events {sent}/{n_events} | {visits} | {elapsed} | no visit done yet"
         eta = (self.total - self._finished) / (rate / 60.0)
         return (
             f"replay: events {sent}/{n_events} | {visits} | {rate:.1f} visits/min | "
@@ -456,11 +456,11 @@ class Replayer:
             started=time.time(),
             finished=None,
         )
-        t0 = time.time()
+        t0 = time.monotonic()  # durations never read the wall clock, which may step
         with sigterm_raises():
             try:
                 n = self.preload()
-                preload_s = time.time() - t0
+                preload_s = time.monotonic() - t0
                 if self.kafka is not None:
                     try:
                         self.kafka.create_topics()
@@ -477,7 +477,7 @@ class Replayer:
             finally:
                 if self.job is not None:
                     self.job.end(self.opts.grace, self.say)
-        end = progress.last_finish or time.time()
+        end = progress.last_finish or time.monotonic()
         summary.update(
             visits=len(self.visits),
             visits_this_run=progress.this_run,
@@ -485,7 +485,7 @@ class Replayer:
             preload_seconds=preload_s,
             startup_seconds=(progress.t0 or t0) - t0,
             replay_seconds=progress.seconds(end),
-            wall_seconds=time.time() - t0,
+            wall_seconds=time.monotonic() - t0,
             visits_per_minute=progress.rate(end),
         )
         self._record(finished=time.time(), summary=summary)
