@@ -239,3 +239,12 @@ def test_late_reply_after_timeout_is_not_mistaken(tmp_path: Path) -> None:
         assert injector.send(sources(1, "next"))["id"] == "next"
         t.join(5)
         assert done.is_set()
+
+
+def test_a_2_mb_message_gets_a_clear_rejection(server: Server) -> None:
+    big = Event.new(T.NEXT_VISIT, 3, {"mjd": 60218.0, "ra": 1.0, "dec": 1.0, "filter": "r"})
+    raw = big.to_dict() | {"source": "x" * (2 << 20)}
+    reply = inject(server.endpoint.address, json.dumps(raw), timeout=10)
+    assert reply["ok"] is False
+    assert "more than the limit" in reply["error"]
+    assert server.journal.count() == 0
