@@ -60,7 +60,7 @@ def preload(
     if history is not None:
         storage.bulk_load_diasources(history)
     n_history = 0 if history is None else len(history)
-    storage.note(DONE, f"{len(objects)} Objects and {n_history} DIASources from {objects_path}")
+    storage.note(DONE, f"{len(objects)} Objects and {n_history} earlier DIASources")
     return len(objects)
 
 
