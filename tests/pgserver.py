@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import IO
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
@@ -130,9 +131,16 @@ class PgServer:
         return self.database_url(name)
 
     def restart(self) -> None:
-        """``pg_ctl restart -m fast``: every connection is cut, the server comes back."""
+        """``pg_ctl restart -m fast``: every connection is cut, the server comes back.
+
+        ``restart`` takes no ``-l``: the new server writes to pg_ctl's output,
+        which therefore goes to the server log (a pipe would stay open).
+        """
         assert self.base is not None
-        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "restart")
+        with open(self.base / "server.log", "ab") as log:
+            self._run(
+                "pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "restart", out=log
+            )
 
     def pause(self) -> None:
         """Stop the server, keeping its data and port (`resume` starts it again)."""
@@ -171,17 +179,23 @@ class PgServer:
             check=check,
         )
 
-    def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def _run(
+        self, tool: str, *args: str, check: bool = True, out: IO[bytes] | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run a server tool; its output captured, or written to `out`."""
         cmd = [str(self.bindir / tool), *args]
         if self.run_as:
             cmd = ["runuser", "-u", self.run_as, "--", *cmd]
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
+        if out is None:
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
+        else:
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd="/tmp")
         if check and done.returncode != 0:
             log = ""
             if self.base is not None and (self.base / "server.log").exists():
                 log = (self.base / "server.log").read_text()[-2000:]
             raise PgServerError(
-                f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}{log}"
+                f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout or ''}{done.stderr or ''}{log}"
             )
         return done
 

@@ -187,12 +187,14 @@ class Replayer:
     def frozen_parameters(self) -> FrozenParameters:
         """The partition of the pipeline this replay starts (its settings' orders)."""
         from association.cli.main import config_path, parse_sets
-        from framework.config import load_config
+        from framework.config import ConfigError, load_config
 
         sets = parse_sets(self.opts.sets)
-        cfg = load_config(
-            config_path(self.opts.config), {"settings": sets.pop("settings", {})}, sets
-        )
+        tables = {name: sets.pop(name, {}) for name in ("settings", "runtime")}
+        try:
+            cfg = load_config(config_path(self.opts.config), tables, sets)
+        except ConfigError as exc:
+            raise ReplayError(str(exc)) from None
         return FrozenParameters(cfg.settings.chunk_order, cfg.settings.fine_order)
 
     def preload(self) -> int:
