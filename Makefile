@@ -28,13 +28,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 # What only the tests need: throwaway servers and tools, from Debian's packages.
 $(SERVERS): $(STAMP)
-	@echo "make: installing the test servers (PostgreSQL, Prometheus, Chromium, faketime) if missing"
+	@echo "make: installing the test servers (PostgreSQL, Prometheus, Chromium) if missing"
 	@# PostgreSQL binaries for the throwaway test server.
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q postgresql) || echo "warning: could not install PostgreSQL"; fi
-	@# libfaketime, for the test that steps the wall clock under a running night.
-	@if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then \
-	    (apt-get update -q && apt-get install -y -q faketime) || echo "warning: could not install faketime"; fi
 	@# Prometheus, for the test that has a real one scrape the metrics endpoint.
 	@if ! command -v prometheus >/dev/null 2>&1; then \
 	    (apt-get update -q && apt-get install -y -q prometheus) || echo "warning: could not install Prometheus"; fi

@@ -23,6 +23,7 @@ from events.envelope import Event
 from events.journal import Journal
 from framework.mpiexec import BIN, run_command
 from framework.status import process_alive
+from tests.faketime import faketime_env
 from tests.mpirun import MpiPipeline
 from tests.nights import copy_archive, db_rows, replay
 
@@ -311,16 +312,9 @@ def test_a_visit_whose_detections_never_come_holds_back_no_overlapping_visit(
 
 @pytest.mark.parametrize("step", ["+1h", "-1h"])
 def test_a_clock_step_mid_night_changes_nothing(pole_archive, pole_reference, tmp_path, step):
-    lib = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
-    assert lib is not None, "libfaketime is missing: make install puts Debian's faketime there"
     stamp = tmp_path / "faketime"
     stamp.write_text("+0\n")
-    env = {
-        "LD_PRELOAD": str(lib),
-        "FAKETIME_TIMESTAMP_FILE": str(stamp),
-        "FAKETIME_NO_CACHE": "1",
-        "DONT_FAKE_MONOTONIC": "1",
-    }
+    env = faketime_env(stamp)
     run = tmp_path / "run"
     slow = f"{_span(pole_archive) / 15:g}"
     proc = _replay(pole_archive, run, "--speed", slow, env=env)
