@@ -42,7 +42,7 @@ from association.sky.fov import fov_resources
 from events.envelope import Event
 from events.journal import Journal
 from framework.mpiexec import run_command
-from framework.status import effective_state, read_status
+from framework.status import effective_state, process_alive, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,14 +69,6 @@ def until(cond: Callable[[], Any], timeout: float = 300.0, every: float = 0.02) 
             raise TimeoutError(f"{cond} not true in {timeout:g} s")
         time.sleep(every)
     return time.time()
-
-
-def running(pid: int) -> bool:
-    """Whether process `pid` is there and not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def log_lines(run: Path, pattern: str, after: float = 0.0) -> list[tuple[float, str]]:
@@ -314,11 +306,11 @@ def slice_sigstop(b: Bench) -> dict:
     t0 = time.time()
     try:
         night.end()
-        gone = until(lambda: not running(victim), timeout=10)
+        gone = until(lambda: not process_alive(victim), timeout=10)
     except TimeoutError:
         gone = None
     finally:
-        if running(victim):
+        if process_alive(victim):
             os.kill(victim, signal.SIGKILL)
     said = log_lines(night.run, "has not answered", t0)
     board = read_status(night.run)["ranks"]["1"]

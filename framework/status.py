@@ -73,14 +73,18 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def process_alive(pid: Any) -> bool:
-    """Whether process `pid` is alive on this machine."""
+    """Whether process `pid` is alive on this machine (a zombie, ended but not reaped, is not)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, TypeError, ValueError):
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:  # gone meanwhile, or no /proc (not Linux)
+        return not Path("/proc/self").exists()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def effective_state(status: dict[str, Any]) -> str:

@@ -107,12 +107,12 @@ class Progress:
 
     def first_event(self) -> None:
         """The clock of the rate starts now."""
-        self.t0 = time.time()
+        self.t0 = time.monotonic()
 
     def update(self, finished: int) -> None:
         """Visits finished so far (this run and before)."""
         if finished > self._finished:
-            self.last_finish = time.time()
+            self.last_finish = time.monotonic()
         self._finished = finished
 
     @property
@@ -124,7 +124,7 @@ class Progress:
         """Seconds from the first event to `end` (default now)."""
         if self.t0 is None:
             return 0.0
-        return max((time.time() if end is None else end) - self.t0, 0.0)
+        return max((time.monotonic() if end is None else end) - self.t0, 0.0)
 
     def rate(self, end: float | None = None) -> float:
         """Visits per minute finished by this run, from the first event to `end`."""
@@ -419,11 +419,11 @@ class Replayer:
             started=time.time(),
             finished=None,
         )
-        t0 = time.time()
+        t0 = time.monotonic()  # durations only: the wall clock may step
         with sigterm_raises():
             try:
                 n = self.preload()
-                preload_s = time.time() - t0
+                preload_s = time.monotonic() - t0
                 address = self.opts.address or self.start_pipeline()
                 progress = Progress(len(self.visits), self._finished()[0], self.out)
                 summary = self.play(address, progress)
@@ -434,7 +434,7 @@ class Replayer:
             finally:
                 if self.job is not None:
                     self.job.end(self.opts.grace, self.say)
-        end = progress.last_finish or time.time()
+        end = progress.last_finish or time.monotonic()
         summary.update(
             visits=len(self.visits),
             visits_this_run=progress.this_run,
@@ -442,7 +442,7 @@ class Replayer:
             preload_seconds=preload_s,
             startup_seconds=(progress.t0 or t0) - t0,
             replay_seconds=progress.seconds(end),
-            wall_seconds=time.time() - t0,
+            wall_seconds=time.monotonic() - t0,
             visits_per_minute=progress.rate(end),
         )
         self._record(finished=time.time(), summary=summary)
