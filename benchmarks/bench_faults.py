@@ -138,8 +138,9 @@ class Night:
         times = [self.seen[f][0] for f in fovs if self.seen.get(f, (0, ""))[1] == "done"]
         return max(times) if fovs and len(times) == len(fovs) else None
 
-    def said(self, text: str) -> float | None:
-        return next((t for t, line in self.lines if text in line), None)
+    def said(self, pattern: str) -> tuple[float | None, str]:
+        """The time and text of the replay's first output line matching `pattern`."""
+        return next(((t, x) for t, x in self.lines if re.search(pattern, x)), (None, ""))
 
     def output(self) -> str:
         return "\n".join(line for _, line in self.lines[-20:])
@@ -189,6 +190,8 @@ class Bench:
         self.pg: PgServer | None = None
         ref = self.night("reference", "--speed", "max")
         ref.end()
+        if ref.summary().get("failed") != 0:
+            raise RuntimeError(f"the reference night did not end well:\n{ref.output()}")
         self.reference = {"wall_s": round(ref.ended - ref.started, 3), **ref.summary()}
         self.rows = db_rows(ref.run)
         self.per_visit = {v["fov_id"]: v for v in build_report(ref.run)["per_visit"]}
@@ -437,13 +440,13 @@ def preload_kill(b: Bench) -> dict:
         history = conn.execute("SELECT count(*) FROM diasources").fetchone()[0]
         notes = conn.execute("SELECT count(*) FROM notes").fetchone()[0]
     again = b.resume(night.run)
-    loaded = next((x for t, x in again.lines if "loaded" in x and "Objects" in x), "")
+    redone, line = again.said(r"loaded \d+ Objects")
     return record(
         f"kill -9 of the replay and its preload once Objects were in ({history} history rows, "
         f"{notes} completion notes), then a resume",
         t0,
-        again.said("loaded"),
-        f"the resumed replay redid the preload: {loaded}",
+        redone,
+        f"the resumed replay redid the preload: {line}",
         again.ended,
         "the resumed replay finished",
         db_rows(night.run) == b.rows,
