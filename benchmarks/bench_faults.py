@@ -103,6 +103,8 @@ class Night:
             self.lines.append((time.time(), raw.decode(errors="replace").rstrip()))
         self.proc.wait()
         self.ended = time.time()
+        with (self.run / "bench-replay.out").open("a") as out:  # kept with --dir
+            out.writelines(f"{utc(t)} {x}\n" for t, x in self.lines)
 
     def _watch(self) -> None:
         path = self.run / "journal.sqlite"
