@@ -10,14 +10,17 @@ from association.storage.tables import metadata
 PARAMS = FrozenParameters(chunk_order=6, fine_order=20)
 """The partition of the tests' databases (the pipeline's default)."""
 
-VOLATILE_COLUMNS = {"visits": ("stored_at",)}
-"""Columns that differ between two runs doing the same work; `table_rows` skips them."""
+VOLATILE_COLUMNS = {"visits": ("stored_at",), "notes": ("value",)}
+"""Columns that differ between two runs doing the same work; `table_rows` skips them.
+
+A note's value may name a path (the preload's archive); its name is compared.
+"""
 
 
 def table_rows(engine: Engine, *, volatile: bool = False) -> dict[str, set[tuple]]:
     """Every table's rows as a set of tuples, NaN as None, to compare databases.
 
-    Columns in `VOLATILE_COLUMNS` (the store time) are left out unless
+    Columns in `VOLATILE_COLUMNS` (the store time, notes' values) are left out unless
     ``volatile``.
     """
     out = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -31,6 +32,7 @@ def preload(
     objects_path: str | Path,
     diasources_path: str | Path | None,
     partition: Partition | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
 ) -> int:
     """Load a starting catalogue into the database; returns the Objects loaded.
 
@@ -51,7 +53,8 @@ def preload(
                 f"database {storage.url} holds {stored} stored visit(s) and Objects but no "
                 "complete preload: it is not this archive's; use a new run directory or --db"
             )
-        storage.clear_catalogue()  # a preload cut short: redo all of it
+        say("a starting catalogue cut short by an earlier run was found: loading it again")
+        storage.clear_catalogue()
     objects = read_objects(objects_path, partition)
     history = None
     if diasources_path is not None:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open_storage(args.db, args.run_dir, params, create=True) as storage:
             partition = Partition(params.chunk_order, params.fine_order)
-            n = preload(storage, args.objects, args.diasources, partition)
+            n = preload(storage, args.objects, args.diasources, partition, say=print)
     except (BadInputError, PreloadError, StorageError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -252,7 +252,10 @@ class Replayer:
         if proc.returncode != 0:
             last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
             raise ReplayError(f"the starting catalogue cannot be loaded: {last}")
-        n = int(out.split()[-1])
+        *notes, last = out.strip().splitlines()
+        for note in notes:
+            self.say(note)
+        n = int(last)
         took = time.monotonic() - t0
         self.say(f"loaded {n} Objects in {took:.1f} s" if n else "the catalogue was already loaded")
         return n
