@@ -277,7 +277,7 @@ def test_text(run_dir: Path):
 def test_plots(run_dir: Path, tmp_path: Path):
     r = rep.build_report(run_dir)
     paths = rep.write_plots(run_dir, r)
-    assert [p.name for p in paths] == ["sky.png", "latency.png", "stages.png"]
+    assert [p.name for p in paths] == ["sky.png", "latency.png", "stages.png", "store.png"]
     for p in paths:
         assert p.parent == run_dir / "report"
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
