@@ -189,6 +189,7 @@ def test_figures(run_dir: Path):
         "mjd": 60217.5,
         "date": "2023-09-30",
         "label": "night 2023-09-30 (MJD 60217.5)",
+        "nights": [60217.5],
     }
     assert r["run"] == f"{run_dir.parent.name}/run"
     lat = r["latency"]["end_to_end"]  # detection received -> alerts received, queue included

@@ -223,7 +223,7 @@ class Replayer:
             )
         where = self.opts.db_url or f"SQLite in {self.run_dir}"
         later = self.survey is not None and self.survey["night_index"] > 0
-        what = "the catalogue of the sky new to the survey" if later else "starting catalogue"
+        what = "catalogue of the sky new to the survey" if later else "starting catalogue"
         self.say(f"loading the archive's {what} into {where}")
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "association.nights.preload", str(self.run_dir), str(objects)]
