@@ -42,7 +42,7 @@ def test_replay_keeps_the_scaled_schedule(tmp_path):
 
 
 def test_replay_refuses_a_fine_order_its_catalogue_was_not_made_with(pole, tmp_path):
-    opts = ReplayOptions(archive=pole, run_dir=tmp_path / "run", sets=["load.fine_order=18"])
+    opts = ReplayOptions(archive=pole, run_dir=tmp_path / "run", sets=["settings.fine_order=18"])
     with pytest.raises(ReplayError) as err:
         Replayer(opts).preload()
     assert "fine indexes are of fine_order=20; the pipeline says fine_order=18" in str(err.value)
