@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ from association.cli.main import config_path
 from association.nights.opsim import BUNDLED_DB, night_start
 from association.nights.preload import preload, preload_note
 from association.nights.replay import Replayer, ReplayError, ReplayOptions
-from association.nights.report import build_report, gate
+from association.nights.report import build_report, catalogue_sizes, gate
 from association.nights.sequence import replay_nights
 from association.nights.simulate import NIGHT_ID_SHIFT, SimConfig, simulate
 from association.nights.survey import SurveyError, survey_of
@@ -146,6 +147,14 @@ def test_a_night_out_of_order_is_refused(survey, tmp_path):
         ReplayError, match=r"continues a survey from night 60217\.5, which database"
     ):
         Replayer(ReplayOptions(archive=n2, run_dir=tmp_path / "b")).preload()
+
+
+def test_catalogue_size_at_each_store():
+    """From the Stores' and loads' times and counts back from the Objects there now."""
+    row = collections.namedtuple("row", "visit stored_at n_new_objects")
+    stored = [row(1, 10.0, 5), row(3, 40.0, 2), row(2, 20.0, 3)]
+    loads = [{"at": 5.0, "objects": 100}, {"at": 30.0, "objects": 50}, {"objects": 7}]
+    assert catalogue_sizes(stored, loads, 167) == {1: 112, 2: 115, 3: 167}
 
 
 # -- the survey replayed --------------------------------------------------------------------------

@@ -196,9 +196,8 @@ class Replayer:
         from framework.config import load_config
 
         sets = parse_sets(self.opts.sets)
-        cfg = load_config(
-            config_path(self.opts.config), {"settings": sets.pop("settings", {})}, sets
-        )
+        tables = {name: sets.pop(name, {}) for name in ("settings", "runtime")}
+        cfg = load_config(config_path(self.opts.config), tables, sets)
         return FrozenParameters(cfg.settings.chunk_order, cfg.settings.fine_order)
 
     def preload(self) -> int:

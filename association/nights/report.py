@@ -208,7 +208,8 @@ def _database(storage: Storage, visits: list[dict[str, Any]]) -> dict[str, Any]:
     with storage.engine.connect() as conn:
         stored = {r.visit: r for r in conn.execute(select(db.visits)).all()}
         n_objects = int(conn.execute(select(func.count()).select_from(db.objects)).scalar() or 0)
-    sizes = catalogue_sizes(list(stored.values()), preloads(storage), n_objects)
+    loads = preloads(storage)
+    sizes = catalogue_sizes(list(stored.values()), loads, n_objects)
     for row in visits:
         rec = stored.get(row["fov_id"])
         row["stored"] = rec is not None
@@ -222,7 +223,7 @@ def _database(storage: Storage, visits: list[dict[str, Any]]) -> dict[str, Any]:
         "url": storage.url,
         "visits_stored": len(stored),
         "objects": n_objects,
-        "preloads": preloads(storage),
+        "preloads": loads,
     }
 
 
