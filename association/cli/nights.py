@@ -262,7 +262,7 @@ def check_database(url: str) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay archives in order; resumes when the run directory holds an earlier attempt."""
     from association.nights.replay import Replayer, ReplayError, ReplayOptions
-    from association.nights.sequence import replay_nights
+    from association.nights.sequence import SequenceError, replay_nights
     from events.archive import ArchiveError
 
     archives = [Path(a) for a in args.archives]
@@ -285,7 +285,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     try:
         summary = Replayer(opts).run() if len(archives) == 1 else replay_nights(opts, archives)
-    except ArchiveError as exc:
+    except (ArchiveError, SequenceError) as exc:
         raise UsageError(str(exc)) from None
     except (ReplayError, TimeoutError) as exc:  # TimeoutError: no reply from the master
         print(f"nightpipe replay: failed: {exc}", file=sys.stderr)

@@ -24,19 +24,23 @@ from typing import Any, TextIO
 from association.nights.replay import Replayer, ReplayError, ReplayOptions, replay_lock
 
 
+class SequenceError(ReplayError):
+    """The archives given are not a survey's nights in order; the message says why."""
+
+
 def check_sequence(nights: list[Replayer]) -> None:
-    """Each night continues the one before it (`ReplayError` naming both if not)."""
+    """Each night continues the one before it (`SequenceError` naming both if not)."""
     for a, b in pairwise(nights):
         sa, sb = a.survey, b.survey
         if sb is None or sa is None:
             which = b if sb is None else a
-            raise ReplayError(
+            raise SequenceError(
                 f"{which.archive.root}: no night of a survey; simulate the nights after the "
                 "first with nightpipe simulate --after EARLIER_NIGHT"
             )
         if sb["id"] != sa["id"] or sb["after_night_mjd"] != sa["nights"][-1]:
             after = sb["after_night_mjd"]
-            raise ReplayError(
+            raise SequenceError(
                 f"{b.archive.root} (night {sb['nights'][-1]:g}) does not continue "
                 f"{a.archive.root} (night {sa['nights'][-1]:g})"
                 + ("" if after is None else f": it continues night {after:g}")
@@ -54,7 +58,7 @@ def replay_nights(
     of its visits had finished before).
     """
     if opts.address is not None and len(archives) > 1:
-        raise ReplayError("--address plays one archive into a running pipeline, not a sequence")
+        raise SequenceError("--address plays one archive into a running pipeline, not a sequence")
     nights = [Replayer(dataclasses.replace(opts, archive=Path(a)), out) for a in archives]
     check_sequence(nights)
     total = sum(len(r.visits) for r in nights)
