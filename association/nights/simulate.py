@@ -95,7 +95,8 @@ class SimConfig:
     variable_history : (int, int)
         Range of earlier DIASources of a variable Object (static ones have 1).
     history_days : float
-        Earlier DIASources lie 1 to `history_days` days before the night.
+        Earlier DIASources lie 1 to `history_days` days before the night (the
+        survey's first night, when continuing a survey).
     transients_per_deg2 : float
         Transients per deg^2, each appearing at a random time in the night.
     transient_days : (float, float)
@@ -290,6 +291,11 @@ def _astro_sigma(seeing: np.ndarray | float, snr: np.ndarray, floor: float) -> n
 # -- the plan: which patches, which visits ----------------------------------------------------
 
 
+def _patch_area(patches: np.ndarray) -> float:
+    """Square degrees of the given patches."""
+    return patches.size * hp.nside2pixarea(_PATCH_NSIDE, degrees=True)
+
+
 @dataclass
 class _Night:
     """The night's visits and the patches their fields of view touch."""
@@ -303,7 +309,7 @@ class _Night:
 
     @property
     def area(self) -> float:
-        return self.patches.size * hp.nside2pixarea(_PATCH_NSIDE, degrees=True)
+        return _patch_area(self.patches)
 
 
 def _plan(visits: np.ndarray, radius: float) -> _Night:
@@ -486,10 +492,6 @@ class _Movers:
 def _night_mjd0(night: _Night) -> float:
     v = night.visits
     return float((v["observationStartMJD"][0] + v["observationStartMJD"][-1]) / 2)
-
-
-def _patch_area(patches: np.ndarray) -> float:
-    return patches.size * hp.nside2pixarea(_PATCH_NSIDE, degrees=True)
 
 
 def _make_movers(
