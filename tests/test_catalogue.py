@@ -217,6 +217,39 @@ def test_recent_trimmed_on_put_and_across_compaction():
         assert list(got["midpointMjdTai"][got["diaObjectId"] == oid]) == list(want)
 
 
+def test_recent_history_is_a_time_window():
+    """A visit sees the DIASources of its window; older ones leave memory, not before they must."""
+    rng = np.random.default_rng(5)
+    cat = empty_catalogue(recent_per_object=5, recent_days=10.0)
+    seed = make_sources(np.array([1]), np.array([50.0]), np.array([10.0]), 60000.0, rng)
+    apply_visit(cat, 0, np.empty(0, DIASOURCE_DTYPE), seed)
+    for v, mjd in enumerate([60004.0, 60008.0, 60012.0], start=1):
+        src = make_sources(np.array([100 + v]), np.array([50.0]), np.array([10.0]), mjd, rng, 1)
+        apply_visit(cat, v, src, np.empty(0, DIASOURCE_DTYPE))
+    chunk = cat.chunk(seed["fine"][0] >> SHIFT)
+    assert cat.window_start("nobody") == -np.inf and cat.recent_floor() == -np.inf
+    cat.pin("a", [], mjd=60015.0)  # window from 60005: the rows of 60000 and 60004 fall out
+    assert cat.window_start("a") == 60005.0 and cat.recent_floor() == 60005.0
+    got = cat.recent_for([1], cat.window_start("a"))
+    assert list(got["midpointMjdTai"]) == [60008.0, 60012.0]
+    assert list(chunk.recent["midpointMjdTai"]) == [60008.0, 60012.0]  # gone from memory
+    assert cat.stats()["n_recent"] == 2
+    # a visit in flight with an earlier time holds the floor back: memory keeps its window
+    cat.unpin("a")
+    cat.pin("b", [], mjd=60016.0)
+    cat.pin("c", [], mjd=60019.0)
+    assert cat.recent_floor() == 60006.0
+    assert list(cat.recent_for([1], cat.window_start("c"))["midpointMjdTai"]) == [60012.0]
+    assert list(chunk.recent["midpointMjdTai"]) == [60008.0, 60012.0]
+    cat.unpin("b")
+    cat.unpin("c")
+    cat.pin("d", [], mjd=60030.0)  # nothing left in the window: the chunk keeps no row
+    assert cat.recent_for([1], cat.window_start("d")).size == 0
+    assert chunk.recent.size == 0 and cat.objects_by_id([1])["nDiaSources"][0] == 4
+    with pytest.raises(ValueError, match="recent_days must be positive"):
+        CatalogueConfig(recent_days=0.0)
+
+
 # --- determinism -------------------------------------------------------------------------------
 
 

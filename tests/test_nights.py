@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import pytest
 from association.nights.replay import Replayer, ReplayError, ReplayOptions
 from events.journal import Journal
 from framework.mpiexec import BIN
-from tests.nights import db_rows, make_archive, replay
+from tests.nights import db_rows, kill_master, make_archive, outcomes, replay, replay_cmd
 
 pytestmark = pytest.mark.mpi
 
@@ -45,7 +42,7 @@ def test_replay_keeps_the_scaled_schedule(tmp_path):
 
 
 def test_replay_refuses_a_fine_order_its_catalogue_was_not_made_with(pole, tmp_path):
-    opts = ReplayOptions(archive=pole, run_dir=tmp_path / "run", sets=["load.fine_order=18"])
+    opts = ReplayOptions(archive=pole, run_dir=tmp_path / "run", sets=["settings.fine_order=18"])
     with pytest.raises(ReplayError) as err:
         Replayer(opts).preload()
     assert "fine indexes are of fine_order=20; the pipeline says fine_order=18" in str(err.value)
@@ -53,26 +50,20 @@ def test_replay_refuses_a_fine_order_its_catalogue_was_not_made_with(pole, tmp_p
 
 
 def _replay_cmd(archive: Path, run: Path) -> list[str]:
-    return [str(BIN / "nightpipe"), "replay", str(archive), "--run-dir", str(run), "--speed", "max"]
+    return replay_cmd(run, archive)
 
 
-def _kill_when(run: Path, proc: subprocess.Popen, outcomes: int) -> int:
-    """kill -9 the master once `outcomes` visits have ended; how many had."""
-    endpoint = run / "endpoint.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if endpoint.exists() and (run / "journal.sqlite").exists():
-            with Journal(run / "journal.sqlite") as j:
-                if len(j.outcomes()) >= outcomes and j.count(direction="in") > 0:
-                    break
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.02)
-    os.kill(json.loads(endpoint.read_text())["pid"], signal.SIGKILL)  # the job goes down with it
-    proc.wait(60)
-    assert proc.returncode != 0
-    endpoint.unlink()
-    with Journal(run / "journal.sqlite") as j:
-        return len(j.outcomes())
+def _kill_when(run: Path, proc: subprocess.Popen, n: int) -> int:
+    """kill -9 the master once `n` visits have ended; how many had."""
+
+    def ready() -> bool:
+        if not (run / "endpoint.json").exists() or not (run / "journal.sqlite").exists():
+            return False
+        with Journal(run / "journal.sqlite") as j:
+            return len(j.outcomes()) >= n and j.count(direction="in") > 0
+
+    kill_master(run, proc, ready, timeout=120)
+    return len(outcomes(run))
 
 
 def test_kill9_during_replay_then_resume(pole, pole_reference, tmp_path):

@@ -191,6 +191,7 @@ def test_figures(run_dir: Path):
         "mjd": 60217.5,
         "date": "2023-09-30",
         "label": "night 2023-09-30 (MJD 60217.5)",
+        "nights": [60217.5],
     }
     assert r["run"] == f"{run_dir.parent.name}/run"
     lat = r["latency"]["end_to_end"]  # detection received -> alerts received, queue included
@@ -287,7 +288,7 @@ def test_text(run_dir: Path):
 def test_plots(run_dir: Path, tmp_path: Path):
     r = rep.build_report(run_dir)
     paths = rep.write_plots(run_dir, r)
-    assert [p.name for p in paths] == ["sky.png", "latency.png", "stages.png"]
+    assert [p.name for p in paths] == ["sky.png", "latency.png", "stages.png", "store.png"]
     for p in paths:
         assert p.parent == run_dir / "report"
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -267,6 +267,15 @@ def test_load_recent_diasources(storage, reference, native):
     assert_records_equal(got, np.concatenate(want))
     assert np.bincount(got["diaObjectId"]).max() <= 10
     assert len(storage.load_recent_diasources(50, 200, per_object=0)) == 0
+    # the recent-history window: only those since the given time, of them the latest 10
+    since = float(np.median(sources["midpointMjdTai"]))
+    got = either(storage, reference, native).load_recent_diasources(50, 200, 10, since)
+    late = sources[sources["midpointMjdTai"] >= since]
+    want = [
+        np.sort(late[late["diaObjectId"] == oid], order="midpointMjdTai")[-10:] for oid in in_range
+    ]
+    assert_records_equal(got, np.concatenate(want))
+    assert got["midpointMjdTai"].min() >= since
 
 
 def open_both(tmp_path, pg_server) -> list[Storage]:

@@ -8,6 +8,7 @@ update of a visit a `Transaction`.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
 
 _MAX_CHUNK = 2**31 - 1
 
+EXPIRE_STEP_DAYS = 1.0
+"""Recent DIASources that fell out of the window leave memory in sweeps this far apart at most
+(an eighth of the window if that is shorter)."""
+
 
 @dataclass(frozen=True)
 class CatalogueConfig:
@@ -37,11 +42,16 @@ class CatalogueConfig:
         Recent DIASources kept per Object (the latest by midpointMjdTai).
     variable_min_sources : int
         An Object is variable once it has at least this many DIASources.
+    recent_days : float
+        The recent history is a time window: a visit at MJD ``t`` sees the
+        DIASources with ``midpointMjdTai >= t - recent_days`` (of them, at
+        most `recent_per_object` per Object). Older ones leave memory.
     """
 
     max_megabytes: float = 2048.0
     recent_per_object: int = 10
     variable_min_sources: int = 2
+    recent_days: float = 365.0
 
     def __post_init__(self) -> None:
         if self.max_megabytes <= 0:
@@ -50,15 +60,26 @@ class CatalogueConfig:
             raise ValueError(f"recent_per_object must be >= 1, got {self.recent_per_object}")
         if self.variable_min_sources < 1:
             raise ValueError(f"variable_min_sources must be >= 1, got {self.variable_min_sources}")
+        if not self.recent_days > 0:
+            raise ValueError(f"recent_days must be positive, got {self.recent_days}")
 
 
 class Catalogue:
     """The chunks a Slice holds, with LRU eviction, pinning and per-visit transactions.
 
-    A visit on a Slice: ``pin(visit, chunks)``, ``put`` each of ``missing(chunks)``,
-    ``gather(chunks)`` for the zone index; then ``begin(visit)``, ``associate``,
-    ``create``, ``changed(owned)`` for Store, ``commit()``; finally ``unpin(visit)``.
+    A visit on a Slice: ``pin(visit, chunks, mjd)``, ``put`` each of ``missing(chunks)``
+    (recent DIASources since `recent_floor`), ``gather(chunks)`` for the zone index;
+    then ``begin(visit)``, ``associate``, ``create``, ``changed(owned)`` for Store,
+    ``recent_for(ids, window_start(visit))``, ``commit()``; finally ``unpin(visit)``.
     Pin before ``put`` so that loading one chunk cannot evict another of the visit.
+
+    The recent history is a window of ``config.recent_days`` before each visit
+    (`window_start`). Memory keeps what the pinned visits' windows need
+    (`recent_floor`): rows older than that are swept out of the held chunks
+    once the floor has moved on by `EXPIRE_STEP_DAYS` (or an eighth of the
+    window), when a visit is pinned. This assumes visits are pinned in about
+    their time order (as ``telescope.next_visit`` comes); a visit pinned
+    later with an earlier time may miss rows at its window's start.
 
     Parameters
     ----------
@@ -80,6 +101,8 @@ class Catalogue:
         self._claims: dict[int, Transaction] = {}
         self._open: dict[Hashable, Transaction] = {}
         self._evictions = 0
+        self._visit_mjd: dict[Hashable, float] = {}
+        self._expired_before = -math.inf
 
     # chunks held
 
@@ -142,14 +165,21 @@ class Catalogue:
 
     # pinning and eviction
 
-    def pin(self, key: Hashable, chunks: Iterable[int]) -> None:
-        """Protect ``chunks`` from eviction until ``unpin(key)``; they need not be held yet."""
+    def pin(self, key: Hashable, chunks: Iterable[int], mjd: float | None = None) -> None:
+        """Protect ``chunks`` from eviction until ``unpin(key)``; they need not be held yet.
+
+        ``mjd``, the visit's time, sets its recent-history window
+        (`window_start`) and may sweep older rows out of memory.
+        """
         mine = self._pins.setdefault(key, set())
         for c in chunks:
             c = int(c)
             if c not in mine:
                 mine.add(c)
                 self._pin_count[c] += 1
+        if mjd is not None:
+            self._visit_mjd[key] = float(mjd)
+            self._expire()
 
     def unpin(self, key: Hashable) -> None:
         """Drop the pins of ``key``, then evict if over budget."""
@@ -157,7 +187,40 @@ class Catalogue:
             self._pin_count[c] -= 1
             if not self._pin_count[c]:
                 del self._pin_count[c]
+        self._visit_mjd.pop(key, None)
         self._evict()
+
+    # the recent-history window
+
+    def window_start(self, key: Hashable) -> float:
+        """The earliest ``midpointMjdTai`` of recent DIASources visit ``key`` sees.
+
+        Its MJD (given to `pin`) less ``recent_days``; -inf for a visit pinned
+        without a time.
+        """
+        mjd = self._visit_mjd.get(key)
+        return -math.inf if mjd is None else mjd - self.config.recent_days
+
+    def recent_floor(self) -> float:
+        """The earliest window start of the pinned visits: what memory must keep.
+
+        Chunks loaded now need recent DIASources from here on (-inf when no
+        visit with a time is pinned and nothing was swept yet).
+        """
+        if not self._visit_mjd:
+            return self._expired_before
+        return min(self._visit_mjd.values()) - self.config.recent_days
+
+    def _expire(self) -> None:
+        """Sweep rows older than `recent_floor` out of the chunks, once it has moved on enough."""
+        floor = self.recent_floor()
+        step = min(EXPIRE_STEP_DAYS, self.config.recent_days / 8)
+        if not floor >= self._expired_before + step:
+            return
+        for c, ch in self._chunks.items():
+            if c not in self._claims:  # an open transaction saved this chunk's buffers
+                ch.expire(floor)
+        self._expired_before = floor
 
     def _evict(self, protect: int | None = None) -> None:
         excess = self.nbytes - self.config.max_megabytes * 1e6
@@ -226,15 +289,21 @@ class Catalogue:
             rec.assign(out, sel, ch.rows_at(ch.rows_of(ids[sel])))
         return out
 
-    def recent_for(self, object_ids: np.ndarray) -> np.ndarray:
-        """Recent DIASources of held ``object_ids``, sorted by (diaObjectId, midpointMjdTai)."""
+    def recent_for(self, object_ids: np.ndarray, since: float = -math.inf) -> np.ndarray:
+        """Recent DIASources of held ``object_ids``, sorted by (diaObjectId, midpointMjdTai).
+
+        Only those with ``midpointMjdTai >= since`` (a visit's `window_start`).
+        """
         ids = np.unique(np.asarray(object_ids, I8))
         where = self._index.locate(ids)
         parts = [self._chunks[c].recent_of(ids[sel]) for c, sel in rec.groups(where) if c >= 0]
         if not parts:
             return np.empty(0, DIASOURCE_DTYPE)
         out = rec.concat(parts, DIASOURCE_DTYPE)
-        return rec.take(out, rec.canonical(out))
+        out = rec.take(out, rec.canonical(out))
+        if since > -math.inf:
+            out = rec.take(out, out["midpointMjdTai"] >= since)
+        return out
 
     # transactions
 

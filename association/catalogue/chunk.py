@@ -195,6 +195,16 @@ class Chunk:
         if self._pn > max(_PENDING_MIN, len(self._base) * (128 + 2 * self._spread) // 1024):
             self._compact()
 
+    def expire(self, before: float) -> int:
+        """Drop the recent DIASources older than ``before``; how many went."""
+        self._compact()
+        keep = self._base["midpointMjdTai"] >= before
+        gone = int(len(keep) - np.count_nonzero(keep))
+        if gone:  # new arrays: a saved state keeps the old ones
+            self._base = rec.readonly(rec.take(self._base, keep))
+            self._base_ids = rec.readonly(self._base_ids[keep])
+        return gone
+
     def _compact(self) -> None:
         if self._pn:
             self._base, self._base_ids = _merge_recent(

@@ -63,7 +63,7 @@ def _region(text: str) -> tuple[float, float, float]:
 def _sim_config(args: argparse.Namespace) -> Any:
     from association.nights.simulate import SimConfig
 
-    values: dict[str, Any] = {"seed": args.seed}
+    values: dict[str, Any] = {"seed": 1 if args.seed is None else args.seed}
     if args.density is not None:
         values["density_static_per_deg2"] = args.density
     for item in args.sim:
@@ -92,14 +92,26 @@ def add_simulate(sub: Any) -> None:
     p = sub.add_parser(
         "simulate",
         help="simulate a night with truth into a night archive",
-        description="Simulate a night of a real cadence, with truth, into a night archive.",
+        description="Simulate a night of a real cadence, with truth, into a night archive; "
+        "with --after, the next night of a survey, on the sky an earlier night left.",
     )
     p.add_argument("out", help="archive directory to write")
     p.add_argument("--cadence", help="OpSim SQLite file (default: the five nights shipped)")
-    p.add_argument("--night", type=_night, default=DEMO_NIGHT, help="night start MJD (x.5)")
+    p.add_argument(
+        "--night",
+        type=_night,
+        help=f"night start MJD (x.5); default {DEMO_NIGHT:g}, or with --after the cadence's "
+        "next night",
+    )
+    p.add_argument(
+        "--after",
+        metavar="ARCHIVE",
+        help="continue the survey of this earlier night's archive: same Objects, its movers "
+        "moved on, its transients faded or gone; its seed and sky settings",
+    )
     p.add_argument("--visits", type=positive_int, help="at most this many visits")
     p.add_argument("--region", type=_region, help="RA,DEC,RADIUS in degrees: only visits there")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, help="seed of every random stream (default 1)")
     p.add_argument("--density", type=positive_float, help="static Objects per square degree")
     p.add_argument(
         "--sim",
@@ -120,27 +132,41 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: directory is not empty; give --overwrite to write into it")
     if args.cadence is not None and not Path(args.cadence).is_file():
         raise UsageError(f"--cadence {args.cadence}: no such file")
-    config = _sim_config(args)
+    config = None
+    if args.after is None:
+        config = _sim_config(args)
+    elif args.seed is not None or args.density is not None or args.sim:
+        raise UsageError(
+            "--after: a survey keeps the earlier night's seed and sky settings; "
+            "give no --seed, --density or --sim"
+        )
+    elif not Path(args.after).is_dir():
+        raise UsageError(f"--after {args.after}: no such archive directory")
     from association.nights.opsim import BUNDLED_DB, CadenceError
     from association.nights.simulate import simulate
+    from association.nights.survey import SurveyError
 
+    night = args.night if args.night is not None or args.after else DEMO_NIGHT
     t0 = time.time()
     try:
         m = simulate(
             args.cadence or BUNDLED_DB,
             out,
-            args.night,
+            night,
             config,
             args.region,
             args.visits,
             overwrite=args.overwrite,
+            after=args.after,
         )
-    except CadenceError as exc:
+    except (CadenceError, SurveyError) as exc:
         raise UsageError(str(exc)) from None
-    c = m["counts"]
+    c, survey = m["counts"], m["source"]["survey"]
+    place = f"night {survey['night_index'] + 1} of a survey, " if args.after else ""
     print(
-        f"{out}: {c['visits']} visits, {c['diasources']} DIASources, "
-        f"{c['objects_preloaded']} preloaded Objects, {c['movers']} movers "
+        f"{out}: {place}night {m['source']['night_mjd']:g}, {c['visits']} visits, "
+        f"{c['diasources']} DIASources, {c['objects_preloaded']} preloaded Objects"
+        f"{' (sky new to the survey)' if args.after else ''}, {c['movers']} movers "
         f"({time.time() - t0:.1f} s)"
     )
     return 0
@@ -150,12 +176,19 @@ def add_replay(sub: Any) -> None:
     """``nightpipe replay``."""
     p = sub.add_parser(
         "replay",
-        help="play a night archive into a pipeline",
+        help="play night archives into a pipeline",
         description="Play a night archive into a pipeline it starts (or one at --address), "
-        "keeping the events' spacing divided by --speed. Resumes when the run directory "
-        "holds an earlier attempt.",
+        "keeping the events' spacing divided by --speed; several nights of a survey are "
+        "played in order into one run directory and database, each night with a pipeline "
+        "of its own. Resumes when the run directory holds an earlier attempt.",
     )
-    p.add_argument("archive", help="night archive directory (from nightpipe simulate)")
+    p.add_argument(
+        "archives",
+        nargs="+",
+        metavar="ARCHIVE",
+        help="night archive directory (from nightpipe simulate); several: the nights of a "
+        "survey in order (simulate --after)",
+    )
     p.add_argument(
         "--speed",
         type=_speed,
@@ -237,14 +270,18 @@ def check_database(url: str) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay an archive; resumes when the run directory holds an earlier attempt."""
+    """Replay archives in order; resumes when the run directory holds an earlier attempt."""
     from association.nights.replay import Replayer, ReplayError, ReplayOptions
+    from association.nights.sequence import SequenceError, replay_nights
     from events.archive import ArchiveError
 
+    archives = [Path(a) for a in args.archives]
+    if args.address and len(archives) > 1:
+        raise UsageError("--address plays one archive into a running pipeline, not a sequence")
     if args.db and not args.address:
         check_database(args.db)
     opts = ReplayOptions(
-        archive=Path(args.archive),
+        archive=archives[0],
         run_dir=Path(args.run_dir),
         speed=args.speed,
         ranks=args.ranks,
@@ -259,11 +296,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         kafka_prefix=args.kafka_prefix,
     )
     try:
-        replayer = Replayer(opts)
-    except ArchiveError as exc:
+        summary = Replayer(opts).run() if len(archives) == 1 else replay_nights(opts, archives)
+    except (ArchiveError, SequenceError) as exc:
         raise UsageError(str(exc)) from None
-    try:
-        summary = replayer.run()
     except (ReplayError, TimeoutError) as exc:  # TimeoutError: no reply from the master
         print(f"nightpipe replay: failed: {exc}", file=sys.stderr)
         return 1
@@ -274,7 +309,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "purity": args.min_purity,
             "mover_recovery": args.min_mover_recovery,
         }
-        code = _print_report(Path(args.run_dir), Path(args.archive), False, thresholds)
+        code = _print_report(Path(args.run_dir), None, False, thresholds)
         if args.kafka:
             code = max(code, _check_topic(replayer))
         return code
@@ -283,8 +318,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The one-line summary of a replay, its rate as on its progress line."""
+    nights = f" of {len(summary['nights'])} nights" if "nights" in summary else ""
     line = (
-        f"replayed {summary['visits']} visits: {summary['done']} done, {summary['failed']} failed"
+        f"replayed {summary['visits']} visits{nights}: {summary['done']} done, "
+        f"{summary['failed']} failed"
     )
     if summary.get("visits_this_run") != summary["visits"]:
         line += f" ({summary.get('visits_this_run', 0)} in this run, the rest before)"
@@ -438,7 +475,12 @@ def _show_stream(replayer: Any, bootstrap: str, lines: int = 8) -> int:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``nightpipe report``."""
     parser.add_argument("run_dir", help="the pipeline's run directory")
-    parser.add_argument("--archive", help="night archive with truth (default: from replay.json)")
+    parser.add_argument(
+        "--archive",
+        action="append",
+        help="night archive with truth (default: those in replay.json); again for each night "
+        "of a survey",
+    )
     parser.add_argument("--db", help="database URL (default: replay.json's, else the run's SQLite)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs")

@@ -1,10 +1,21 @@
-"""The starting catalogue of a night archive, into the database, all of it or none."""
+"""The starting catalogue of a night archive, into the database, all of it or none.
+
+A survey's later nights bring the catalogue of the sky no earlier night
+touched (`association.nights.survey`): it is loaded beside what the pipeline
+stored, as an increment. The database notes each catalogue loaded (``preload``
+for the first, ``preload night MJD`` for an increment; the value is JSON:
+``objects``, ``diasources``, ``from``, ``at`` in Unix seconds) and the survey
+(``survey``: its ``id`` and the ``nights`` loaded, in order).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -15,6 +26,9 @@ from association.storage import tables as db
 
 DONE = "preload"
 """The note a complete preload leaves in the database."""
+
+SURVEY = "survey"
+"""The note of the survey whose nights the database holds."""
 
 
 class PreloadError(RuntimeError):
@@ -27,11 +41,17 @@ def catalogue_loaded(storage: Storage) -> bool:
         return conn.execute(select(db.objects.c.diaObjectId).limit(1)).first() is not None
 
 
+def preload_note(night_index: int, night_mjd: float) -> str:
+    """The note of a survey night's catalogue: `DONE` for the first."""
+    return DONE if night_index == 0 else f"{DONE} night {night_mjd:g}"
+
+
 def preload(
     storage: Storage,
     objects_path: str | Path,
     diasources_path: str | Path | None,
     partition: Partition | None = None,
+    note: str = DONE,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> int:
     """Load a starting catalogue into the database; returns the Objects loaded.
@@ -39,13 +59,18 @@ def preload(
     Both files are read and checked first (`association.inputs.catalogue`;
     a bad file raises `BadInputError` and loads nothing), and ``fine`` is
     derived from ``ra``/``dec`` with ``partition``'s fine order. Only when
-    both are in is the preload noted as complete. A resumed replay skips a
-    complete preload; one cut short (a kill, a full disk) is cleared and
-    done again, never skipped.
+    both are in is the preload noted as complete (as ``note``). A resumed
+    replay skips a complete preload; one cut short (a kill, a full disk) is
+    cleared and done again, never skipped.
+
+    With a ``note`` other than `DONE`, the catalogue is a survey's increment:
+    it goes in beside what is there (each file in one transaction, so one
+    cut short is done again from the file not yet in).
     """
-    if storage.noted(DONE) is not None:
+    if storage.noted(note) is not None:
         return 0
-    if catalogue_loaded(storage):
+    increment = note != DONE
+    if not increment and catalogue_loaded(storage):
         with storage.engine.connect() as conn:
             stored = conn.execute(select(func.count()).select_from(db.visits)).scalar()
         if stored:
@@ -59,12 +84,86 @@ def preload(
     history = None
     if diasources_path is not None:
         history = read_diasources(diasources_path, objects["diaObjectId"], partition)
-    storage.bulk_load_objects(objects)
-    if history is not None:
+    # An increment cut short is done again from the first file not in (one transaction each).
+    if len(objects) and not (increment and _has(storage, db.objects.c.diaObjectId, objects)):
+        storage.bulk_load_objects(objects)
+    history_in = history is None or not len(history)
+    if not (history_in or (increment and _has(storage, db.diasources.c.diaSourceId, history))):
         storage.bulk_load_diasources(history)
     n_history = 0 if history is None else len(history)
-    storage.note(DONE, f"{len(objects)} Objects and {n_history} earlier DIASources")
+    value = {"objects": len(objects), "diasources": n_history, "from": str(objects_path)}
+    storage.note(note, json.dumps(value | {"at": time.time()}))
     return len(objects)
+
+
+def _has(storage: Storage, key: Any, rows: Any) -> bool:
+    """Whether the table of id column ``key`` holds the first of ``rows`` (by its id)."""
+    with storage.engine.connect() as conn:
+        found = conn.execute(select(key).where(key == int(rows[0][key.name])))
+        return found.first() is not None
+
+
+def preloads(storage: Storage) -> list[dict[str, Any]]:
+    """Every catalogue loaded into the database (its note's JSON and ``note``), by time."""
+    n = db.notes
+    with storage.engine.connect() as conn:
+        rows = conn.execute(select(n.c.name, n.c.value).where(n.c.name.like(f"{DONE}%"))).all()
+    out = []
+    for name, value in rows:
+        try:
+            found = json.loads(value)
+        except ValueError:  # a note of an older nightpipe: no figures
+            continue
+        if isinstance(found, dict):
+            out.append({"note": name, **found})
+    return sorted(out, key=lambda x: x.get("at", 0.0))
+
+
+def survey_noted(storage: Storage) -> dict[str, Any] | None:
+    """The database's survey note: ``id`` and ``nights``; None when it holds no survey."""
+    value = storage.noted(SURVEY)
+    return None if value is None else json.loads(value)
+
+
+def check_survey(storage: Storage, survey: dict[str, Any]) -> bool:
+    """Whether this survey night's catalogue is in already; an error if the night does not follow.
+
+    ``survey`` is the archive's ``source.survey``. The database must hold
+    the same survey, and its last night must be the one this night continues.
+    """
+    night, index = float(survey["nights"][-1]), int(survey["night_index"])
+    have = survey_noted(storage)
+    after = survey.get("after_night_mjd")
+    if have is None:
+        if index == 0:
+            return False
+        raise PreloadError(
+            f"night {night:g} continues a survey from night {after:g}, which database "
+            f"{storage.url} has not had: replay the survey's nights in order, from its "
+            "first, into one run directory (nightpipe replay NIGHT1 NIGHT2 ...)"
+        )
+    if have["id"] != survey["id"]:
+        raise PreloadError(
+            f"database {storage.url} holds another survey (nights "
+            f"{', '.join(f'{n:g}' for n in have['nights'])}); use a new run directory or --db"
+        )
+    if night in have["nights"]:
+        return True
+    if index == 0 or have["nights"][-1] != after:
+        raise PreloadError(
+            f"night {night:g} continues night {after:g}, but the last night of database "
+            f"{storage.url} is {have['nights'][-1]:g}: replay the nights in order"
+        )
+    return False
+
+
+def note_survey(storage: Storage, survey: dict[str, Any]) -> None:
+    """Note that this survey night's catalogue is in."""
+    have = survey_noted(storage) or {"id": survey["id"], "nights": []}
+    night = float(survey["nights"][-1])
+    if night not in have["nights"]:
+        have["nights"].append(night)
+    storage.note(SURVEY, json.dumps(have))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", help="database URL (default: SQLite in the run directory)")
     p.add_argument("--chunk-order", type=int, required=True)
     p.add_argument("--fine-order", type=int, required=True)
+    p.add_argument("--survey", help="the archive's source.survey, JSON: a night of a survey")
     args = p.parse_args(argv)
     params = FrozenParameters(args.chunk_order, args.fine_order)
+    survey = json.loads(args.survey) if args.survey else None
     try:
         with open_storage(args.db, args.run_dir, params, create=True) as storage:
             partition = Partition(params.chunk_order, params.fine_order)
-            n = preload(storage, args.objects, args.diasources, partition, say=print)
+            if survey is None:
+                n = preload(storage, args.objects, args.diasources, partition, say=print)
+            elif check_survey(storage, survey):
+                n = 0
+            else:
+                note = preload_note(survey["night_index"], survey["nights"][-1])
+                n = preload(storage, args.objects, args.diasources, partition, note, say=print)
+                note_survey(storage, survey)
     except (BadInputError, PreloadError, StorageError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,11 @@ transient, the Object its group's first processed detection (in observing
 order) should have made, whose id is that detection's diaSourceId. A
 source whose expected Object is itself should make it; the others should
 link to it. So quality is defined with or without a starting catalogue.
+
+Over several nights of a survey, the truth of every night (and the starting
+catalogue of every night) is given at once: a transient seen on two nights
+should link to the Object its first detection made, whichever night that was.
+The figures are then also given night by night.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def quality(
     truth: Any,
     preloaded_ids: np.ndarray,
     visits: np.ndarray | None = None,
+    visit_nights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Completeness, purity, mover recovery, false new Objects and transient linking.
 
@@ -59,13 +65,18 @@ def quality(
     visits : ndarray, optional
         The processed (stored) visits, in observing order. By default the
         visits of truth rows found in ``db_diasources``, ascending.
+    visit_nights : ndarray, optional
+        The night (start MJD) of each of ``visits``: the figures are then
+        given night by night too.
 
     Returns
     -------
     dict
         JSON-able: ``processed``, ``not_processed``, ``completeness``,
-        ``purity``, ``movers``, ``new_objects``, ``transients``. A fraction is
-        None when nothing counts towards it.
+        ``purity``, ``movers``, ``new_objects``, ``transients``; with
+        ``visit_nights``, ``nights``: per night, ``night_mjd``, ``visits``,
+        ``diasources``, ``completeness``, ``purity``, ``movers`` and
+        ``new_objects``. A fraction is None when nothing counts towards it.
     """
     t_id = _col(truth, "diaSourceId").astype("i8")
     t_visit = _col(truth, "visit").astype("i8")
@@ -100,7 +111,7 @@ def quality(
     rank = _rank(visits, t_visit[rows])
     expected = _expected(sid, kind, obj, t_tr[rows], rank, preloaded)
     skipped = ~processed
-    return {
+    out = {
         "processed": {
             "visits": int(visits.size),
             "diasources": int(rows.size),
@@ -118,6 +129,25 @@ def quality(
         "new_objects": _new_objects(sid, kind, obj, expected, pred, d_obj),
         "transients": _transients(sid, t_tr[rows], d_obj, rank),
     }
+    if visit_nights is not None:
+        night = np.asarray(visit_nights, dtype=float)[rank]
+        out["nights"] = []
+        for n in np.unique(night):
+            m = night == n
+            out["nights"].append(
+                {
+                    "night_mjd": float(n),
+                    "visits": int(np.unique(t_visit[rows][m]).size),
+                    "diasources": int(m.sum()),
+                    "completeness": _completeness(sid[m], kind[m], obj[m], expected[m], d_obj[m]),
+                    "purity": _purity(sid[m], kind[m], expected[m], d_obj[m]),
+                    "movers": _movers(kind[m], ss[m], pred[m], d_ss[m]),
+                    "new_objects": _new_objects(
+                        sid[m], kind[m], obj[m], expected[m], pred[m], d_obj[m]
+                    ),
+                }
+            )
+    return out
 
 
 def _rank(visits: np.ndarray, visit: np.ndarray) -> np.ndarray:

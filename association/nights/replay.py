@@ -7,6 +7,7 @@ first, and no process of its job is left (`association.nights.job`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,13 +15,14 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from association.nights.channels import Channel, KafkaNight, ZmqChannel
 from association.nights.job import Job, sigterm_raises
+from association.nights.survey import survey_of
 from association.nights.topiccheck import AlertTopicCheck, check_alert_topic
 from association.rundir import NightRunDir
 from association.storage import FrozenParameters, open_storage
@@ -180,6 +182,9 @@ class Replayer:
         self.archive = Archive(opts.archive)
         self.events = self.archive.events()
         self.visits = sorted({e.fov_id for e in self.events if e.type == NEXT_VISIT})
+        self.survey = survey_of(self.archive.manifest)
+        self.total_visits = len(self.visits)
+        """Visits the run directory's replay record announces (a sequence's, all of its nights)."""
         self.out = out
         self.job: Job | None = None
         self.dir = NightRunDir(self.run_dir)
@@ -193,7 +198,8 @@ class Replayer:
 
     # -- set-up ---------------------------------------------------------------
 
-    def _record(self, **extra: Any) -> None:
+    def record(self, **extra: Any) -> None:
+        """Update the run directory's replay record (``replay.json``) with ``extra``."""
         path = self.dir.replay
         info = json.loads(path.read_text()) if path.exists() else {}
         info.update(extra)
@@ -218,7 +224,10 @@ class Replayer:
         """Load the archive's starting catalogue into the pipeline's database.
 
         The database is made with the pipeline's partition, which must be the
-        one the archive's fine indexes were computed at.
+        one the archive's fine indexes were computed at. A later night of a
+        survey must follow the database's last night (`association.nights.preload`);
+        its catalogue is the sky new to the survey, loaded beside what the
+        pipeline stored.
         """
         files = self.archive.files
         objects = files.get("catalogue_objects")
@@ -232,7 +241,9 @@ class Replayer:
                 f"fine_order={made_at}; the pipeline says fine_order={params.fine_order}"
             )
         where = self.opts.db_url or f"SQLite in {self.run_dir}"
-        self.say(f"loading the archive's starting catalogue into {where}")
+        later = self.survey is not None and self.survey["night_index"] > 0
+        what = "catalogue of the sky new to the survey" if later else "starting catalogue"
+        self.say(f"loading the archive's {what} into {where}")
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "association.nights.preload", str(self.run_dir), str(objects)]
         if files.get("catalogue_diasources"):
@@ -240,6 +251,8 @@ class Replayer:
         if self.opts.db_url:
             cmd += ["--db", self.opts.db_url]
         cmd += ["--chunk-order", str(params.chunk_order), "--fine-order", str(params.fine_order)]
+        if self.survey is not None:
+            cmd += ["--survey", json.dumps(self.survey)]
         # In a process of its own, so that the memory of a large catalogue
         # goes back to the system when done.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -328,7 +341,14 @@ class Replayer:
     def _channel(self, address: str) -> Channel:
         return ZmqChannel(address) if self.kafka is None else self.kafka.channel()
 
-    def _finished(self) -> tuple[int, int]:
+    def archives(self) -> list[str]:
+        """The archives replayed into the run directory so far, in order, with this one."""
+        path = self.dir.replay
+        before = json.loads(path.read_text()).get("archives", []) if path.exists() else []
+        mine = str(self.archive.root)
+        return before if mine in before else [*before, mine]
+
+    def finished(self) -> tuple[int, int]:
         """Visits of the archive with an outcome, and how many of them failed."""
         path = self.dir.journal
         if not path.exists():
@@ -360,7 +380,7 @@ class Replayer:
         self.say(f"sending {n - sent} events{where} {pace}")
 
         def tick() -> None:
-            finished, failed = self._finished()
+            finished, failed = self.finished()
             progress.update(finished)
             progress.show(sent, n, failed)
             self._check_alive()
@@ -403,7 +423,7 @@ class Replayer:
         status = _Board(self.dir.status)
         last_progress, seen = time.monotonic(), -1
         while True:
-            finished, failed = self._finished()
+            finished, failed = self.finished()
             progress.update(finished)
             progress.show(sent, len(self.events), failed)
             if finished == len(self.visits):
@@ -439,23 +459,18 @@ class Replayer:
         One replay at a time runs on a run directory: a second one is refused
         at once (`ReplayError` naming the holder).
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = self.dir.lock("replay").acquire()
-        except RunDirBusy as exc:
-            raise ReplayError(str(exc)) from None
-        try:
-            return self._run()
-        finally:
-            lock.release()
+        with replay_lock(self.run_dir):
+            return self.run_locked()
 
-    def _run(self) -> dict[str, Any]:
-        self._record(
+    def run_locked(self) -> dict[str, Any]:
+        """`run`, its caller holding the run directory's replay lock (`replay_lock`)."""
+        self.record(
             archive=str(Path(self.opts.archive).resolve()),
+            archives=self.archives(),
             db_url=self.opts.db_url,
             ranks=self.opts.ranks,
             speed="max" if self.opts.speed is None else self.opts.speed,
-            visits=len(self.visits),
+            visits=self.total_visits,
             started=time.time(),
             finished=None,
         )
@@ -471,7 +486,7 @@ class Replayer:
                         raise ReplayError(f"Kafka at {self.kafka.bootstrap}: {exc}") from None
                     self._record(kafka=self.kafka.describe())
                 address = self.opts.address or self.start_pipeline()
-                progress = Progress(len(self.visits), self._finished()[0], self.out)
+                progress = Progress(len(self.visits), self.finished()[0], self.out)
                 summary = self.play(address, progress)
                 if self.job is not None:
                     code = self.stop_pipeline(address)
@@ -491,8 +506,22 @@ class Replayer:
             wall_seconds=time.monotonic() - t0,
             visits_per_minute=progress.rate(end),
         )
-        self._record(finished=time.time(), summary=summary)
+        self.record(finished=time.time(), summary=summary)
         return summary
+
+
+@contextlib.contextmanager
+def replay_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's replay lock: one replay at a time (`ReplayError` if taken)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = NightRunDir(run_dir).lock("replay").acquire()
+    except RunDirBusy as exc:
+        raise ReplayError(str(exc)) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class _Liveness:

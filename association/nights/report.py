@@ -2,7 +2,8 @@
 
 Everything comes from the run directory: the journal (events, with the times
 the master journaled them, and outcomes), the database, and ``replay.json``
-whose archive holds the truth of a simulated night.
+whose archives hold the truth of the simulated nights. A run of several
+nights of a survey is reported as a whole and night by night.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from association.nights.opsim import night_start
+from association.nights.preload import preloads
 from association.nights.quality import quality
 from association.rundir import NightRunDir
 from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
@@ -175,6 +178,7 @@ def _visit_row(fov: int, events: list[dict[str, Any]], outcome: str | None) -> d
         **{k: counts.get(k) for k in ("n_sources", "n_alerts", "n_new_objects", "n_moving")},
         "timings": timings,
         "stored": None,
+        "catalogue_objects": None,
         "failure": (
             {k: failed["body"].get(k) for k in ("stage", "hook", "rank", "error")}
             if failed
@@ -199,44 +203,78 @@ def _visits(events: list[dict[str, Any]], outcomes: dict[int, str]) -> list[dict
 
 
 def _database(storage: Storage, visits: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stored visits and catalogue size; fills visit counts the events lack."""
+    """Stored visits and catalogue size; fills visit counts the events lack.
+
+    Each stored visit gets ``catalogue_objects``: the Objects in the database
+    once its Store committed (see `catalogue_sizes`).
+    """
     with storage.engine.connect() as conn:
         stored = {r.visit: r for r in conn.execute(select(db.visits)).all()}
-        n_objects = conn.execute(select(func.count()).select_from(db.objects)).scalar()
+        n_objects = int(conn.execute(select(func.count()).select_from(db.objects)).scalar() or 0)
+    loads = preloads(storage)
+    sizes = catalogue_sizes(list(stored.values()), loads, n_objects)
     for row in visits:
         rec = stored.get(row["fov_id"])
         row["stored"] = rec is not None
         if rec is None:
             continue
+        row["catalogue_objects"] = sizes[row["fov_id"]]
         for k in ("n_sources", "n_alerts", "n_new_objects", "n_moving"):
             if row[k] is None:
                 row[k] = int(getattr(rec, k))
     return {
         "url": storage.url,
         "visits_stored": len(stored),
-        "objects": int(n_objects or 0),
+        "objects": n_objects,
+        "preloads": loads,
     }
 
 
-def _quality(storage: Storage, archive: Path) -> dict[str, Any]:
-    """The association quality of the stored visits against the archive's truth."""
+def catalogue_sizes(stored: list[Any], loads: list[dict[str, Any]], n_objects: int) -> dict:
+    """The Objects in the database once each stored visit's Store committed.
+
+    Replayed from the Stores (``stored_at``, ``n_new_objects``, in the order
+    they committed) and the catalogues loaded (``at``, ``objects``) up to the
+    Objects in the database now: what the notes cannot place counts from the start.
+    """
+    steps = [(float(r.stored_at), 1, int(r.n_new_objects), int(r.visit)) for r in stored]
+    steps += [(float(p["at"]), 0, int(p["objects"]), 0) for p in loads if "at" in p]
+    size = n_objects - sum(n for _, _, n, _ in steps)
+    out = {}
+    for _, is_visit, n, visit in sorted(steps):
+        size += n
+        if is_visit:
+            out[visit] = size
+    return out
+
+
+def _quality(storage: Storage, archives: list[Path]) -> dict[str, Any]:
+    """The association quality of the stored visits against the archives' truth.
+
+    Several archives are the nights of a survey: their truths and starting
+    catalogues are taken together, and the figures are also given per night.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = Archive(archive).files
-    truth_path = files["truth"].get("diasources")
-    if truth_path is None:
-        raise ValueError(f"{archive}: no truth/diasources")
-    truth = pq.read_table(truth_path)
-    objects = files["catalogue_objects"]
-    preloaded = (
-        pq.read_table(objects, columns=["diaObjectId"])["diaObjectId"].to_numpy()
-        if objects is not None
-        else np.empty(0, np.int64)
-    )
+    truths, preloaded = [], [np.empty(0, np.int64)]
+    for archive in archives:
+        files = Archive(archive).files
+        truth_path = files["truth"].get("diasources")
+        if truth_path is None:
+            raise ValueError(f"{archive}: no truth/diasources")
+        truths.append(pq.read_table(truth_path))
+        objects = files["catalogue_objects"]
+        if objects is not None:
+            ids = pq.read_table(objects, columns=["diaObjectId"])["diaObjectId"]
+            preloaded.append(ids.to_numpy())
+    truth = pa.concat_tables(truths)
     ids = truth["diaSourceId"].to_numpy()
     with storage.engine.connect() as conn:
-        stored = conn.execute(select(db.visits.c.visit).order_by(db.visits.c.mjd)).scalars()
-        visits = np.fromiter(stored, dtype="i8")
+        v = db.visits
+        stored = conn.execute(select(v.c.visit, v.c.mjd).order_by(v.c.mjd)).all()
+    visits = np.array([r.visit for r in stored], dtype="i8")
+    nights = night_start(np.array([r.mjd for r in stored], dtype="f8"))
     q = storage.engine.dialect.identifier_preparer.quote
     sid, oid, ssid = (q(c) for c in ("diaSourceId", "diaObjectId", "ssObjectId"))
     # The id range keeps out earlier (catalogue) DIASources, whatever their visit
@@ -258,33 +296,48 @@ def _quality(storage: Storage, archive: Path) -> dict[str, Any]:
     found = ordered[at] == moving["id"] if len(ordered) else np.zeros(0, bool)
     rows["ssObjectId"] = np.zeros(len(ordered), np.int64)
     rows["ssObjectId"][order[at[found]]] = moving["ss"][found]
-    out = quality(rows, truth, preloaded, visits)
-    return {"archive": str(archive), **out}
+    several = len(archives) > 1
+    out = quality(rows, truth, np.concatenate(preloaded), visits, nights if several else None)
+    return {"archive": ", ".join(str(a) for a in archives), **out}
 
 
 # -- the report -------------------------------------------------------------------------------
 
 
+def replayed_archives(replay: dict[str, Any] | None) -> list[str]:
+    """The archives replayed into a run directory, in order, from its ``replay.json``."""
+    replay = replay or {}
+    found = replay.get("archives") or ([replay["archive"]] if replay.get("archive") else [])
+    return [str(a) for a in found]
+
+
 def night_of(replay: dict[str, Any] | None, visits: list[dict[str, Any]]) -> dict[str, Any]:
     """The night observed: its start (MJD, noon UT) and date (``dayObs``), and the run's name.
 
-    From the replayed archive's manifest when there is one, else from the
-    visits' MJDs (the noon-to-noon UT night of the first); None when neither says.
+    From the replayed archives' manifests when there are some, else from the
+    visits' MJDs (the noon-to-noon UT nights); None when neither says. A run
+    of several nights gives the first's, and ``nights``: every night's start.
     """
-    mjd = None
-    archive = (replay or {}).get("archive")
-    if archive:
+    starts = []
+    for archive in replayed_archives(replay):
         try:
-            mjd = float(Archive(archive).manifest["source"]["night_mjd"])
+            starts.append(float(Archive(archive).manifest["source"]["night_mjd"]))
         except (OSError, ValueError, KeyError, TypeError):
-            mjd = None
-    if mjd is None:
+            starts = []
+            break
+    if not starts:
         mjds = [v["mjd"] for v in visits if isinstance(v.get("mjd"), int | float)]
-        mjd = float(np.floor(min(mjds) - 0.5) + 0.5) if mjds else None
-    if mjd is None:
-        return {"mjd": None, "date": None, "label": "night unknown"}
-    date = (MJD_EPOCH + timedelta(days=np.floor(mjd))).date().isoformat()
-    return {"mjd": mjd, "date": date, "label": f"night {date} (MJD {mjd:g})"}
+        starts = [float(n) for n in np.unique(night_start(np.array(mjds)))] if mjds else []
+    if not starts:
+        return {"mjd": None, "date": None, "label": "night unknown", "nights": []}
+    dates = [(MJD_EPOCH + timedelta(days=np.floor(m))).date().isoformat() for m in starts]
+    if len(starts) == 1:
+        label = f"night {dates[0]} (MJD {starts[0]:g})"
+    else:
+        label = (
+            f"{len(starts)} nights {dates[0]} to {dates[-1]} (MJD {starts[0]:g} to {starts[-1]:g})"
+        )
+    return {"mjd": starts[0], "date": dates[0], "label": label, "nights": starts}
 
 
 def mjd_to_datetime(mjd: float) -> datetime:
@@ -350,7 +403,9 @@ def summarize(
 
 
 def build_report(
-    run_dir: str | Path, archive: str | Path | None = None, db_url: str | None = None
+    run_dir: str | Path,
+    archive: str | Path | list[str | Path] | None = None,
+    db_url: str | None = None,
 ) -> dict[str, Any]:
     """Gather the figures of a run directory into one JSON-able dict.
 
@@ -358,8 +413,9 @@ def build_report(
     ----------
     run_dir : str or Path
         The pipeline's run directory.
-    archive : str or Path, optional
-        Night archive with truth; by default the one in ``replay.json``.
+    archive : str or Path, or a list of them, optional
+        Night archive(s) with truth, a survey's nights in order; by default
+        those in ``replay.json``.
     db_url : str, optional
         The database; by default ``replay.json``'s, else ``RUN_DIR/nightpipe.sqlite``.
 
@@ -369,7 +425,9 @@ def build_report(
         ``run_dir``, ``run`` (its short name), ``night``, ``replay``, ``events``,
         ``visits``, ``wall``, ``totals``, ``latency`` (``processing``,
         ``queue_wait`` and ``end_to_end``, each with n, p50, p95, max, mean),
-        ``stages``, ``failures``, ``per_visit``, ``database``, ``quality`` and
+        ``stages``, ``failures``, ``per_visit`` (each with
+        ``catalogue_objects``, the Objects in the database once it was
+        stored), ``database``, ``quality``, ``nights`` (`per_night`) and
         ``notes`` (what could not be reported, and why).
 
     Raises
@@ -383,7 +441,10 @@ def build_report(
     report = summarize(run_dir, events, outcomes, replay)
     notes: list[str] = []
     db_url = db_url or (replay or {}).get("db_url")
-    archive = archive or (replay or {}).get("archive")
+    if archive is None or isinstance(archive, str | Path):
+        archives = [Path(archive)] if archive else [Path(a) for a in replayed_archives(replay)]
+    else:
+        archives = [Path(a) for a in archive]
 
     database = qual = None
     if db_url is None and not (run_dir / SQLITE_NAME).is_file():
@@ -396,16 +457,61 @@ def build_report(
             report["totals"] = _totals(report["per_visit"])
         except (StorageError, SQLAlchemyError, sqlite3.Error, OSError) as exc:
             notes.append(f"database not read: {type(exc).__name__}: {exc}")
-        if storage is not None and database is not None and archive is not None:
+        if storage is not None and database is not None and archives:
             try:
-                qual = _quality(storage, Path(archive))
+                qual = _quality(storage, archives)
             except (SQLAlchemyError, sqlite3.Error, OSError, ValueError, KeyError) as exc:
                 notes.append(f"quality not reported: {type(exc).__name__}: {exc}")
         if storage is not None:
             storage.close()
-    if archive is None:
+    if not archives:
         notes.append("no archive with truth: quality not reported")
-    return {**report, "database": database, "quality": qual, "notes": notes}
+    nights = per_night(report["per_visit"], qual)
+    return {**report, "database": database, "quality": qual, "nights": nights, "notes": notes}
+
+
+NIGHT_FIGURES = {
+    "load": "load stage (s)",
+    "store": "store stage (s)",
+    "processing": "processing latency (s)",
+}
+"""The per-visit figures `per_night` gives p50 and p95 of."""
+
+
+def per_night(
+    visits: list[dict[str, Any]], qual: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Per night (start MJD): visits done and failed, p50/p95 of `NIGHT_FIGURES`, catalogue size.
+
+    ``catalogue_objects`` is the least and most Objects in the database after
+    a Store of the night; ``quality`` the night's figures when the report has
+    quality night by night.
+    """
+    by_night: dict[float, list[dict[str, Any]]] = {}
+    for v in visits:
+        if isinstance(v["mjd"], int | float):
+            by_night.setdefault(float(night_start(v["mjd"])), []).append(v)
+    quality_of = {q["night_mjd"]: q for q in (qual or {}).get("nights", [])}
+    out = []
+    for night, rows in sorted(by_night.items()):
+        figures = {
+            "load": [(v["timings"] or {}).get("load") for v in rows],
+            "store": [(v["timings"] or {}).get("store") for v in rows],
+            "processing": [v["processing_s"] for v in rows],
+        }
+        sizes = [v["catalogue_objects"] for v in rows if v["catalogue_objects"] is not None]
+        out.append(
+            {
+                "night_mjd": night,
+                "visits": len(rows),
+                "done": sum(v["outcome"] == "done" for v in rows),
+                "failed": sum(v["outcome"] == "failed" for v in rows),
+                **{k: _stats([x for x in xs if x is not None]) for k, xs in figures.items()},
+                "catalogue_objects": [min(sizes), max(sizes)] if sizes else None,
+                "quality": quality_of.get(night),
+            }
+        )
+    return out
 
 
 # -- the gate ---------------------------------------------------------------------------------
@@ -416,6 +522,8 @@ THRESHOLDS = {"completeness": 0.99, "purity": 0.99, "mover_recovery": 0.95}
 
 def gate(report: dict[str, Any], thresholds: dict[str, float] | None = None) -> list[str]:
     """Why a run fails the check: failed or unfinished visits, quality under its threshold.
+
+    Over several nights, quality must hold over all of them and on each.
 
     ``thresholds`` maps ``completeness``, ``purity`` and ``mover_recovery`` to
     least fractions (missing keys take `THRESHOLDS`). A figure with nothing to
@@ -432,17 +540,19 @@ def gate(report: dict[str, Any], thresholds: dict[str, float] | None = None) -> 
         out.append(f"{v['unfinished']} visit(s) unfinished")
     q = report["quality"]
     if q is not None:
-        figures = {
-            "completeness": q["completeness"]["all"],
-            "purity": q["purity"],
-            "mover_recovery": q["movers"]["recovery"],
-        }
-        for name, rate in figures.items():
-            if rate["fraction"] is not None and rate["fraction"] < limits[name]:
-                out.append(
-                    f"{name.replace('_', ' ')} {rate['fraction']:.4f} ({rate['ok']} of "
-                    f"{rate['n']}) is under {limits[name]:g}"
-                )
+        parts = [("", q)] + [(f"night {n['night_mjd']:g}: ", n) for n in q.get("nights", [])]
+        for where, figures in parts:
+            rates = {
+                "completeness": figures["completeness"]["all"],
+                "purity": figures["purity"],
+                "mover_recovery": figures["movers"]["recovery"],
+            }
+            for name, rate in rates.items():
+                if rate["fraction"] is not None and rate["fraction"] < limits[name]:
+                    out.append(
+                        f"{where}{name.replace('_', ' ')} {rate['fraction']:.4f} ({rate['ok']} "
+                        f"of {rate['n']}) is under {limits[name]:g}"
+                    )
     return out
 
 
@@ -505,6 +615,35 @@ def _visit_lines(visits: list[dict[str, Any]]) -> list[str]:
         for v in shown
     ]
     return [title, *_table(header, rows, "lrlrrrrrrrrl")]
+
+
+def night_lines(nights: list[dict[str, Any]]) -> list[str]:
+    """The per-night table: visits, p50/p95 of load, store and processing latency, quality."""
+    header = ["night", "visits", "failed"]
+    for name in NIGHT_FIGURES:
+        header += [f"{name} p50", f"{name} p95"]
+    header += ["Objects in db", "compl.", "purity", "movers"]
+
+    def pct(r: dict[str, Any] | None) -> str:
+        return "-" if r is None or r["fraction"] is None else f"{100 * r['fraction']:.2f}%"
+
+    rows = []
+    for n in nights:
+        q = n["quality"]
+        size = n["catalogue_objects"]
+        rows.append(
+            [
+                f"{n['night_mjd']:g}",
+                str(n["visits"]),
+                str(n["failed"]),
+                *(_num(n[k][p]) for k in NIGHT_FIGURES for p in ("p50", "p95")),
+                "-" if size is None else f"{size[0]}-{size[1]}",
+                pct(q and q["completeness"]["all"]),
+                pct(q and q["purity"]),
+                pct(q and q["movers"]["recovery"]),
+            ]
+        )
+    return ["nights (stage times and latency in s)", *_table(header, rows)]
 
 
 def quality_lines(q: dict[str, Any]) -> list[str]:
@@ -573,6 +712,8 @@ def format_report(report: dict[str, Any]) -> str:
         for name, s in report["stages"].items()
     ]
     out += _table(["stage", "n", "p50", "p95", "max"], stage_rows)
+    if len(report.get("nights", [])) > 1:
+        out += ["", *night_lines(report["nights"])]
     out += ["", *_visit_lines(report["per_visit"])]
     if report["failures"]:
         rows = [
@@ -849,10 +990,48 @@ def _stages_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _store_plot(report: dict[str, Any], path: Path) -> None:
+    """Each visit's store and load times against the Objects in the database, night by night."""
+    import matplotlib.pyplot as plt
+
+    rows = [v for v in report["per_visit"] if v["timings"] and v["catalogue_objects"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    nights = sorted({float(night_start(v["mjd"])) for v in rows if v["mjd"] is not None})
+    cmap = plt.get_cmap("viridis")
+    for ax, stage in zip(axes, ("store", "load"), strict=True):
+        shown = [v for v in rows if stage in v["timings"]]
+        if not shown:
+            _no_data(ax, f"{stage} times with a catalogue size")
+        for i, night in enumerate(nights):
+            mine = [v for v in shown if v["mjd"] is not None and night_start(v["mjd"]) == night]
+            if mine:
+                ax.plot(
+                    [v["catalogue_objects"] for v in mine],
+                    [v["timings"][stage] for v in mine],
+                    "o",
+                    ms=3,
+                    alpha=0.7,
+                    color=cmap(i / max(len(nights) - 1, 1)),
+                    label=f"night {night:g} (p95 {np.percentile([v['timings'][stage] for v in mine], 95):.3g} s)",
+                )
+        ax.set_xlabel("Objects in the database when the visit was stored")
+        ax.set_ylabel(f"{stage} stage (s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_title("store: the visit's database write (after the ordered section)", fontsize=10)
+    axes[1].set_title("load: the field's chunks into the Slices' memory", fontsize=10)
+    fig.suptitle(f"Store and load time against the catalogue's size: {_names(report)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_plots(
     run_dir: str | Path, report: dict[str, Any], out_dir: str | Path | None = None
 ) -> list[Path]:
-    """Write the sky map, the latency plot and the stage-time plot as PNGs.
+    """Write the sky map, the latency, stage-time and store-time plots as PNGs.
 
     Parameters
     ----------
@@ -866,16 +1045,23 @@ def write_plots(
     Returns
     -------
     list of Path
-        ``sky.png``, ``latency.png``, ``stages.png``.
+        ``sky.png``, ``latency.png``, ``stages.png``, ``store.png``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out_dir) if out_dir is not None else NightRunDir(run_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "sky.png", out / "latency.png", out / "stages.png"]
-    for plot, path in zip((_sky_plot, _latency_plot, _stages_plot), paths, strict=True):
-        plot(report, path)
+    plots = {
+        "sky": _sky_plot,
+        "latency": _latency_plot,
+        "stages": _stages_plot,
+        "store": _store_plot,
+    }
+    paths = []
+    for name, plot in plots.items():
+        paths.append(out / f"{name}.png")
+        plot(report, paths[-1])
     return paths
 
 

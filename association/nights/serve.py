@@ -6,7 +6,7 @@ Snapshots are made at most once per `NightServer.min_interval` whatever the numb
 of requests, and every request is answered from the last one on a thread of its own.
 
 Routes: ``/`` the page, ``/api/night`` its data and panels as JSON (the page polls
-it), ``/page.js``, ``/style.css``, and ``/report/{sky,latency,stages}.png`` once
+it), ``/page.js``, ``/style.css``, and ``/report/{sky,latency,stages,store}.png`` once
 ``nightpipe report`` has made them.
 """
 

@@ -16,7 +16,18 @@ measured at its midpoint, ``observationStartMJD + visitTime / 2``.
 Catalogue conventions: an Object's id is the diaSourceId of the earlier
 DIASource that created it, and its ``fine`` index is that DIASource's; its
 position is the mean of its DIASources'; bands without data have Welford
-mean and M2 of 0. Earlier DIASources have ``visit`` 0 (not in the cadence).
+mean and M2 of 0. Earlier DIASources have ``visit`` -1 (not in the cadence).
+
+A survey: ``simulate(..., after=EARLIER_ARCHIVE)`` continues the sky an
+earlier night left (`association.nights.survey`). The patches keep their
+Objects (same ids and positions; the starting catalogue's history lies before
+the survey's first night), and the archive's starting catalogue holds only
+the patches no earlier night has touched. Movers go on along their orbits
+and new ones fly over the new patches; transients last `transient_days`,
+fading, and new ones appear. Night k > 0 of the survey draws the detections
+of a patch's Objects from the stream (seed, 0, patch, k), its new movers
+from (seed, 1, k) and its new transients from (seed, 2, k); their ids are
+``k * 2**32`` plus a count, so ids never clash across nights.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import pyarrow.parquet as pq
 
 from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 from association.nights.opsim import CadenceError, Region, nights, read_cadence
+from association.nights.survey import SurveyError, SurveyState, read_state, survey_id, write_state
 from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
 from association.sky.partition import DEFAULT_FINE_ORDER
 from events.archive import ArchiveWriter
@@ -53,6 +65,8 @@ HISTORY_VISIT = -1
 MJD_UNIX_EPOCH = 40587.0
 PAIR_ID_OFFSET = 10_000_000
 """A back-to-back second exposure's visit id is its first's plus this (OpSim's are smaller)."""
+NIGHT_ID_SHIFT = 32
+"""Movers and transients first seen on night k of a survey have ids ``k << NIGHT_ID_SHIFT`` + n."""
 
 _SUB_ORDER = 29  # positions are centres of order-29 pixels (0.4 mas): continuous enough
 _PATCH_NSIDE = 2**PATCH_ORDER
@@ -81,9 +95,14 @@ class SimConfig:
     variable_history : (int, int)
         Range of earlier DIASources of a variable Object (static ones have 1).
     history_days : float
-        Earlier DIASources lie 1 to `history_days` days before the night.
+        Earlier DIASources lie 1 to `history_days` days before the night (the
+        survey's first night, when continuing a survey).
     transients_per_deg2 : float
         Transients per deg^2, each appearing at a random time in the night.
+    transient_days : (float, float)
+        Range of how long a transient stays on: its signal-to-noise falls
+        linearly from its start to ``snr_range[0]`` over that time, then it
+        is gone (nights later in a survey see the ones still on).
     movers_per_deg2 : float
         Moving objects per deg^2 at the middle of the night.
     fast_mover_fraction : float
@@ -140,6 +159,7 @@ class SimConfig:
     variable_history: tuple[int, int] = (3, 10)
     history_days: float = 365.0
     transients_per_deg2: float = 1.0
+    transient_days: tuple[float, float] = (2.0, 30.0)
     movers_per_deg2: float = 10.0
     fast_mover_fraction: float = 0.05
     slow_rate_deg_per_day: tuple[float, float] = (0.1, 1.0)
@@ -271,6 +291,11 @@ def _astro_sigma(seeing: np.ndarray | float, snr: np.ndarray, floor: float) -> n
 # -- the plan: which patches, which visits ----------------------------------------------------
 
 
+def _patch_area(patches: np.ndarray) -> float:
+    """Square degrees of the given patches."""
+    return patches.size * hp.nside2pixarea(_PATCH_NSIDE, degrees=True)
+
+
 @dataclass
 class _Night:
     """The night's visits and the patches their fields of view touch."""
@@ -284,7 +309,7 @@ class _Night:
 
     @property
     def area(self) -> float:
-        return self.patches.size * hp.nside2pixarea(_PATCH_NSIDE, degrees=True)
+        return _patch_area(self.patches)
 
 
 def _plan(visits: np.ndarray, radius: float) -> _Night:
@@ -311,9 +336,13 @@ _CAND_DTYPE = np.dtype(
 
 
 def _patch_catalogue(
-    patch: int, night: _Night, night_mjd: float, cfg: SimConfig
+    patch: int, night: _Night, survey_mjd: float, cfg: SimConfig, night_index: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Objects of one patch, their earlier DIASources, and their detections tonight."""
+    """The Objects of one patch, their earlier DIASources, and their detections tonight.
+
+    The Objects and their history depend on the patch and the survey's first
+    night (`survey_mjd`) only; the detections on the night too.
+    """
     rng = np.random.default_rng([cfg.seed, 0, patch])
     area = hp.nside2pixarea(_PATCH_NSIDE, degrees=True)
     n = int(rng.poisson(cfg.density_static_per_deg2 * area))
@@ -328,7 +357,7 @@ def _patch_catalogue(
     if m >= 2**_PATCH_ID_SHIFT:
         raise ValueError(f"patch {patch}: {m} catalogue DIASources, too many for the id scheme")
     first = np.cumsum(nhist) - nhist
-    t = night_mjd - rng.uniform(1.0, cfg.history_days, m)
+    t = survey_mjd - rng.uniform(1.0, cfg.history_days, m)
     t = t[np.lexsort((t, owner))]  # time order within each Object
     band = rng.integers(0, NBANDS, m)
     snr = np.maximum(snr_obj[owner] * rng.uniform(0.6, 1.4, m), cfg.snr_range[0])
@@ -370,6 +399,8 @@ def _patch_catalogue(
     obj["isVariable"] = is_var
 
     # Tonight: which Objects fall in which visit and are detected there.
+    if night_index:
+        rng = np.random.default_rng([cfg.seed, 0, patch, night_index])
     vis = night.patch_visits[int(np.searchsorted(night.patches, patch))]
     cand = np.arange(n) if cfg.p_detect_static > 0 else np.flatnonzero(is_var)
     p = np.where(is_var[cand], cfg.p_detect_variable, cfg.p_detect_static)[:, None]
@@ -451,18 +482,26 @@ def diasources_table(src: np.ndarray) -> pa.Table:
 
 @dataclass
 class _Movers:
-    truth: dict[str, np.ndarray]
-    mjd0: float
+    truth: dict[str, np.ndarray]  # each mover's orbit is along a great circle from mjd0
 
     def positions(self, mjd: float) -> tuple[np.ndarray, np.ndarray]:
         t = self.truth
-        return _offset(t["ra"], t["dec"], t["direction"], t["rate"] * (mjd - self.mjd0))
+        return _offset(t["ra"], t["dec"], t["direction"], t["rate"] * (mjd - t["mjd0"]))
 
 
-def _make_movers(night: _Night, cfg: SimConfig) -> _Movers:
-    rng = np.random.default_rng([cfg.seed, 1])
-    n = int(rng.poisson(cfg.movers_per_deg2 * night.area))
-    ra, dec = _uniform_in_patches(rng, night.patches[rng.integers(0, night.patches.size, n)])
+def _night_mjd0(night: _Night) -> float:
+    v = night.visits
+    return float((v["observationStartMJD"][0] + v["observationStartMJD"][-1]) / 2)
+
+
+def _make_movers(
+    night: _Night, cfg: SimConfig, patches: np.ndarray | None = None, index: int = 0
+) -> _Movers:
+    """Movers over `patches` (all the night's by default) at the middle of the night."""
+    patches = night.patches if patches is None else patches
+    rng = np.random.default_rng([cfg.seed, 1, index] if index else [cfg.seed, 1])
+    n = int(rng.poisson(cfg.movers_per_deg2 * _patch_area(patches))) if patches.size else 0
+    ra, dec = _uniform_in_patches(rng, patches[rng.integers(0, max(patches.size, 1), n)])
     fast = rng.random(n) < cfg.fast_mover_fraction
     fast_rate = rng.uniform(*cfg.fast_rate_deg_per_day, n)
     rate = np.where(fast, fast_rate, rng.uniform(*cfg.slow_rate_deg_per_day, n))
@@ -470,7 +509,7 @@ def _make_movers(night: _Night, cfg: SimConfig) -> _Movers:
     snr = _draw_snr(rng, n, *cfg.snr_range, cfg.snr_slope)
     r_flux = snr * _flux_err(np.full(n, BANDS.index("r")), _REF_SEEING)
     truth = {
-        "ssObjectId": np.arange(1, n + 1, dtype="i8"),
+        "ssObjectId": (index << NIGHT_ID_SHIFT) + np.arange(1, n + 1, dtype="i8"),
         "ra": ra,
         "dec": dec,
         "rate": rate,  # deg/day along a great circle
@@ -481,26 +520,55 @@ def _make_movers(night: _Night, cfg: SimConfig) -> _Movers:
         "semiMinorAxis": a * rng.uniform(*cfg.ellipse_axis_ratio, n),
         "positionAngle": rng.uniform(0.0, 180.0, n),
         "mag": _AB_NJY - 2.5 * np.log10(r_flux),
+        "mjd0": np.full(n, _night_mjd0(night)),
         "snr": snr,
     }
-    v = night.visits
-    mjd0 = float((v["observationStartMJD"][0] + v["observationStartMJD"][-1]) / 2)
-    return _Movers(truth, mjd0)
+    return _Movers(truth)
 
 
-def _make_transients(night: _Night, cfg: SimConfig) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([cfg.seed, 2])
+def _make_transients(night: _Night, cfg: SimConfig, index: int = 0) -> dict[str, np.ndarray]:
+    """Transients appearing during the night over its patches."""
+    rng = np.random.default_rng([cfg.seed, 2, index] if index else [cfg.seed, 2])
     n = int(rng.poisson(cfg.transients_per_deg2 * night.area))
     ra, dec = _uniform_in_patches(rng, night.patches[rng.integers(0, night.patches.size, n)])
     v = night.visits
     t_end = v["observationStartMJD"][-1] + v["visitTime"][-1] / 86400.0
+    start = rng.uniform(v["observationStartMJD"][0], t_end, n)
+    snr = _draw_snr(rng, n, *cfg.snr_range, cfg.snr_slope)
     return {
-        "transientId": np.arange(1, n + 1, dtype="i8"),
+        "transientId": (index << NIGHT_ID_SHIFT) + np.arange(1, n + 1, dtype="i8"),
         "ra": ra,
         "dec": dec,
-        "mjdStart": rng.uniform(v["observationStartMJD"][0], t_end, n),
-        "snr": _draw_snr(rng, n, *cfg.snr_range, cfg.snr_slope),
+        "mjdStart": start,
+        "mjdEnd": start + rng.uniform(*cfg.transient_days, n),
+        "snr": snr,
     }
+
+
+def _night_movers(night: _Night, cfg: SimConfig, before: SurveyState | None) -> _Movers:
+    """The earlier nights' movers, and new ones over the patches new to the survey."""
+    if before is None:
+        return _make_movers(night, cfg)
+    new = _make_movers(night, cfg, np.setdiff1d(night.patches, before.patches), before.index + 1)
+    return _Movers({k: np.concatenate([before.movers[k], v]) for k, v in new.truth.items()})
+
+
+def _night_transients(
+    night: _Night, cfg: SimConfig, before: SurveyState | None
+) -> dict[str, np.ndarray]:
+    """The earlier nights' transients still on, and the night's own."""
+    new = _make_transients(night, cfg, 0 if before is None else before.index + 1)
+    if before is None:
+        return new
+    old = before.transients
+    on = old["mjdEnd"] > night.visits["observationStartMJD"][0]
+    return {k: np.concatenate([old[k][on], v]) for k, v in new.items()}
+
+
+def _fading_snr(tr: dict[str, np.ndarray], mjd: float, floor: float) -> np.ndarray:
+    """Each transient's signal-to-noise at `mjd`: from its start's down to `floor` at its end."""
+    f = np.clip((mjd - tr["mjdStart"]) / (tr["mjdEnd"] - tr["mjdStart"]), 0.0, 1.0)
+    return tr["snr"] + (floor - tr["snr"]) * f
 
 
 _SRC_DTYPE = np.dtype(
@@ -542,16 +610,18 @@ def _transient_rows(
     centre: np.ndarray,
     cos_r: float,
     p: float,
+    floor: float,
 ) -> np.ndarray:
-    """Transients already on at `mid`, inside the field of view, and detected."""
-    seen = (tr["mjdStart"] <= mid) & (_vec(tr["ra"], tr["dec"]) @ centre >= cos_r)
+    """Transients on at `mid`, inside the field of view, and detected."""
+    on = (tr["mjdStart"] <= mid) & (mid < tr["mjdEnd"])
+    seen = on & (_vec(tr["ra"], tr["dec"]) @ centre >= cos_r)
     seen &= rng.random(seen.size) < p
     return _rows(
         ra=tr["ra"][seen],
         dec=tr["dec"][seen],
         kind=np.full(seen.sum(), _TRANSIENT),
         transientId=tr["transientId"][seen],
-        snr=tr["snr"][seen],
+        snr=_fading_snr(tr, mid, floor)[seen],
     )
 
 
@@ -634,7 +704,9 @@ def _visit(
         diaObjectId=cat_det["obj"],
         snr=cat_det["snr"],
     )
-    tr = _transient_rows(rng, transients, mid, centre, cos_r, cfg.p_detect_transient)
+    tr = _transient_rows(
+        rng, transients, mid, centre, cos_r, cfg.p_detect_transient, cfg.snr_range[0]
+    )
     mv, pred = _mover_rows(rng, movers, mid, centre, cos_r, cfg)
     src = np.concatenate([catalogue, tr, mv, _spurious_rows(rng, visit, cos_r, cfg)])
     src = src[rng.permutation(src.size)]
@@ -742,8 +814,9 @@ def simulate(
     region: Region | None = None,
     max_visits: int | None = None,
     overwrite: bool = False,
+    after: str | PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Simulate one night into a night archive.
+    """Simulate one night into a night archive, alone or as the next night of a survey.
 
     Parameters
     ----------
@@ -752,9 +825,11 @@ def simulate(
     out_dir : str or Path
         The archive directory to create (must be empty unless `overwrite`).
     night_mjd : float, optional
-        Night start, MJD x.5; the first night of the file when None.
+        Night start, MJD x.5; when None, the first night of the file (after
+        `after`'s night when continuing).
     config : SimConfig, optional
-        What to simulate; the defaults when None.
+        What to simulate; the defaults when None. When continuing, the
+        earlier night's (a different one is an error).
     region : (ra, dec, radius_deg), optional
         Keep only visits centred within the region.
     max_visits : int, optional
@@ -762,18 +837,25 @@ def simulate(
         ``config.pair_gap_s`` each brings its second exposure).
     overwrite : bool
         Write into a non-empty directory.
+    after : str or Path, optional
+        An archive of an earlier night of the survey (simulated by this
+        function): continue the sky it left (see the module docstring).
 
     Returns
     -------
     dict
         The archive's manifest.
+
+    Raises
+    ------
+    SurveyError
+        `after` cannot be continued, or not by this night and config.
     """
-    cfg = config or SimConfig()
-    if night_mjd is None:
-        found = nights(cadence_path)
-        if not found:
-            raise CadenceError(f"{cadence_path}: no visits")
-        night_mjd = found[0][0]
+    before, cfg = None, config or SimConfig()
+    if after is not None:
+        before, earlier = read_state(after)
+        cfg = _continued_config(earlier, config, after)
+    night_mjd = _pick_night(cadence_path, night_mjd, before, after)
     visits = read_cadence(cadence_path, night_mjd, region, max_visits)
     if visits.size == 0:
         raise CadenceError(f"{cadence_path}: no visits in night {night_mjd} (region {region})")
@@ -781,8 +863,24 @@ def simulate(
         visits = with_pairs(visits, cfg.pair_gap_s)
     night = _plan(visits, cfg.fov_radius)
     out = ArchiveWriter(out_dir, overwrite=overwrite)
-    det, catalogue_counts = _write_catalogue(out, night, night_mjd, cfg)
-    counts = _write_visits(out, night, det, cfg) | catalogue_counts
+    first = night_mjd if before is None else before.first_night
+    index = 0 if before is None else before.index + 1
+    known = np.empty(0, "i8") if before is None else before.patches
+    det, catalogue_counts = _write_catalogue(out, night, first, cfg, index, known)
+    movers = _night_movers(night, cfg, before)
+    transients = _night_transients(night, cfg, before)
+    counts = _write_visits(out, night, det, cfg, movers, transients) | catalogue_counts
+    state = SurveyState(
+        id=survey_id(Path(cadence_path).name, first, cfg.to_dict())
+        if before is None
+        else before.id,
+        first_night=first,
+        nights=[*(before.nights if before else []), float(night_mjd)],
+        patches=np.union1d(known, night.patches),
+        movers=movers.truth,
+        transients=transients,
+    )
+    counts["survey_patches"] = int(state.patches.size)
     source = {
         "generator": "association.nights.simulate",
         "cadence": Path(cadence_path).name,
@@ -791,6 +889,7 @@ def simulate(
         "max_visits": max_visits,
         "seed": cfg.seed,
         "config": cfg.to_dict(),
+        "survey": write_state(out.path, state, before.nights[-1] if before else None),
     }
     extra = {
         "fov_radius_deg": cfg.fov_radius,
@@ -800,6 +899,9 @@ def simulate(
         "raErr": "on-sky 1-sigma error along RA (of ra*cos(dec)), deg",
         "visit_midpoint": "observationStartMJD + visitTime / 2",
         "catalogue_visit": f"earlier DIASources have visit {HISTORY_VISIT} (no visit of this cadence)",
+        "catalogue": "the patches no earlier night of the survey touched"
+        if before
+        else "every patch the night touches",
     }
     return out.write_manifest(
         source=source,
@@ -809,6 +911,45 @@ def simulate(
         truth=_TRUTH,
         extra=extra,
     )
+
+
+def _continued_config(
+    earlier: dict[str, Any], config: SimConfig | None, after: str | PathLike[str]
+) -> SimConfig:
+    """The sky settings of the night `after`; `config`, if given, must be the same."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in earlier["config"].items()}
+    try:
+        cfg = SimConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise SurveyError(f"{after}: its simulation settings cannot be read: {exc}") from None
+    if config is not None and config.to_dict() != cfg.to_dict():
+        differ = sorted(k for k, v in config.to_dict().items() if cfg.to_dict().get(k) != v)
+        raise SurveyError(
+            f"{after}: a survey keeps its seed and sky settings; these differ from the "
+            f"earlier night's: {', '.join(differ)}"
+        )
+    return cfg
+
+
+def _pick_night(
+    cadence_path: str | PathLike[str],
+    night_mjd: float | None,
+    before: SurveyState | None,
+    after: str | PathLike[str] | None,
+) -> float:
+    """The night to simulate: as given, else the cadence's first (after `before`'s last)."""
+    last = -np.inf if before is None else before.nights[-1]
+    if night_mjd is not None:
+        if night_mjd <= last:
+            raise SurveyError(
+                f"night {night_mjd:g} does not come after the night of {after} ({last:g})"
+            )
+        return night_mjd
+    found = [n for n, _ in nights(cadence_path) if n > last]
+    if not found:
+        where = "" if before is None else f" after night {last:g} of {after}"
+        raise CadenceError(f"{cadence_path}: no visits{where}")
+    return found[0]
 
 
 def with_pairs(visits: np.ndarray, gap_s: float) -> np.ndarray:
@@ -823,17 +964,29 @@ def with_pairs(visits: np.ndarray, gap_s: float) -> np.ndarray:
 
 
 def _write_catalogue(
-    out: ArchiveWriter, night: _Night, night_mjd: float, cfg: SimConfig
+    out: ArchiveWriter,
+    night: _Night,
+    survey_mjd: float,
+    cfg: SimConfig,
+    night_index: int,
+    known: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Write the starting catalogue; return tonight's detections of it, sorted by visit."""
+    """Write the starting catalogue of the patches not `known` to the survey yet.
+
+    Returns the night's detections of the Objects of every patch it touches,
+    sorted by visit, and the counts.
+    """
     obj_sink = _ParquetSink(out.path_for(_OBJECTS), objects_table, OBJECT_DTYPE)
     hist_sink = _ParquetSink(out.path_for(_HISTORY), diasources_table, DIASOURCE_DTYPE)
     dets, n_var = [], 0
-    for patch in night.patches:
-        obj, hist, det = _patch_catalogue(int(patch), night, night_mjd, cfg)
+    new = ~np.isin(night.patches, known)
+    for patch, is_new in zip(night.patches, new, strict=True):
+        obj, hist, det = _patch_catalogue(int(patch), night, survey_mjd, cfg, night_index)
+        dets.append(det)
+        if not is_new:
+            continue
         obj_sink.add(obj)
         hist_sink.add(hist)
-        dets.append(det)
         n_var += int(obj["isVariable"].sum())
     obj_sink.close()
     hist_sink.close()
@@ -843,16 +996,20 @@ def _write_catalogue(
         "objects_variable": n_var,
         "catalogue_diasources": hist_sink.total,
         "patches": int(night.patches.size),
+        "patches_new": int(new.sum()),
     }
     return det[np.argsort(det["vis"], kind="stable")], counts
 
 
 def _write_visits(
-    out: ArchiveWriter, night: _Night, det: np.ndarray, cfg: SimConfig
+    out: ArchiveWriter,
+    night: _Night,
+    det: np.ndarray,
+    cfg: SimConfig,
+    movers: _Movers,
+    transients: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Write each visit's files and events, then the truth; return the counts."""
-    movers = _make_movers(night, cfg)
-    transients = _make_transients(night, cfg)
     bounds = np.searchsorted(det["vis"], np.arange(night.visits.size + 1))
     ids, vis, truth, preds = [], [], [], []
     for i, visit in enumerate(night.visits):
@@ -886,7 +1043,6 @@ def _write_visits(
     cols.update({c: src[c] for c in ("diaObjectId", "ssObjectId", "transientId", "predicted")})
     _write(pa.table(cols), out.path_for(_TRUTH["diasources"]))
     mt = {k: v for k, v in movers.truth.items() if k != "snr"}
-    mt["mjd0"] = np.full(mt["ra"].size, movers.mjd0)
     _write(pa.table(mt), out.path_for(_TRUTH["movers"]))
     tr = pa.table({k: v for k, v in transients.items() if k != "snr"})
     _write(tr, out.path_for(_TRUTH["transients"]))

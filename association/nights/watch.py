@@ -27,7 +27,7 @@ from events.archive import Archive, ArchiveError
 from events.types import NEXT_VISIT
 from framework.status import OBSERVED
 
-PLOTS = ("sky.png", "latency.png", "stages.png")
+PLOTS = ("sky.png", "latency.png", "stages.png", "store.png")
 """The report's plots, shown on the page once ``nightpipe report`` has made them."""
 RATE_WINDOW_S = 300.0
 """The rate (and so the ETA) is taken over the visits finished in the last this many seconds."""

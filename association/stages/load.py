@@ -57,7 +57,8 @@ class LoadStage(Stage):
     Otherwise the master splits the field's chunks between the Slices by the
     partition's fixed rule; each Slice loads its chunks plus a read-only
     margin of neighbours, skipping what it already holds, and pins them until
-    the visit ends.
+    the visit ends. Of the recent DIASources it loads only those within the
+    recent-history window of the visits in flight (``settings.recent_days``).
     """
 
     def preprocess(self, ctx: MasterContext) -> Any:
@@ -101,15 +102,15 @@ class LoadStage(Stage):
         # the strip along the owned chunks is read, for this visit's matching.
         strip_of = margin[~np.isin(margin, cat.held())]
         need = np.union1d(owned, np.setdiff1d(margin, strip_of))
-        cat.pin(ctx.key, need)
+        cat.pin(ctx.key, need, float(ctx.events[NEXT_VISIT].body["mjd"]))
         missing = cat.missing(need)
         loaded = 0
-        keep = cat.config.recent_per_object
+        keep, since = cat.config.recent_per_object, cat.recent_floor()
         for chunk in missing:
             lo, hi = st.partition.chunk_range(int(chunk))
             t_read = time.perf_counter()
             objects = st.storage.load_objects(int(lo), int(hi))
-            recent = st.storage.load_recent_diasources(int(lo), int(hi), keep)
+            recent = st.storage.load_recent_diasources(int(lo), int(hi), keep, since)
             ctx.board.observe("db_read", time.perf_counter() - t_read)
             cat.put(int(chunk), objects, recent)
             loaded += len(objects)

@@ -36,7 +36,13 @@ class AssociationSettings:
     catalogue_mb : float
         Memory budget of each Slice's catalogue (least recently used chunks go).
     recent_per_object : int
-        Recent DIASources kept per Object.
+        Recent DIASources kept per Object, at most (the latest).
+    recent_days : float
+        The recent history is a time window: a visit sees the DIASources of
+        the last `recent_days` before it (Rubin keeps 12 months), of them at
+        most `recent_per_object` per Object, in its cross-match's Objects'
+        history and its alerts' ``prvDiaSources``. Older ones leave memory
+        and the per-visit reads, not the database.
     variable_min_sources : int
         An Object is variable once it has this many DIASources.
     alerts_dir : str
@@ -56,6 +62,7 @@ class AssociationSettings:
     margin_arcsec: float = 30.0
     catalogue_mb: float = 4096.0
     recent_per_object: int = 10
+    recent_days: float = 365.0
     variable_min_sources: int = 2
     alerts_dir: str = "alerts"
     write_retry_s: float = 600.0
@@ -86,7 +93,9 @@ class AssociationPipeline(PipelineHooks):
         if ctx.rank == 0:
             st.create_schema()
         else:
-            config = CatalogueConfig(s.catalogue_mb, s.recent_per_object, s.variable_min_sources)
+            config = CatalogueConfig(
+                s.catalogue_mb, s.recent_per_object, s.variable_min_sources, s.recent_days
+            )
             st.catalogue = Catalogue(config, 2 * (s.fine_order - s.chunk_order))
             # The Slices share the cores: each runs its compiled kernels on its share.
             numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))

@@ -49,7 +49,7 @@ class UpdateStage(Stage):
         txn.associate(matched)
         txn.create(new)
         changed = txn.changed(visit.owned)
-        recent = cat.recent_for(changed["diaObjectId"])
+        recent = cat.recent_for(changed["diaObjectId"], cat.window_start(ctx.key))
         return Changes(changed, recent[recent["visit"] != ctx.key])
 
     def postprocess(self, ctx: MasterContext, results: list[Changes]) -> None:

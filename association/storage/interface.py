@@ -10,6 +10,7 @@ All give the same rows.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -205,12 +206,16 @@ class Storage(AbstractContextManager):
         """
 
     @abstractmethod
-    def load_recent_diasources(self, lo: int, hi: int, per_object: int = 10) -> np.ndarray:
+    def load_recent_diasources(
+        self, lo: int, hi: int, per_object: int = 10, since: float = -math.inf
+    ) -> np.ndarray:
         """The latest DIASources of the Objects with ``lo <= fine < hi``.
 
-        A DIASource is chosen by its Object's fine index, not its own. At most
-        ``per_object`` per Object, the latest by midpointMjdTai (ties: larger
-        diaSourceId); sorted by (diaObjectId, midpointMjdTai, diaSourceId).
+        A DIASource is chosen by its Object's fine index, not its own. Only
+        those with ``midpointMjdTai >= since`` (the recent-history window), of
+        them at most ``per_object`` per Object, the latest by midpointMjdTai
+        (ties: larger diaSourceId); sorted by (diaObjectId, midpointMjdTai,
+        diaSourceId).
         """
 
     @abstractmethod

@@ -7,6 +7,7 @@ their native access makes faster; this one is also their reference.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -32,6 +33,9 @@ SQLITE_CACHE_KIB = 65536
 
 STRIP_RANGES_PER_QUERY = 200
 """Fine-index ranges per statement of `SqlStorage.load_object_columns`."""
+
+SINCE_ALWAYS = 1e308
+"""``since`` of a recent-DIASource read with no window: every row is later than minus this."""
 
 VISIT_TABLES = (tables.diasources, tables.moving_matches, tables.alerts, tables.visits)
 """The tables holding a visit's own rows, by its ``visit`` column."""
@@ -282,13 +286,17 @@ class SqlStorage(Storage):
             for n in names
         }
 
-    def load_recent_diasources(self, lo: int, hi: int, per_object: int = 10) -> np.ndarray:
+    def load_recent_diasources(
+        self, lo: int, hi: int, per_object: int = 10, since: float = -math.inf
+    ) -> np.ndarray:
         if per_object <= 0:
             return np.empty(0, dtype=DIASOURCE_DTYPE)
-        return self._load_recent(int(lo), int(hi), int(per_object))
+        # a finite bound that every driver binds as a double
+        since = max(float(since), -SINCE_ALWAYS)
+        return self._load_recent(int(lo), int(hi), int(per_object), since)
 
-    def _load_recent(self, lo: int, hi: int, per_object: int) -> np.ndarray:
-        """`load_recent_diasources` for ``per_object > 0``."""
+    def _load_recent(self, lo: int, hi: int, per_object: int, since: float) -> np.ndarray:
+        """`load_recent_diasources` for ``per_object > 0`` and a finite ``since``."""
         q = self._quote
         oid, mjd, fine = q("diaObjectId"), q("midpointMjdTai"), q("fine")
         # Per Object, the time of its per_object-th latest DIASource: a short walk
@@ -300,10 +308,10 @@ class SqlStorage(Storage):
         sql = (
             f"SELECT {self._recent_select_list()} FROM objects o "
             f"JOIN diasources d ON d.{oid} = o.{oid} "
-            f"WHERE o.{fine} >= ? AND o.{fine} < ? "
+            f"WHERE o.{fine} >= ? AND o.{fine} < ? AND d.{mjd} >= ? "
             f"AND d.{mjd} >= COALESCE(({nth}), -1e308)"
         )
-        params = (lo, hi, per_object - 1)
+        params = (lo, hi, since, per_object - 1)
         out = rows.diasources_from_columns(self.fetch_columns(sql, params, rows.DIASOURCE_KINDS))
         out = out[np.lexsort((out["diaSourceId"], out["midpointMjdTai"], out["diaObjectId"]))]
         # Ties at the cut may let in a few more: keep the last per_object of each.

@@ -153,7 +153,7 @@ class SqliteStorage(SqlStorage):
                 expected = conn.count(sql, params)
             return conn.fetch(sql, params, kinds, expected=expected)
 
-    def _load_recent(self, lo: int, hi: int, per_object: int) -> np.ndarray:
+    def _load_recent(self, lo: int, hi: int, per_object: int, since: float) -> np.ndarray:
         """A compiled loop walks down each Object's end of the diasources primary key."""
         q = self._quote
         oid, mjd, sid, fine = q("diaObjectId"), q("midpointMjdTai"), q("diaSourceId"), q("fine")
@@ -169,10 +169,10 @@ class SqliteStorage(SqlStorage):
             # diaSourceId) key from each Object's end; then each turned round.
             found = conn.fetch_each(
                 f"SELECT {self._recent_select_list()} FROM diasources d WHERE d.{oid} = ? "
-                f"ORDER BY d.{mjd} DESC, d.{sid} DESC LIMIT ?",
+                f"AND d.{mjd} >= ? ORDER BY d.{mjd} DESC, d.{sid} DESC LIMIT ?",
                 ids,
                 rows.DIASOURCE_KINDS,
-                (per_object,),
+                (since, per_object),
                 # Room for them all at once: pages never written cost nothing.
                 expected=min(len(ids) * per_object, 1 << 26),
                 reverse_each=True,
