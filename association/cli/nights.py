@@ -295,8 +295,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         kafka=args.kafka,
         kafka_prefix=args.kafka_prefix,
     )
+    replayer = None
     try:
-        summary = Replayer(opts).run() if len(archives) == 1 else replay_nights(opts, archives)
+        if len(archives) == 1:
+            replayer = Replayer(opts)
+            summary = replayer.run()
+        else:
+            summary = replay_nights(opts, archives)
     except (ArchiveError, SequenceError) as exc:
         raise UsageError(str(exc)) from None
     except (ReplayError, TimeoutError) as exc:  # TimeoutError: no reply from the master
@@ -310,7 +315,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "mover_recovery": args.min_mover_recovery,
         }
         code = _print_report(Path(args.run_dir), None, False, thresholds)
-        if args.kafka:
+        if replayer is not None and args.kafka:
             code = max(code, _check_topic(replayer))
         return code
     return 0 if summary["failed"] == 0 else 1
