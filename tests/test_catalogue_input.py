@@ -146,14 +146,14 @@ def test_a_visit_file_with_a_wrong_fine_is_refused(tmp_path):
     assert (info.value.column, info.value.row) == ("fine", 0)
 
 
-def test_preload_of_a_bad_catalogue_loads_nothing(tmp_path, sqlite_engine):
+def test_preload_of_a_bad_catalogue_loads_nothing(tmp_path, sqlite_storage):
     obj_path = objects_file(tmp_path / "o.parquet")
     obj = read_objects(obj_path)
     bad_hist = history_file(tmp_path / "h.parquet", obj, psfFluxErr=np.full(50, -1.0))
     with pytest.raises(BadInputError, match="psfFluxErr"):
-        preload(sqlite_engine, obj_path, bad_hist)
-    assert not catalogue_loaded(sqlite_engine)
-    assert preload(sqlite_engine, obj_path, history_file(tmp_path / "h2.parquet", obj)) == 50
+        preload(sqlite_storage, obj_path, bad_hist)
+    assert not catalogue_loaded(sqlite_storage)
+    assert preload(sqlite_storage, obj_path, history_file(tmp_path / "h2.parquet", obj)) == 50
 
 
 @pytest.mark.parametrize("damage", ["zero", "drop"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numba
 
 from association.catalogue import Catalogue, CatalogueConfig, warm_up
+from association.catalogue.variability import VariabilityConfig
 from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
@@ -37,8 +38,11 @@ class AssociationSettings:
         Memory budget of each Slice's catalogue (least recently used chunks go).
     recent_per_object : int
         Recent DIASources kept per Object.
-    variable_min_sources : int
-        An Object is variable once it has this many DIASources.
+    variable_min_detections, variable_min_span_days, variable_min_significance
+        When an Object's flux history makes it variable: in some band at
+        least this many DIASources, spanning (first to last) at least this
+        many days, whose fluxes' chi^2 about their weighted mean is at least
+        this many sigmas significant (`association.catalogue.variability`).
     alerts_dir : str
         Where alert files go, relative to the run directory.
     write_retry_s : float
@@ -56,7 +60,9 @@ class AssociationSettings:
     margin_arcsec: float = 30.0
     catalogue_mb: float = 4096.0
     recent_per_object: int = 10
-    variable_min_sources: int = 2
+    variable_min_detections: int = 3
+    variable_min_span_days: float = 1.0 / 24.0
+    variable_min_significance: float = 5.0
     alerts_dir: str = "alerts"
     write_retry_s: float = 600.0
     data_roots: tuple[str, ...] = ()
@@ -86,7 +92,10 @@ class AssociationPipeline(PipelineHooks):
         if ctx.rank == 0:
             st.create_schema()
         else:
-            config = CatalogueConfig(s.catalogue_mb, s.recent_per_object, s.variable_min_sources)
+            variability = VariabilityConfig(
+                s.variable_min_detections, s.variable_min_span_days, s.variable_min_significance
+            )
+            config = CatalogueConfig(s.catalogue_mb, s.recent_per_object, variability)
             st.catalogue = Catalogue(config, 2 * (s.fine_order - s.chunk_order))
             # The Slices share the cores: each runs its compiled kernels on its share.
             numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))

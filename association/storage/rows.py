@@ -66,7 +66,7 @@ def objects_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
     order = np.argsort(cols["diaObjectId"], kind="stable")
     out = np.empty(len(order), dtype=OBJECT_DTYPE)
     # Reorder column by column through one reused buffer per type: much faster
-    # than reordering the 113-byte records, and fresh memory is slow to touch.
+    # than reordering the 193-byte records, and fresh memory is slow to touch.
     buffers: dict[np.dtype, np.ndarray] = {}
     for name, values in cols.items():
         buf = buffers.setdefault(values.dtype, np.empty(len(order), dtype=values.dtype))
