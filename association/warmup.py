@@ -91,14 +91,15 @@ def warm_up_all() -> int:
     from association.alerts.avro import warm_up as avro
     from association.catalogue import warm_up as catalogue
     from association.matching.zoneindex import warm_up as zoneindex
+    from association.storage import warm_up_reads
 
     with event.install_recorder("numba:compile") as rec:
         zoneindex()
-        _ellipse()
+        _association()
         catalogue()
         avro()
         _storage()
-        _pg_copy()
+        warm_up_reads()
     return sum(1 for _, ev in rec.buffer if ev.is_start)
 
 
@@ -135,13 +136,24 @@ def ensure_compiled(say: Callable[[str], None] | None = None) -> int:
         return n
 
 
-def _ellipse() -> None:
+def _association() -> None:
+    # The crossmatch's costs, the movers and the assignment as the stages call
+    # them: a chain of two sources and two Objects makes a component to solve.
     import numpy as np
 
-    from association.matching.ellipse import ellipse_pairs
+    from association.matching.assign import assign, nearest, position_cost
+    from association.matching.movers import mover_candidates, mover_matches
 
-    one = np.ones(4)
-    ellipse_pairs(one, one, one, one, one, one, one)
+    ra = np.array([10.0, 10.0001, 10.0002])
+    dec = np.zeros(3)
+    err = np.full(3, 1e-5, np.float32)
+    s, o = np.array([0, 0, 1]), np.array([0, 1, 1])
+    cost = position_cost(s, o, ra, dec, ra, dec, err, err, err, err)
+    assign(s, o, cost)
+    nearest(s, o, cost)
+    one = np.ones(3)
+    p, q, c = mover_candidates(ra, dec, one, one, one, ra, dec, err, err)
+    mover_matches(p, q, c, np.full(3, np.inf))
 
 
 def _storage() -> None:
@@ -167,13 +179,6 @@ def _storage() -> None:
         storage.load_objects(0, 1 << 62)
         storage.load_recent_diasources(0, 1 << 62)
         storage.load_object_columns(np.zeros(1, np.int64), np.ones(1, np.int64), ["ra"])
-
-
-def _pg_copy() -> None:
-    from association.storage.postgres.copy import SIGNATURE, parse_binary_copy
-
-    empty = SIGNATURE + bytes(8) + b"\xff\xff"
-    parse_binary_copy(empty, {"a": "i8", "b": "f8"})
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from association.matching.assign import CostConfig, assign, associate, position_cost
 from association.matching.zoneindex import ZoneIndex
-from tests.test_ellipse import offset
+from tests.oracles.reference import offset
 
 BIG = 1e4  # the oracle's 'unmatched' cost when as many pairs as possible must win
 

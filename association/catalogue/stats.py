@@ -98,7 +98,9 @@ def _weighted(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return wsum, wmean, chi2
 
 
-def _store_weighted(rows: np.ndarray, wsum: np.ndarray, wmean: np.ndarray, chi2: np.ndarray) -> None:
+def _store_weighted(
+    rows: np.ndarray, wsum: np.ndarray, wmean: np.ndarray, chi2: np.ndarray
+) -> None:
     known = wsum > 0
     with np.errstate(divide="ignore"):
         rows["psfFluxMeanErr"] = np.where(known, 1.0 / np.sqrt(wsum), np.nan)

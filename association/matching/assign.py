@@ -417,6 +417,24 @@ def assign(
     return chosen
 
 
+def nearest(src_key: np.ndarray, obj_key: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """The nearest-Object rule: each source's nearest candidate, not one-to-one.
+
+    Ties in distance go to the smaller ``obj_key``. Returns which candidate
+    pairs are chosen (one per source that has any).
+    """
+    src_key = np.asarray(src_key, dtype=np.int64)
+    obj_key = np.asarray(obj_key, dtype=np.int64)
+    distance = np.asarray(distance, dtype=np.float64)
+    if not (src_key.shape == obj_key.shape == distance.shape and distance.ndim == 1):
+        raise ValueError("src_key, obj_key and distance must be 1-d arrays of one length")
+    chosen = np.zeros(src_key.size, bool)
+    order = np.lexsort((obj_key, distance, src_key))
+    first = np.r_[True, src_key[order][1:] != src_key[order][:-1]] if order.size else order
+    chosen[order[first]] = True
+    return chosen
+
+
 # -- the whole step -------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from association.columns import MATCH_COLUMNS, OBJECT_DTYPE
+from association.columns import DIASOURCE_DTYPE, MATCH_COLUMNS, OBJECT_DTYPE
 from association.sky.fov import fov_of
 from association.stages.rank import AssociationState
 from association.stages.visit import LoadResult, MasterVisit, SliceVisit
@@ -26,23 +26,63 @@ def margin_strips(
 ) -> dict[str, np.ndarray]:
     """Match columns of the thin strips of margin `chunks` along the `owned` chunks.
 
-    From the Slice's strip cache, reading (and caching) what it lacks. The
-    cache holds every decided change, so the columns are current.
+    From the Slice's strip cache; what it lacks is read in one go (a few
+    statements however many chunks) and cached. The cache holds every
+    decided change, so the columns are current.
     """
     key = tuple(owned.tolist())
-    strips = []
-    for chunk in chunks.tolist():
-        strip = st.strips.get(chunk, key)
-        if strip is None:
-            lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
-            columns = st.storage.load_object_columns(lo, hi, MATCH_COLUMNS)
-            columns["isVariable"] = columns["isVariable"].astype(bool)
-            strip = st.strips.put(chunk, key, lo, hi, columns)
-        strips.append(strip.columns)
+    cached = {c: st.strips.get(c, key) for c in chunks.tolist()}
+    lacking = np.array([c for c, strip in cached.items() if strip is None], np.int64)
+    if lacking.size:
+        lo, hi = st.partition.strip_ranges(lacking, owned)
+        found = st.storage.load_object_columns(lo, hi, (*MATCH_COLUMNS, "fine"))
+        found["isVariable"] = found["isVariable"].astype(bool)
+        range_chunk = st.partition.chunk_of_fine(lo)
+        row_chunk = st.partition.chunk_of_fine(found.pop("fine"))
+        for chunk in lacking.tolist():
+            mine, rows = range_chunk == chunk, row_chunk == chunk
+            columns = {k: v[rows] for k, v in found.items()}
+            cached[chunk] = st.strips.put(chunk, key, lo[mine], hi[mine], columns)
+    strips = [cached[c].columns for c in chunks.tolist()]
     return {
         k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
         for k in MATCH_COLUMNS
     }
+
+
+SMALL_CHUNK = 4096
+"""Chunks with fewer Objects are read together, in a few statements."""
+
+
+def load_chunks(st: AssociationState, chunks: np.ndarray, keep: int) -> int:
+    """Read ``chunks`` into the Slice's catalogue; the Objects read.
+
+    One probe statement counts each chunk's Objects (up to `SMALL_CHUNK`):
+    an empty chunk is held empty at once, the Objects of the small ones are
+    read together, a large one by itself; then the recent DIASources of each
+    chunk that has Objects. So a field of many empty or sparse chunks costs
+    a few statements and a short one per sparse chunk.
+    """
+    cat = st.catalogue
+    assert cat is not None
+    if not len(chunks):
+        return 0
+    lo, hi = st.partition.chunk_range(chunks)
+    count = st.storage.count_objects(lo, hi, SMALL_CHUNK)
+    small = np.flatnonzero((count > 0) & (count < SMALL_CHUNK))
+    read = st.storage.load_objects_ranges(lo[small], hi[small])
+    objects = dict(zip(small.tolist(), read, strict=True))
+    loaded = 0
+    for i, chunk in enumerate(chunks.tolist()):
+        a, b = int(lo[i]), int(hi[i])
+        found = np.empty(0, OBJECT_DTYPE)
+        recent = np.empty(0, DIASOURCE_DTYPE)
+        if count[i]:
+            found = objects[i] if i in objects else st.storage.load_objects(a, b)
+            recent = st.storage.load_recent_diasources(a, b, keep)
+        cat.put(chunk, found, recent)
+        loaded += len(found)
+    return loaded
 
 
 class LoadStage(Stage):
@@ -99,16 +139,10 @@ class LoadStage(Stage):
         need = np.union1d(owned, np.setdiff1d(margin, strip_of))
         cat.pin(ctx.key, need)
         missing = cat.missing(need)
-        loaded = 0
-        keep = cat.config.recent_per_object
-        for chunk in missing:
-            lo, hi = st.partition.chunk_range(int(chunk))
-            objects = st.storage.load_objects(int(lo), int(hi))
-            recent = st.storage.load_recent_diasources(int(lo), int(hi), keep)
-            cat.put(int(chunk), objects, recent)
-            loaded += len(objects)
+        with st.storage.reading():
+            loaded = load_chunks(st, missing, cat.config.recent_per_object)
+            n_strip = len(margin_strips(st, owned, strip_of)["ra"])
         visit.owned, visit.held, visit.strip_chunks = owned, need, strip_of
-        n_strip = len(margin_strips(st, owned, strip_of)["ra"])
         stats = cat.stats()
         ctx.board.set(
             catalogue_objects=stats["n_objects"],

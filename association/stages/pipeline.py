@@ -14,6 +14,7 @@ from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.visit import MasterVisit, SliceVisit
+from association.storage import warm_up_reads
 from association.storage.errors import is_retriable
 from association.warmup import ensure_compiled
 from events.types import ASSOCIATION_SPECS
@@ -100,6 +101,7 @@ class AssociationPipeline(PipelineHooks):
             # The Slices share the cores: each runs its compiled kernels on its share.
             numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))
             warm_up()
+            warm_up_reads()  # the first visit's loads do not wait for their kernels
         return st
 
     def execution_state(self, ctx: RankContext, key: int) -> MasterVisit | SliceVisit:
