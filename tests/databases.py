@@ -10,8 +10,11 @@ from association.storage.tables import metadata
 PARAMS = FrozenParameters(chunk_order=6, fine_order=20)
 """The partition of the tests' databases (the pipeline's default)."""
 
-VOLATILE_COLUMNS = {"visits": ("stored_at",)}
-"""Columns that differ between two runs doing the same work; `table_rows` skips them."""
+VOLATILE_COLUMNS = {"visits": ("stored_at",), "notes": ("value",)}
+"""Columns that differ between two runs doing the same work; `table_rows` skips them.
+
+The store time, and the notes' text (the preload's names the archive's path).
+"""
 
 
 def table_rows(engine: Engine, *, volatile: bool = False) -> dict[str, set[tuple]]:
