@@ -21,20 +21,31 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+SMALL_CHUNK = 4096
+"""Chunks with fewer Objects are read together, in a few statements."""
+
+
 def margin_strips(
     st: AssociationState, owned: np.ndarray, chunks: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Match columns of the thin strips of margin `chunks` along the `owned` chunks.
 
-    From the Slice's strip cache; what it lacks is read in one go (a few
-    statements however many chunks) and cached. The cache holds every
-    decided change, so the columns are current.
+    From the Slice's strip cache; what it lacks is read in one go and
+    cached. Of a chunk with fewer than `SMALL_CHUNK` Objects (an empty or
+    sparse one) the whole chunk is kept as its strip: a superset of the
+    strip costs nothing to match against, and one range reads faster than
+    the strip's many. The cache holds every decided change, so the columns
+    are current.
     """
     key = tuple(owned.tolist())
     cached = {c: st.strips.get(c, key) for c in chunks.tolist()}
     lacking = np.array([c for c, strip in cached.items() if strip is None], np.int64)
     if lacking.size:
-        lo, hi = st.partition.strip_ranges(lacking, owned)
+        whole_lo, whole_hi = st.partition.chunk_range(lacking)
+        dense = st.storage.count_objects(whole_lo, whole_hi, SMALL_CHUNK) >= SMALL_CHUNK
+        strip_lo, strip_hi = st.partition.strip_ranges(lacking[dense], owned)
+        lo = np.concatenate([whole_lo[~dense], strip_lo])
+        hi = np.concatenate([whole_hi[~dense], strip_hi])
         found = st.storage.load_object_columns(lo, hi, (*MATCH_COLUMNS, "fine"))
         found["isVariable"] = found["isVariable"].astype(bool)
         range_chunk = st.partition.chunk_of_fine(lo)
@@ -48,10 +59,6 @@ def margin_strips(
         k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
         for k in MATCH_COLUMNS
     }
-
-
-SMALL_CHUNK = 4096
-"""Chunks with fewer Objects are read together, in a few statements."""
 
 
 def load_chunks(st: AssociationState, chunks: np.ndarray, keep: int) -> int:
