@@ -440,3 +440,28 @@ def test_lru_eviction_spares_pinned_chunks():
     assert cat.stats()["evictions"] == 3
     # row 193 + id key 8 + lookup 12, plus at most ~8 % spare capacity
     assert 213 <= cat.bytes_per_object() < 231
+
+
+def test_variability_comes_from_the_flux_history_and_stays():
+    rng = np.random.default_rng(3)
+    cat = empty_catalogue()
+    ra, dec = np.array([10.0, 50.0]), np.array([5.0, -5.0])
+    first = make_sources(np.array([1, 2]), ra, dec, 60000.0, rng)
+    first["band"], first["psfFlux"], first["psfFluxErr"] = 2, 1000.0, 10.0
+    apply_visit(cat, 0, np.empty(0, DIASOURCE_DTYPE), first)
+
+    def detect(visit, mjd, flux):
+        src = make_sources(np.array([10, 11]) + 10 * visit, ra, dec, mjd, rng, np.array([1, 2]))
+        src["band"], src["psfFluxErr"] = 2, 10.0
+        src["psfFlux"] = flux
+        apply_visit(cat, visit, src, np.empty(0, DIASOURCE_DTYPE))
+        return cat.objects_by_id([1, 2])["isVariable"].tolist()
+
+    # an 80 s pair: two detections, no span: neither, whatever the fluxes
+    assert detect(1, 60000.0 + 80 / 86400, [1000.0, 5000.0]) == [False, False]
+    # a third detection an hour on: the steady one stays steady, the other varies
+    assert detect(2, 60000.05, [1002.0, 1000.0]) == [False, True]
+    # once shown, it stays variable, however steady the next fluxes
+    assert detect(3, 60000.1, [1001.0, 1000.0]) == [False, True]
+    rows = cat.objects_by_id([2])
+    assert rows["psfFluxNdata"][0, 2] == 4 and rows["psfFluxChi2"][0, 2] > 1e4
