@@ -130,9 +130,13 @@ class PgServer:
         return self.database_url(name)
 
     def restart(self) -> None:
-        """``pg_ctl restart -m fast``: every connection is cut, the server comes back."""
-        assert self.base is not None
-        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "restart")
+        """Stop (``-m fast``) and start again: every connection is cut, the server comes back.
+
+        Not ``pg_ctl restart``: it starts the server without ``-l``, so the server
+        keeps the captured output pipe open and the call never returns.
+        """
+        self.pause()
+        self.resume()
 
     def pause(self) -> None:
         """Stop the server, keeping its data and port (`resume` starts it again)."""

@@ -109,8 +109,14 @@ def test_second_replay_refused(pole_archive, tmp_path):
         code, out = _finish(second, timeout=60)
         assert code != 0 and "in use" in out and "replay" in out, out
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(30)
+        # SIGTERM: the replay stops the pipeline it started (a job in sessions of
+        # its own, which a SIGKILL of the replay would leave running)
+        os.killpg(first.pid, signal.SIGTERM)
+        try:
+            first.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
 
 
 # -- a master that cannot start -------------------------------------------------------------------
