@@ -137,23 +137,12 @@ def ensure_compiled(say: Callable[[str], None] | None = None) -> int:
 
 
 def _association() -> None:
-    # The crossmatch's costs, the movers and the assignment as the stages call
-    # them: a chain of two sources and two Objects makes a component to solve.
-    import numpy as np
+    # The crossmatch's costs, the movers and the assignment as the stages call them.
+    from association.matching.assign import warm_up as assign
+    from association.matching.movers import warm_up as movers
 
-    from association.matching.assign import assign, nearest, position_cost
-    from association.matching.movers import mover_candidates, mover_matches
-
-    ra = np.array([10.0, 10.0001, 10.0002])
-    dec = np.zeros(3)
-    err = np.full(3, 1e-5, np.float32)
-    s, o = np.array([0, 0, 1]), np.array([0, 1, 1])
-    cost = position_cost(s, o, ra, dec, ra, dec, err, err, err, err)
-    assign(s, o, cost)
-    nearest(s, o, cost)
-    one = np.ones(3)
-    p, q, c = mover_candidates(ra, dec, one, one, one, ra, dec, err, err)
-    mover_matches(p, q, c, np.full(3, np.inf))
+    assign()
+    movers()
 
 
 def _storage() -> None:

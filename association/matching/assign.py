@@ -509,3 +509,15 @@ def associate(
     out_cost[s[take]] = cost[take]
     out_dist[s[take]] = d[take]
     return Association(obj_row, out_cost, out_dist, np.bincount(s, minlength=n))
+
+
+def warm_up() -> None:
+    """Load (or compile) the cost and assignment kernels now, not in the first visit.
+
+    A chain of two sources and two Objects makes a component to solve.
+    """
+    ra = np.array([10.0, 10.0001, 10.0002])
+    err = np.full(3, 1e-5, np.float32)
+    s, o = np.array([0, 0, 1]), np.array([0, 1, 1])
+    cost = position_cost(s, o, ra, np.zeros(3), ra, np.zeros(3), err, err, err, err)
+    assign(s, o, cost)

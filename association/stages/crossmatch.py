@@ -8,6 +8,7 @@ import numpy as np
 
 from association.columns import MATCH_COLUMNS
 from association.matching.assign import CostConfig, position_cost
+from association.matching.assign import warm_up as assign_warm_up
 from association.matching.zoneindex import ZoneIndex, warm_up
 from association.sky.fov import match_radius_arcsec
 from association.stages.load import margin_strips
@@ -57,7 +58,9 @@ class CrossMatchStage(Stage):
     ConfigClass = CrossMatchConfig
 
     def setup(self, ctx: RankContext) -> None:
-        warm_up()
+        if ctx.rank > 0:  # the Slices' kernels, loaded now rather than in the first visit
+            warm_up()
+            assign_warm_up()
         c = self.config
         self._costs = CostConfig(c.sigma_floor_arcsec, c.fallback_sigma_arcsec)
         margin_arcsec = ctx.settings.margin_arcsec

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from association.matching.movers import MoverConfig, mover_candidates, mover_matches
+from association.matching.movers import warm_up as movers_warm_up
 from association.stages.visit import Candidates, MasterVisit, MovingMatches
 from framework.stage import MasterContext, RankContext, Stage
 
@@ -56,6 +57,8 @@ class MovingStage(Stage):
         self._movers = MoverConfig(
             c.scale, c.min_axis_arcsec, c.fallback_sigma_arcsec, c.ambiguity_margin
         )
+        if ctx.rank == 0:
+            movers_warm_up()  # the master's first visit does not wait for its kernels
 
     def preprocess(self, ctx: MasterContext) -> None:
         visit: MasterVisit = ctx.state

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from association.matching.assign import assign, nearest
+from association.matching.assign import warm_up as assign_warm_up
 from association.stages.rank import AssociationState
 from association.stages.visit import Candidates, MasterVisit, SliceVisit
 from framework.stage import ExecutionContext, MasterContext, RankContext, Stage
@@ -70,6 +71,8 @@ class UpdateStage(Stage):
     def setup(self, ctx: RankContext) -> None:
         if self.config.rule not in RULES:
             raise ValueError(f"update.rule must be one of {RULES}, got {self.config.rule!r}")
+        if ctx.rank == 0:
+            assign_warm_up()  # the master's first visit does not wait for its kernels
 
     def preprocess(self, ctx: MasterContext) -> tuple[np.ndarray, np.ndarray]:
         visit: MasterVisit = ctx.state
