@@ -37,6 +37,8 @@ OBJECT_DTYPE = np.dtype(
         ("diaObjectId", "i8"),  # = diaSourceId of the DIASource that created it
         ("ra", "f8"),  # running mean position, deg
         ("dec", "f8"),
+        ("raErr", "f4"),  # deg, on-sky 1-sigma error of the mean position; NaN if unknown
+        ("decErr", "f4"),
         ("fine", "i8"),  # fine HEALPix NESTED index of the creating position; never moves
         ("nDiaSources", "i4"),
         ("firstMjd", "f8"),
@@ -44,10 +46,14 @@ OBJECT_DTYPE = np.dtype(
         ("psfFluxNdata", "i2", (NBANDS,)),
         ("psfFluxMean", "f4", (NBANDS,)),  # nJy, running mean per band
         ("psfFluxM2", "f4", (NBANDS,)),  # Welford sum of squared deviations per band
+        # inverse-variance weighted statistics per band (NaN: no flux with an error yet)
+        ("psfFluxWMean", "f4", (NBANDS,)),  # nJy, weighted mean
+        ("psfFluxMeanErr", "f4", (NBANDS,)),  # nJy, its error, 1 / sqrt(sum 1 / err^2)
+        ("psfFluxChi2", "f4", (NBANDS,)),  # sum ((flux - psfFluxWMean) / err)^2
         ("isVariable", "?"),
     ]
 )
-"""An Object in memory: 113 bytes a row."""
+"""An Object in memory: 193 bytes a row."""
 
 
 def band_index(names: np.ndarray) -> np.ndarray:
@@ -63,5 +69,5 @@ def band_index(names: np.ndarray) -> np.ndarray:
     return lut[inverse.ravel()] if len(uniq) else np.empty(0, "i1")
 
 
-MATCH_COLUMNS = ("ra", "dec", "diaObjectId", "isVariable")
+MATCH_COLUMNS = ("ra", "dec", "raErr", "decErr", "diaObjectId", "isVariable")
 """The Object columns the cross-match reads (and margin strips keep)."""

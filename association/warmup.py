@@ -91,14 +91,15 @@ def warm_up_all() -> int:
     from association.alerts.avro import warm_up as avro
     from association.catalogue import warm_up as catalogue
     from association.matching.zoneindex import warm_up as zoneindex
+    from association.storage import warm_up_reads
 
     with event.install_recorder("numba:compile") as rec:
         zoneindex()
-        _ellipse()
+        _association()
         catalogue()
         avro()
         _storage()
-        _pg_copy()
+        warm_up_reads()
     return sum(1 for _, ev in rec.buffer if ev.is_start)
 
 
@@ -135,13 +136,13 @@ def ensure_compiled(say: Callable[[str], None] | None = None) -> int:
         return n
 
 
-def _ellipse() -> None:
-    import numpy as np
+def _association() -> None:
+    # The crossmatch's costs, the movers and the assignment as the stages call them.
+    from association.matching.assign import warm_up as assign
+    from association.matching.movers import warm_up as movers
 
-    from association.matching.ellipse import ellipse_pairs
-
-    one = np.ones(4)
-    ellipse_pairs(one, one, one, one, one, one, one)
+    assign()
+    movers()
 
 
 def _storage() -> None:
@@ -167,13 +168,6 @@ def _storage() -> None:
         storage.load_objects(0, 1 << 62)
         storage.load_recent_diasources(0, 1 << 62)
         storage.load_object_columns(np.zeros(1, np.int64), np.ones(1, np.int64), ["ra"])
-
-
-def _pg_copy() -> None:
-    from association.storage.postgres.copy import SIGNATURE, parse_binary_copy
-
-    empty = SIGNATURE + bytes(8) + b"\xff\xff"
-    parse_binary_copy(empty, {"a": "i8", "b": "f8"})
 
 
 def main() -> int:

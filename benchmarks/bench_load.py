@@ -197,19 +197,31 @@ def naive_load(engine, lo: int, hi: int) -> np.ndarray:
         rows = conn.execute(select(t).where(t.c.fine >= lo, t.c.fine < hi)).fetchall()
     out = np.empty(len(rows), dtype=OBJECT_DTYPE)
     nan = float("nan")
+
+    def value(m, name):
+        return nan if m[name] is None else m[name]
+
+    def band(m, name):
+        return [value(m, f"{b}_{name}") for b in BANDS]
+
     for i, r in enumerate(rows):
         m = r._mapping
         out[i] = (
             m["diaObjectId"],
             m["ra"],
             m["dec"],
+            value(m, "raErr"),
+            value(m, "decErr"),
             m["fine"],
             m["nDiaSources"],
             m["firstMjd"],
             m["lastMjd"],
             [m[f"{b}_psfFluxNdata"] for b in BANDS],
-            [nan if m[f"{b}_psfFluxMean"] is None else m[f"{b}_psfFluxMean"] for b in BANDS],
-            [nan if m[f"{b}_psfFluxM2"] is None else m[f"{b}_psfFluxM2"] for b in BANDS],
+            band(m, "psfFluxMean"),
+            band(m, "psfFluxM2"),
+            band(m, "psfFluxWMean"),
+            band(m, "psfFluxMeanErr"),
+            band(m, "psfFluxChi2"),
             m["isVariable"],
         )
     return out[np.argsort(out["diaObjectId"], kind="stable")]

@@ -13,7 +13,8 @@ PARAMS = FrozenParameters(chunk_order=6, fine_order=20)
 VOLATILE_COLUMNS = {"visits": ("stored_at",), "notes": ("value",)}
 """Columns that differ between two runs doing the same work; `table_rows` skips them.
 
-A note's value may say when and from where (a catalogue loaded); its name is compared.
+A note's value may say when and from where (a catalogue loaded, the
+preload's archive path); its name is compared.
 """
 
 

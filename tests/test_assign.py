@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from association.matching.assign import CostConfig, assign, associate, position_cost
+from association.matching.assign import CostConfig, assign, associate, nearest, position_cost
 from association.matching.zoneindex import ZoneIndex
-from tests.test_ellipse import offset
+from association.stages.update import choose_objects
+from association.stages.visit import Candidates
+from tests.oracles.reference import offset
 
 BIG = 1e4  # the oracle's 'unmatched' cost when as many pairs as possible must win
 
@@ -178,3 +180,30 @@ def test_a_second_object_goes_to_the_second_source():
     sra, sdec = offset(ra0, dec0, np.array([-0.05, 0.0]) * arc, np.array([0.0, 0.1]) * arc)
     res = associate(index, sra, sdec, 1.0)
     assert sorted(res.obj_row.tolist()) == [0, 1]
+
+
+def test_nearest_rule_each_source_its_nearest_ties_to_the_smaller_object():
+    src = np.array([7, 7, 7, 5, 5, 9])
+    obj = np.array([30, 20, 10, 10, 40, 10])
+    dist = np.array([0.5, 0.2, 0.2, 0.9, 0.1, 0.3])
+    chosen = nearest(src, obj, dist)
+    assert sorted(zip(src[chosen].tolist(), obj[chosen].tolist(), strict=True)) == [
+        (5, 40), (7, 10), (9, 10)
+    ]  # fmt: skip
+    perm = np.random.default_rng(1).permutation(src.size)
+    assert np.array_equal(nearest(src[perm], obj[perm], dist[perm]), chosen[perm])
+    assert nearest(src[:0], obj[:0], dist[:0]).size == 0
+
+
+def test_choose_objects_leaves_movers_out_then_one_to_one():
+    # sources 1 and 2 both near Object 10; 1 is a mover: 2 gets it
+    cand = Candidates(
+        np.array([1, 2, 3]), np.array([10, 10, 11]), np.array([-5.0, -4.0, -3.0]),
+        np.array([0.1, 0.2, 0.1]), np.zeros(3, bool),
+    )  # fmt: skip
+    pairs = choose_objects(cand, np.array([1]), "one_to_one")
+    assert pairs.diaSourceId.tolist() == [2, 3] and pairs.diaObjectId.tolist() == [10, 11]
+    pairs = choose_objects(cand, np.array([], np.int64), "one_to_one")
+    assert pairs.diaSourceId.tolist() == [1, 3]  # 2 makes a new Object
+    pairs = choose_objects(cand, np.array([], np.int64), "nearest")
+    assert pairs.diaSourceId.tolist() == [1, 2, 3]  # the old rule: both take Object 10

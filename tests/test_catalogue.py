@@ -36,7 +36,9 @@ def make_sources(
     src["midpointMjdTai"] = mjd
     src["band"] = rng.integers(0, NBANDS, len(ids))
     src["psfFlux"] = rng.normal(1000.0, 50.0, len(ids))
-    src["psfFluxErr"] = 10.0
+    src["psfFluxErr"] = rng.uniform(8.0, 12.0, len(ids))
+    src["raErr"] = rng.uniform(0.05, 0.2, len(ids)) * ARCSEC
+    src["decErr"] = rng.uniform(0.05, 0.2, len(ids)) * ARCSEC
     src["fine"] = fine_of(src["ra"], src["dec"])
     return src
 
@@ -101,7 +103,7 @@ def snapshot(cat: Catalogue) -> dict[int, tuple[bytes, bytes]]:
 # --- statistics --------------------------------------------------------------------------------
 
 
-def test_welford_and_mean_position_match_numpy_after_several_visits():
+def test_statistics_match_numpy_after_several_visits():
     rng = np.random.default_rng(7)
     cat = empty_catalogue()
     ra = np.array([359.99995, 0.00003, 120.0, 45.0, 200.0, 10.0])
@@ -126,14 +128,26 @@ def test_welford_and_mean_position_match_numpy_after_several_visits():
         assert row["nDiaSources"] == len(mine)
         assert row["firstMjd"] == mine["midpointMjdTai"].min()
         assert row["lastMjd"] == mine["midpointMjdTai"].max()
-        assert row["isVariable"]
+        assert row["isVariable"]  # 50 nJy of scatter about errors of 10: 15 sigma and more
+        for axis in ("raErr", "decErr"):  # the error of the mean position
+            want = np.sqrt(np.sum(mine[axis].astype("f8") ** 2)) / len(mine)
+            np.testing.assert_allclose(row[axis], want, rtol=1e-5)
         for b in range(NBANDS):
-            flux = mine["psfFlux"][mine["band"] == b].astype("f8")
+            sel = mine["band"] == b
+            flux = mine["psfFlux"][sel].astype("f8")
             assert row["psfFluxNdata"][b] == len(flux)
             if len(flux):
                 np.testing.assert_allclose(row["psfFluxMean"][b], flux.mean(), rtol=1e-6)
                 m2 = np.var(flux) * len(flux)
                 np.testing.assert_allclose(row["psfFluxM2"][b], m2, rtol=1e-4, atol=1e-2)
+                w = 1 / mine["psfFluxErr"][sel].astype("f8") ** 2
+                wmean = np.sum(w * flux) / w.sum()
+                np.testing.assert_allclose(row["psfFluxWMean"][b], wmean, rtol=1e-6)
+                np.testing.assert_allclose(row["psfFluxMeanErr"][b], w.sum() ** -0.5, rtol=1e-6)
+                chi2 = np.sum(w * (flux - wmean) ** 2)
+                np.testing.assert_allclose(row["psfFluxChi2"][b], chi2, rtol=1e-4, atol=1e-4)
+            else:
+                assert np.isnan(row["psfFluxWMean"][b]) and np.isnan(row["psfFluxChi2"][b])
         vec = hp.ang2vec(mine["ra"], mine["dec"], lonlat=True).sum(axis=0)
         vec /= np.linalg.norm(vec)
         got = hp.ang2vec(row["ra"], row["dec"], lonlat=True)
@@ -144,7 +158,7 @@ def test_welford_and_mean_position_match_numpy_after_several_visits():
 
 def test_new_object_takes_its_source():
     rng = np.random.default_rng(1)
-    cat = empty_catalogue(variable_min_sources=3)
+    cat = empty_catalogue()
     src = make_sources(np.array([5, 6]), np.array([10.0, 20.0]), np.array([5.0, -5.0]), 60001, rng)
     src["psfFlux"][1] = np.nan
     apply_visit(cat, 0, np.empty(0, DIASOURCE_DTYPE), src)
@@ -154,6 +168,10 @@ def test_new_object_takes_its_source():
     assert list(rows["nDiaSources"]) == [1, 1] and not rows["isVariable"].any()
     assert rows["psfFluxNdata"][0].sum() == 1 and rows["psfFluxNdata"][1].sum() == 0
     assert rows["psfFluxMean"][0, src["band"][0]] == src["psfFlux"][0]
+    assert rows["psfFluxWMean"][0, src["band"][0]] == src["psfFlux"][0]
+    assert rows["psfFluxMeanErr"][0, src["band"][0]] == src["psfFluxErr"][0]
+    assert rows["psfFluxChi2"][0, src["band"][0]] == 0 and np.isnan(rows["psfFluxChi2"][1]).all()
+    assert np.array_equal(rows["raErr"], src["raErr"])
     assert rows["firstMjd"][0] == rows["lastMjd"][0] == 60001
     assert list(cat.recent_for([5, 6])["diaObjectId"]) == [5, 6]
 
@@ -453,5 +471,30 @@ def test_lru_eviction_spares_pinned_chunks():
     cat.unpin("visit-1")
     assert list(cat.held()) == [3, 4, 5]
     assert cat.stats()["evictions"] == 3
-    # row 113 + id key 8 + lookup 12, plus at most ~8 % spare capacity
-    assert 133 <= cat.bytes_per_object() < 145
+    # row 193 + id key 8 + lookup 12, plus at most ~8 % spare capacity
+    assert 213 <= cat.bytes_per_object() < 231
+
+
+def test_variability_comes_from_the_flux_history_and_stays():
+    rng = np.random.default_rng(3)
+    cat = empty_catalogue()
+    ra, dec = np.array([10.0, 50.0]), np.array([5.0, -5.0])
+    first = make_sources(np.array([1, 2]), ra, dec, 60000.0, rng)
+    first["band"], first["psfFlux"], first["psfFluxErr"] = 2, 1000.0, 10.0
+    apply_visit(cat, 0, np.empty(0, DIASOURCE_DTYPE), first)
+
+    def detect(visit, mjd, flux):
+        src = make_sources(np.array([10, 11]) + 10 * visit, ra, dec, mjd, rng, np.array([1, 2]))
+        src["band"], src["psfFluxErr"] = 2, 10.0
+        src["psfFlux"] = flux
+        apply_visit(cat, visit, src, np.empty(0, DIASOURCE_DTYPE))
+        return cat.objects_by_id([1, 2])["isVariable"].tolist()
+
+    # an 80 s pair: two detections, no span: neither, whatever the fluxes
+    assert detect(1, 60000.0 + 80 / 86400, [1000.0, 5000.0]) == [False, False]
+    # a third detection an hour on: the steady one stays steady, the other varies
+    assert detect(2, 60000.05, [1002.0, 1000.0]) == [False, True]
+    # once shown, it stays variable, however steady the next fluxes
+    assert detect(3, 60000.1, [1001.0, 1000.0]) == [False, True]
+    rows = cat.objects_by_id([2])
+    assert rows["psfFluxNdata"][0, 2] == 4 and rows["psfFluxChi2"][0, 2] > 1e4

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from association.matching.assign import position_cost
-from association.matching.ellipse import ellipse_pairs
 from association.matching.movers import MoverConfig, mover_candidates, mover_matches
-from tests.oracles.reference import ellipse_q
-from tests.test_ellipse import offset
+from association.matching.zoneindex import ZoneIndex
+from tests.oracles.reference import brute_force_ellipse_pairs, ellipse_q, offset
 
 ARC = np.radians(1 / 3600)  # an arcsec in radians, for tangent-plane offsets
 RA0, DEC0 = 210.0, -20.0
+# field centres: generic sky, RA wrap, near both poles and at one
+CENTRES = [(150.0, 2.0), (359.9995, 20.0), (0.0002, -45.0), (45.0, 89.995), (300.0, -89.99)]
+CENTRES.append((0.0, 90.0))
+EXACT = 1e-6  # a fallback source error (arcsec) that leaves the gate the bare ellipse
 
 
 def at(east_arcsec, north_arcsec):
@@ -41,10 +46,10 @@ def test_a_3_sigma_ellipse_beyond_60_arcsec_holds_its_source():
     src = [[62 * np.sin(pa), 62 * np.cos(pa)]]
     _, pairs = match([[0, 0, 25, 10, 30]], src)
     assert pairs == [(0, 0)]
-    # the old rule's 60" cap dropped it
+    # the old rule clamped the scaled axes to 60": 62" along the major axis was out
     pra, pdec = at([0], [0])
     sra, sdec = at(*np.asarray(src).T)
-    assert ellipse_pairs(pra, pdec, [25.0], [10.0], [30.0], sra, sdec)[0].size == 0
+    assert ellipse_q(pra, pdec, [20.0], [10.0], [30.0], sra, sdec, scale=3.0)[0, 0] > 1
 
 
 def test_no_cap_a_huge_ellipse_with_one_source_is_conclusive():
@@ -64,21 +69,85 @@ def test_gate_is_the_scaled_error_ellipse_against_brute_force():
     sra, sdec = at(*src.T)
     a = np.maximum(pr[:, 2], cfg.min_axis_arcsec / cfg.scale)
     b = np.maximum(pr[:, 3], cfg.min_axis_arcsec / cfg.scale)
-    q = ellipse_q(pra, pdec, a, b, pr[:, 4], sra, sdec, _Scale(cfg.scale))
+    q = ellipse_q(pra, pdec, a, b, pr[:, 4], sra, sdec, cfg.scale)
     want = {(i, j) for i, j in zip(*np.nonzero(q <= 1.0), strict=True)}
     got = set(zip(p.tolist(), s.tolist(), strict=True))
     assert all(abs(q[k] - 1.0) < 1e-6 for k in got ^ want)
     assert len(want) > 5
 
 
-class _Scale:
-    """Stands for the old EllipseConfig in the reference: scale, and no clamp."""
+@st.composite
+def fields(draw):
+    centre = draw(st.sampled_from(CENTRES))
+    n_pred = draw(st.integers(1, 40))
+    n_src = draw(st.integers(1, 300))
+    ratio = draw(st.sampled_from([1.0, 3.0, 50.0]))
+    scale = draw(st.sampled_from([1.0, 3.0, 5.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    spread = np.radians(60 / 3600)
+    pra, pdec = offset(*centre, *rng.normal(0, spread, (2, n_pred)))
+    sra, sdec = offset(*centre, *rng.normal(0, spread, (2, n_src)))
+    a = rng.uniform(0.05, 25.0, n_pred)
+    b = a / ratio
+    pa = rng.uniform(-360, 360, n_pred)
+    return pra, pdec, a, b, pa, sra, sdec, MoverConfig(scale, 1e-3, EXACT)
 
-    def __init__(self, scale):
-        self.scale = scale
 
-    def axes(self, a, b):
-        return self.scale * np.asarray(a, float), self.scale * np.asarray(b, float)
+@settings(max_examples=40, deadline=None)
+@given(fields())
+def test_candidates_equal_brute_force(field):
+    # on every sky (RA wrap, poles), every shape and size of ellipse, every scale
+    pra, pdec, a, b, pa, sra, sdec, config = field
+    p, s, _ = mover_candidates(pra, pdec, a, b, pa, sra, sdec, config=config)
+    assert np.all(np.diff(p * len(sra) + s) > 0)  # sorted, no repeats
+    floor = config.min_axis_arcsec / config.scale
+    a, b = np.maximum(a, floor), np.maximum(b, floor)
+    bp, bs = brute_force_ellipse_pairs(pra, pdec, a, b, pa, sra, sdec, config.scale)
+    q = ellipse_q(pra, pdec, a, b, pa, sra, sdec, config.scale)
+    ours = set(zip(p.tolist(), s.tolist(), strict=True))
+    differ = ours ^ set(zip(bp.tolist(), bs.tolist(), strict=True))
+    assert all(abs(q[k] - 1.0) < 1e-6 for k in differ)
+
+
+@pytest.mark.parametrize("centre", CENTRES)
+@pytest.mark.parametrize("ratio", [1.0, 50.0])
+def test_rotated_elongated_ellipse_boundaries(centre, ratio):
+    # sources just inside and just outside both ends of both axes, every PA
+    config = MoverConfig(scale=1.0, min_axis_arcsec=0.01, fallback_sigma_arcsec=EXACT)
+    major, minor = 20.0, 20.0 / ratio
+    for pa in np.arange(0.0, 360.0, 7.5):
+        t = np.radians(pa)
+        along = np.array([np.sin(t), np.cos(t)])  # (east, north) of the major axis
+        across = np.array([np.cos(t), -np.sin(t)])
+        offsets = []
+        for axis, length in ((along, major), (across, minor)):
+            for f in (0.99, -0.99, 1.01, -1.01):
+                offsets.append(axis * f * np.radians(length / 3600))
+        sra, sdec = offset(*centre, *np.array(offsets).T)
+        one = np.ones(1)
+        _, s, _ = mover_candidates(
+            one * centre[0], one * centre[1], one * major, one * minor, one * pa, sra, sdec,
+            config=config,
+        )  # fmt: skip
+        assert s.tolist() == [0, 1, 4, 5], pa
+
+
+def test_prebuilt_index_and_empty_inputs():
+    rng = np.random.default_rng(3)
+    sra, sdec = offset(20.0, -10.0, *rng.normal(0, 1e-4, (2, 500)))
+    pra, pdec = offset(20.0, -10.0, *rng.normal(0, 1e-4, (2, 30)))
+    a, b, pa = np.full(30, 4.0), np.full(30, 1.0), rng.uniform(0, 180, 30)
+    index = ZoneIndex.build(sra, sdec, np.arange(500))
+    got = mover_candidates(pra, pdec, a, b, pa, sra, sdec, index=index)
+    want = mover_candidates(pra, pdec, a, b, pa, sra, sdec)
+    assert all(np.array_equal(x, y) for x, y in zip(got, want, strict=True))
+    assert len(got[0]) > 0
+    empty = np.empty(0)
+    for p, s, c in (
+        mover_candidates(empty, empty, empty, empty, empty, sra, sdec),
+        mover_candidates(pra, pdec, a, b, pa, empty, empty),
+    ):
+        assert p.size == s.size == c.size == 0
 
 
 def test_a_variable_star_inside_a_large_ellipse_is_not_the_asteroid():

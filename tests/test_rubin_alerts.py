@@ -144,7 +144,10 @@ def _random_visit(data, n: int):
     objects["nDiaSources"] = rng.integers(0, 2**31 - 1, n_obj)
     objects["psfFluxNdata"] = rng.integers(-1, 5, (n_obj, NBANDS))
     objects["psfFluxMean"] = floats(n_obj * NBANDS, np.float32).reshape(n_obj, NBANDS)
-    objects["psfFluxM2"] = floats(n_obj * NBANDS, np.float32).reshape(n_obj, NBANDS)
+    for name in ("psfFluxM2", "psfFluxWMean", "psfFluxMeanErr", "psfFluxChi2"):
+        objects[name] = floats(n_obj * NBANDS, np.float32).reshape(n_obj, NBANDS)
+    for name in ("raErr", "decErr"):
+        objects[name] = floats(n_obj, np.float32)
 
     pool = np.concatenate((obj_ids, [0, 10 * n + 5]))  # some without Object or row
     src = sources(n, rng.choice(pool, n) if n else np.zeros(0, np.int64))
@@ -218,19 +221,25 @@ def test_object_alert_fields(encoder, visit):
         assert obj["nDiaSources"] == row["nDiaSources"]
         assert obj["validityStartMjdTai"] == MJD
         assert obj["firstDiaSourceMjdTai"] == row["firstMjd"]
+        for name in ("raErr", "decErr"):
+            value = float(row[name])
+            assert obj[name] is None if math.isnan(value) else obj[name] == value
         for b, band in enumerate(BANDS):
             n = int(row["psfFluxNdata"][b])
             assert obj[f"{band}_psfFluxNdata"] == n
-            if n == 0:
+            err = float(row["psfFluxMeanErr"][b])
+            weighted = err > 0 and math.isfinite(err)
+            mean = row["psfFluxWMean" if weighted else "psfFluxMean"][b]
+            if n == 0 or math.isnan(mean):
                 assert obj[f"{band}_psfFluxMean"] is None
             else:
-                assert obj[f"{band}_psfFluxMean"] == float(row["psfFluxMean"][b])
+                assert obj[f"{band}_psfFluxMean"] == float(mean)
+            assert obj[f"{band}_psfFluxMeanErr"] == (err if weighted else None)
             if n < 2:
                 assert obj[f"{band}_psfFluxSigma"] is None
             else:
                 want = math.sqrt(float(row["psfFluxM2"][b]) / (n - 1))
                 assert obj[f"{band}_psfFluxSigma"] == pytest.approx(want, rel=1e-6)
-            assert obj[f"{band}_psfFluxMeanErr"] is None
     assert checked_history and checked_no_history
     assert sum(r["diaObject"] is None and r["ssSource"] is None for r in recs.values())
 

@@ -51,6 +51,13 @@ def make_objects(rng: np.random.Generator, ids: np.ndarray, fine: np.ndarray) ->
     out["psfFluxMean"] = rng.normal(1000, 100, (n, NBANDS))
     out["psfFluxM2"] = rng.uniform(0, 1e4, (n, NBANDS))
     out["psfFluxMean"][out["psfFluxNdata"] == 0] = np.nan
+    out["raErr"] = np.where(rng.random(n) < 0.3, np.nan, rng.uniform(0, 1e-4, n))
+    out["decErr"] = rng.uniform(0, 1e-4, n)
+    out["psfFluxWMean"] = rng.normal(1000, 100, (n, NBANDS))
+    out["psfFluxMeanErr"] = rng.uniform(1, 10, (n, NBANDS))
+    out["psfFluxChi2"] = rng.uniform(0, 50, (n, NBANDS))
+    for name in ("psfFluxWMean", "psfFluxMeanErr", "psfFluxChi2"):
+        out[name][out["psfFluxNdata"] == 0] = np.nan
     out["isVariable"] = rng.integers(0, 2, n).astype(bool)
     return out
 
@@ -242,6 +249,49 @@ def test_load_objects_range(storage, reference, native):
     want = want[np.argsort(want["diaObjectId"])]
     assert_records_equal(got, want)
     assert len(either(storage, reference, native).load_objects(5000, 6000)) == 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_reads_over_many_ranges(storage, reference, native):
+    # a field of many chunks: empty, sparse and one dense, read in few statements
+    rng = np.random.default_rng(4)
+    per_range = np.r_[np.zeros(40, int), rng.integers(1, 6, 40), 700]
+    lo = np.arange(per_range.size) * 1000
+    hi = lo + 1000
+    fine = np.concatenate(
+        [a + rng.integers(0, 1000, n) for a, n in zip(lo, per_range, strict=True)]
+    )
+    objects = make_objects(rng, rng.permutation(fine.size) + 1, fine)
+    storage.bulk_load_objects(objects)
+    db = either(storage, reference, native)
+    with db.reading(), db.reading():  # nested: one shared connection
+        counts = db.count_objects(lo, hi, 500)
+        each = db.load_objects_ranges(lo, hi)
+        strips = db.load_object_columns(lo[::2], lo[::2] + 500, ["diaObjectId", "raErr"])
+        assert_records_equal(db.load_objects(int(lo[-1]), int(hi[-1])), each[-1])
+    assert counts.tolist() == np.minimum(per_range, 500).tolist()
+    assert len(each) == lo.size
+    for a, b, got in zip(lo, hi, each, strict=True):
+        want = objects[(fine >= a) & (fine < b)]
+        assert_records_equal(got, want[np.argsort(want["diaObjectId"])])
+    near = np.zeros(fine.size, bool)
+    for a in lo[::2]:
+        near |= (fine >= a) & (fine < a + 500)
+    order = np.argsort(strips["diaObjectId"])
+    assert strips["diaObjectId"][order].tolist() == sorted(objects["diaObjectId"][near].tolist())
+    np.testing.assert_array_equal(
+        strips["raErr"][order], objects["raErr"][near][np.argsort(objects["diaObjectId"][near])]
+    )
+    empty = np.empty(0, np.int64)
+    assert (
+        db.count_objects(empty, empty, 5).size == 0 and db.load_objects_ranges(empty, empty) == []
+    )
+    # more ranges than one statement takes
+    many = np.arange(2500) * 40
+    assert (
+        db.count_objects(many, many + 40, 3).sum()
+        == np.minimum(np.bincount(fine // 40, minlength=2500)[:2500], 3).sum()
+    )
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -13,7 +13,10 @@ One alert per DIASource given. Its fields:
 - ``prvDiaForcedSources``: an empty array (nightpipe does no forced photometry).
 - ``diaObject``: the Object after this visit; null for a moving-object match.
   ``validityStartMjdTai`` is the visit's processing time (this version of the
-  row starts then); per band ``psfFluxMean``, ``psfFluxSigma`` (the sample
+  row starts then); ``raErr``/``decErr`` of the mean position; per band
+  ``psfFluxMean`` (inverse-variance weighted where the fluxes had errors,
+  as Rubin's; else the plain mean), ``psfFluxMeanErr`` and ``psfFluxChi2``
+  (where weighted, and the schema has them), ``psfFluxSigma`` (the sample
   standard deviation, null under two points) and ``psfFluxNdata``;
   ``firstDiaSourceMjdTai``/``lastDiaSourceMjdTai`` from ``firstMjd``/``lastMjd``.
 - ``ssSource``: for a moving-object match (``ssObjectId != 0``), from the
@@ -404,7 +407,15 @@ def _dia_sources(
 def _dia_objects(rows: np.ndarray, processed: float) -> sa.Table:
     n = len(rows)
     ndata = np.asarray(rows["psfFluxNdata"], np.int64).reshape(n, len(BANDS))
-    mean = np.asarray(rows["psfFluxMean"], np.float32).reshape(n, len(BANDS))
+    mean_err = np.asarray(rows["psfFluxMeanErr"], np.float32).reshape(n, len(BANDS))
+    weighted = (mean_err > 0) & np.isfinite(mean_err)
+    # Rubin's psfFluxMean is the inverse-variance weighted mean, where there is one.
+    mean = np.where(
+        weighted,
+        np.asarray(rows["psfFluxWMean"], np.float32).reshape(n, len(BANDS)),
+        np.asarray(rows["psfFluxMean"], np.float32).reshape(n, len(BANDS)),
+    )
+    chi2 = np.asarray(rows["psfFluxChi2"], np.float32).reshape(n, len(BANDS))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         m2 = np.asarray(rows["psfFluxM2"], np.float64).reshape(n, len(BANDS))
         # Sample standard deviation from Welford's sum of squared deviations.
@@ -413,6 +424,8 @@ def _dia_objects(rows: np.ndarray, processed: float) -> sa.Table:
         "diaObjectId": sa.Column(rows["diaObjectId"]),
         "ra": sa.Column(rows["ra"]),
         "dec": sa.Column(rows["dec"]),
+        "raErr": sa.Column(rows["raErr"]),
+        "decErr": sa.Column(rows["decErr"]),
         "nDiaSources": sa.Column(rows["nDiaSources"]),
         "validityStartMjdTai": sa.Column(np.full(n, processed)),
         "firstDiaSourceMjdTai": sa.Column(rows["firstMjd"]),
@@ -420,6 +433,8 @@ def _dia_objects(rows: np.ndarray, processed: float) -> sa.Table:
     }
     for b, band in enumerate(BANDS):
         fields[f"{band}_psfFluxMean"] = sa.Column(mean[:, b], null=ndata[:, b] <= 0)
+        fields[f"{band}_psfFluxMeanErr"] = sa.Column(mean_err[:, b], null=~weighted[:, b])
+        fields[f"{band}_psfFluxChi2"] = sa.Column(chi2[:, b], null=~weighted[:, b])
         fields[f"{band}_psfFluxSigma"] = sa.Column(sigma[:, b], null=ndata[:, b] <= 1)
         fields[f"{band}_psfFluxNdata"] = sa.Column(ndata[:, b])
     return sa.Table(n, fields)

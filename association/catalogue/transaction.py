@@ -100,9 +100,7 @@ class Transaction:
             rec.assign(rows, sel, original)
             self._undo[c].saved.append(original)
             located.append((c, ch, sel, idx))
-        apply_detections(
-            rows, np.r_[0, np.cumsum(counts)], src, self._cat.config.variable_min_sources
-        )
+        apply_detections(rows, np.r_[0, np.cumsum(counts)], src, self._cat.config.variability)
         by_chunk = rec.groups(np.repeat(where, counts))
         for (c, ch, sel, idx), (_, src_sel) in zip(located, by_chunk, strict=True):
             ch.write(idx, rec.take(rows, sel))
@@ -137,7 +135,7 @@ class Transaction:
             raise ValueError("create: an Object with that id already exists")
         self._touch(np.unique(chunk_of))
 
-        rows = new_objects(src, self._cat.config.variable_min_sources)
+        rows = new_objects(src)
         recent = rec.copy(src)
         recent["diaObjectId"] = sid
         for c, sel in rec.groups(chunk_of):

@@ -12,15 +12,13 @@ is a standard normal deviate for a constant source, and the band counts when
 ``z >= min_significance``. Two detections of an asteroid 80 s apart have
 neither the detections nor the span.
 
-The chi^2 is exact when the catalogue keeps, per band, the weighted running
-statistics `update_weighted` maintains (West 1979): the Object columns to add
-are ``psfFluxWMean`` (f4, nJy, inverse-variance weighted mean),
-``psfFluxMeanErr`` (f4, nJy, ``1 / sqrt(sum 1/err^2)``) and ``psfFluxChi2``
-(f4, ``sum ((flux - psfFluxWMean) / err) ** 2``), 72 bytes an Object; Rubin's
-DiaObject has ``psfFluxMeanErr`` and ``psfFluxChi2`` by those names. Until
-then `chi2_from_welford` estimates it from today's unweighted Welford
-``psfFluxM2`` and a flux error per band (e.g. the error of the DIASource
-being added).
+The chi^2 is exact: the catalogue keeps, per band, the weighted running
+statistics `west_step` maintains (West 1979) in the Object columns
+``psfFluxWMean`` (nJy, inverse-variance weighted mean), ``psfFluxMeanErr``
+(nJy, ``1 / sqrt(sum 1/err^2)``) and ``psfFluxChi2`` (``sum ((flux -
+psfFluxWMean) / err) ** 2``), as Rubin's DiaObject names them; NaN in all
+three means no flux with a usable error yet. `chi2_from_welford` estimates
+it from the unweighted Welford ``psfFluxM2`` where only that is known.
 """
 
 from __future__ import annotations
@@ -119,23 +117,32 @@ def chi2_from_welford(m2: np.ndarray, flux_err: np.ndarray) -> np.ndarray:
         return np.where(err > 0, m2 / (err * err), np.nan)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def west_step(wsum, wmean, chi2, flux, err):
+    """``(wsum, wmean, chi2, used)`` after adding one flux to a band's weighted statistics.
+
+    West's recurrence: exact and stable. A flux or error that is not finite,
+    or an error <= 0, leaves them as they were (``used`` False).
+    """
+    if not (err > 0.0 and np.isfinite(err) and np.isfinite(flux)):
+        return wsum, wmean, chi2, False
+    w = 1.0 / (err * err)
+    total = wsum + w
+    delta = flux - wmean
+    mean = wmean + delta * (w / total)
+    return total, mean, chi2 + w * delta * (flux - mean), True
+
+
 @nb.njit(cache=True, nogil=True)
 def _west(obj, band, flux, err, ndata, wsum, wmean, chi2):
     for k in range(obj.size):
-        e = err[k]
-        f = flux[k]
-        if not (e > 0.0 and np.isfinite(e) and np.isfinite(f)):
-            continue
         i = obj[k]
         b = band[k]
-        w = 1.0 / (e * e)
-        total = wsum[i, b] + w
-        delta = f - wmean[i, b]
-        mean = wmean[i, b] + delta * (w / total)
-        chi2[i, b] += w * delta * (f - mean)
-        wmean[i, b] = mean
-        wsum[i, b] = total
-        ndata[i, b] += 1
+        wsum[i, b], wmean[i, b], chi2[i, b], used = west_step(
+            wsum[i, b], wmean[i, b], chi2[i, b], flux[k], err[k]
+        )
+        if used:
+            ndata[i, b] += 1
 
 
 def update_weighted(

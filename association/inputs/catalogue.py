@@ -31,7 +31,15 @@ OBJECT_FINE_TOLERANCE_ARCSEC = 5.0
 HISTORY_VISIT = -1
 """``visit`` of an earlier DIASource when the file gives none."""
 
-_BAND_STATS = (("psfFluxNdata", "i"), ("psfFluxMean", "f"), ("psfFluxM2", "f"))
+_BAND_STATS = (
+    ("psfFluxNdata", "i"),
+    ("psfFluxMean", "f"),
+    ("psfFluxM2", "f"),
+    ("psfFluxWMean", "f"),
+    ("psfFluxMeanErr", "f"),
+    ("psfFluxChi2", "f"),
+)
+_BAND_FLOATS = tuple(name for name, kind in _BAND_STATS if kind == "f")
 
 OBJECT_COLUMNS = (
     _Col("diaObjectId", "i"),
@@ -41,6 +49,8 @@ OBJECT_COLUMNS = (
     _Col("firstMjd", "f"),
     _Col("lastMjd", "f"),
     _Col("fine", "i", required=False),
+    _Col("raErr", "f", required=False),
+    _Col("decErr", "f", required=False),
     _Col("isVariable", "b", required=False),
     *(_Col(f"{b}_{name}", kind, required=False) for b in BANDS for name, kind in _BAND_STATS),
 )
@@ -70,8 +80,10 @@ def read_objects(path: str | Path, partition: Partition | None = None) -> np.nda
 
     Required: diaObjectId (integer > 0, unique), ra, dec (deg), nDiaSources
     (integer >= 0), firstMjd, lastMjd. Optional: fine (checked, then
-    derived), isVariable (False), and per band ``{b}_psfFluxNdata`` (0),
-    ``{b}_psfFluxMean`` and ``{b}_psfFluxM2`` (NaN: no data).
+    derived), raErr and decErr (deg, >= 0; NaN: unknown), isVariable
+    (False), and per band ``{b}_psfFluxNdata`` (0), ``{b}_psfFluxMean``,
+    ``{b}_psfFluxM2``, ``{b}_psfFluxWMean``, ``{b}_psfFluxMeanErr`` (>= 0)
+    and ``{b}_psfFluxChi2`` (>= 0) (NaN: no data).
     """
     partition = partition or Partition()
     cols = _read_checked(path, OBJECT_COLUMNS, "catalogue objects")
@@ -82,17 +94,22 @@ def read_objects(path: str | Path, partition: Partition | None = None) -> np.nda
     _at_least_int(err, "nDiaSources", cols["nDiaSources"])
     err.finite("firstMjd", cols["firstMjd"])
     err.finite("lastMjd", cols["lastMjd"])
+    for name in ("raErr", "decErr"):
+        err.at_least(name, cols[name], 0.0, allow_nan=True)
     out = np.zeros(len(cols["ra"]), OBJECT_DTYPE)
     for name in ("diaObjectId", "ra", "dec", "nDiaSources", "firstMjd", "lastMjd"):
         out[name] = cols[name]
+    out["raErr"], out["decErr"] = cols["raErr"], cols["decErr"]
     out["isVariable"] = cols.get("isVariable", False)
     for i, b in enumerate(BANDS):
         ndata = cols.get(f"{b}_psfFluxNdata")
         if ndata is not None:
             _at_least_int(err, f"{b}_psfFluxNdata", ndata)
             out["psfFluxNdata"][:, i] = ndata
-        out["psfFluxMean"][:, i] = cols[f"{b}_psfFluxMean"]
-        out["psfFluxM2"][:, i] = cols[f"{b}_psfFluxM2"]
+        for name in ("psfFluxMeanErr", "psfFluxChi2"):
+            err.at_least(f"{b}_{name}", cols[f"{b}_{name}"], 0.0, allow_nan=True)
+        for name in _BAND_FLOATS:
+            out[name][:, i] = cols[f"{b}_{name}"]
     fine = partition.fine_index(out["ra"], out["dec"]) if len(out) else np.empty(0, np.int64)
     if "fine" in cols:
         _check_object_fine(err, partition, cols["fine"], out["ra"], out["dec"])

@@ -417,6 +417,24 @@ def assign(
     return chosen
 
 
+def nearest(src_key: np.ndarray, obj_key: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """The nearest-Object rule: each source's nearest candidate, not one-to-one.
+
+    Ties in distance go to the smaller ``obj_key``. Returns which candidate
+    pairs are chosen (one per source that has any).
+    """
+    src_key = np.asarray(src_key, dtype=np.int64)
+    obj_key = np.asarray(obj_key, dtype=np.int64)
+    distance = np.asarray(distance, dtype=np.float64)
+    if not (src_key.shape == obj_key.shape == distance.shape and distance.ndim == 1):
+        raise ValueError("src_key, obj_key and distance must be 1-d arrays of one length")
+    chosen = np.zeros(src_key.size, bool)
+    order = np.lexsort((obj_key, distance, src_key))
+    first = np.r_[True, src_key[order][1:] != src_key[order][:-1]] if order.size else order
+    chosen[order[first]] = True
+    return chosen
+
+
 # -- the whole step -------------------------------------------------------------------------
 
 
@@ -491,3 +509,15 @@ def associate(
     out_cost[s[take]] = cost[take]
     out_dist[s[take]] = d[take]
     return Association(obj_row, out_cost, out_dist, np.bincount(s, minlength=n))
+
+
+def warm_up() -> None:
+    """Load (or compile) the cost and assignment kernels now, not in the first visit.
+
+    A chain of two sources and two Objects makes a component to solve.
+    """
+    ra = np.array([10.0, 10.0001, 10.0002])
+    err = np.full(3, 1e-5, np.float32)
+    s, o = np.array([0, 0, 1]), np.array([0, 1, 1])
+    cost = position_cost(s, o, ra, np.zeros(3), ra, np.zeros(3), err, err, err, err)
+    assign(s, o, cost)

@@ -224,3 +224,11 @@ def mover_matches(
             conclusive[k] = c[rest][again].sum() - best >= config.ambiguity_margin
     order = np.argsort(p[conclusive], kind="stable")
     return p[conclusive][order], s[conclusive][order]
+
+
+def warm_up() -> None:
+    """Load (or compile) the movers' kernels now, not in the first visit."""
+    ra, one = np.array([10.0, 10.0001, 10.0002]), np.ones(3)
+    err = np.full(3, 1e-5, np.float32)
+    p, s, c = mover_candidates(ra, np.zeros(3), one, one, one, ra, np.zeros(3), err, err)
+    mover_matches(p, s, c, np.full(3, np.inf))

@@ -396,6 +396,19 @@ def _patch_catalogue(
     obj["psfFluxNdata"] = cnt.reshape(n, NBANDS)
     obj["psfFluxMean"] = mean.reshape(n, NBANDS)
     obj["psfFluxM2"] = m2.reshape(n, NBANDS)
+    # the error of the mean position, and the inverse-variance weighted flux statistics
+    mean_err = np.sqrt(np.bincount(owner, sigma**2, minlength=n)) / np.maximum(nhist, 1) / 3600.0
+    obj["raErr"] = obj["decErr"] = mean_err
+    w = 1.0 / err.astype("f8") ** 2
+    wsum = np.bincount(key, w, minlength=n * NBANDS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wmean = np.bincount(key, w * flux, minlength=n * NBANDS) / wsum
+        chi2 = np.bincount(key, w * (flux - wmean[key]) ** 2, minlength=n * NBANDS)
+        merr = 1.0 / np.sqrt(wsum)
+    none = (wsum == 0).reshape(n, NBANDS)
+    obj["psfFluxWMean"] = np.where(none, np.nan, wmean.reshape(n, NBANDS))
+    obj["psfFluxMeanErr"] = np.where(none, np.nan, merr.reshape(n, NBANDS))
+    obj["psfFluxChi2"] = np.where(none, np.nan, chi2.reshape(n, NBANDS))
     obj["isVariable"] = is_var
 
     # Tonight: which Objects fall in which visit and are detected there.
@@ -463,8 +476,9 @@ def objects_table(obj: np.ndarray) -> pa.Table:
         if OBJECT_DTYPE[name].shape:
             continue
         cols[name] = obj[name]
+    per_band = [name for name in OBJECT_DTYPE.names if OBJECT_DTYPE[name].shape]
     for i, b in enumerate(BANDS):
-        for name in ("psfFluxNdata", "psfFluxMean", "psfFluxM2"):
+        for name in per_band:
             cols[f"{b}_{name}"] = np.ascontiguousarray(obj[name][:, i])
     cols["isVariable"] = cols.pop("isVariable")
     return pa.table(cols)

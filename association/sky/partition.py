@@ -140,7 +140,8 @@ class Partition:
         The strip is made of the sub-pixels of order ``chunk_order + step``
         that touch an owned chunk. Every point within a margin narrower than a
         sub-pixel (about 100 arcsec at orders 6 + 5) of an owned chunk lies in
-        it. Returns half-open ``[lo, hi)`` arrays, merged where contiguous.
+        it. Returns half-open ``[lo, hi)`` arrays, merged where contiguous
+        within a chunk: each range lies in one chunk.
         """
         chunks = np.asarray(chunks, dtype=np.int64)
         owned = np.unique(np.asarray(owned, dtype=np.int64))
@@ -153,7 +154,8 @@ class Partition:
         touches = np.isin(np.where(nb >= 0, nb >> (2 * step), -1), owned).any(axis=0)
         sub = np.sort(sub[touches])
         shift = 2 * (self.fine_order - order)
-        starts = np.flatnonzero(np.r_[True, np.diff(sub) != 1])
+        apart = (np.diff(sub) != 1) | (np.diff(sub >> (2 * step)) != 0)
+        starts = np.flatnonzero(np.r_[True, apart])
         ends = np.r_[starts[1:], sub.size] - 1
         return sub[starts] << shift, (sub[ends] + 1) << shift
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from typing import Any
 
 import numpy as np
 
-from association.columns import MATCH_COLUMNS, OBJECT_DTYPE
+from association.columns import DIASOURCE_DTYPE, MATCH_COLUMNS, OBJECT_DTYPE
 from association.sky.fov import fov_of
 from association.stages.rank import AssociationState
 from association.stages.visit import LoadResult, MasterVisit, SliceVisit
@@ -22,31 +23,81 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+SMALL_CHUNK = 4096
+"""Chunks with fewer Objects are read together, in a few statements."""
+
+
 def margin_strips(
     st: AssociationState, owned: np.ndarray, chunks: np.ndarray, board: Board
 ) -> dict[str, np.ndarray]:
     """Match columns of the thin strips of margin `chunks` along the `owned` chunks.
 
-    From the Slice's strip cache, reading (and caching) what it lacks; each
-    read's duration goes on `board` as ``db_read``. The cache holds every
-    decided change, so the columns are current.
+    From the Slice's strip cache; what it lacks is read in one go (its
+    duration goes on `board` as ``db_read``) and cached. Of a chunk with fewer than `SMALL_CHUNK` Objects (an empty or
+    sparse one) the whole chunk is kept as its strip: a superset of the
+    strip costs nothing to match against, and one range reads faster than
+    the strip's many. The cache holds every decided change, so the columns
+    are current.
     """
     key = tuple(owned.tolist())
-    strips = []
-    for chunk in chunks.tolist():
-        strip = st.strips.get(chunk, key)
-        if strip is None:
-            lo, hi = st.partition.strip_ranges(np.array([chunk]), owned)
-            t0 = time.perf_counter()
-            columns = st.storage.load_object_columns(lo, hi, MATCH_COLUMNS)
-            board.observe("db_read", time.perf_counter() - t0)
-            columns["isVariable"] = columns["isVariable"].astype(bool)
-            strip = st.strips.put(chunk, key, lo, hi, columns)
-        strips.append(strip.columns)
+    cached = {c: st.strips.get(c, key) for c in chunks.tolist()}
+    lacking = np.array([c for c, strip in cached.items() if strip is None], np.int64)
+    if lacking.size:
+        whole_lo, whole_hi = st.partition.chunk_range(lacking)
+        dense = st.storage.count_objects(whole_lo, whole_hi, SMALL_CHUNK) >= SMALL_CHUNK
+        strip_lo, strip_hi = st.partition.strip_ranges(lacking[dense], owned)
+        lo = np.concatenate([whole_lo[~dense], strip_lo])
+        hi = np.concatenate([whole_hi[~dense], strip_hi])
+        t0 = time.perf_counter()
+        found = st.storage.load_object_columns(lo, hi, (*MATCH_COLUMNS, "fine"))
+        board.observe("db_read", time.perf_counter() - t0)
+        found["isVariable"] = found["isVariable"].astype(bool)
+        range_chunk = st.partition.chunk_of_fine(lo)
+        row_chunk = st.partition.chunk_of_fine(found.pop("fine"))
+        for chunk in lacking.tolist():
+            mine, rows = range_chunk == chunk, row_chunk == chunk
+            columns = {k: v[rows] for k, v in found.items()}
+            cached[chunk] = st.strips.put(chunk, key, lo[mine], hi[mine], columns)
+    strips = [cached[c].columns for c in chunks.tolist()]
     return {
         k: np.concatenate([s[k] for s in strips]) if strips else np.empty(0, OBJECT_DTYPE[k])
         for k in MATCH_COLUMNS
     }
+
+
+def load_chunks(
+    st: AssociationState, chunks: np.ndarray, keep: int, since: float = -math.inf
+) -> int:
+    """Read ``chunks`` into the Slice's catalogue; the Objects read.
+
+    Of each Object, at most `keep` recent DIASources, none before MJD `since`.
+
+    One probe statement counts each chunk's Objects (up to `SMALL_CHUNK`):
+    an empty chunk is held empty at once, the Objects of the small ones are
+    read together, a large one by itself; then the recent DIASources of each
+    chunk that has Objects. So a field of many empty or sparse chunks costs
+    a few statements and a short one per sparse chunk.
+    """
+    cat = st.catalogue
+    assert cat is not None
+    if not len(chunks):
+        return 0
+    lo, hi = st.partition.chunk_range(chunks)
+    count = st.storage.count_objects(lo, hi, SMALL_CHUNK)
+    small = np.flatnonzero((count > 0) & (count < SMALL_CHUNK))
+    read = st.storage.load_objects_ranges(lo[small], hi[small])
+    objects = dict(zip(small.tolist(), read, strict=True))
+    loaded = 0
+    for i, chunk in enumerate(chunks.tolist()):
+        a, b = int(lo[i]), int(hi[i])
+        found = np.empty(0, OBJECT_DTYPE)
+        recent = np.empty(0, DIASOURCE_DTYPE)
+        if count[i]:
+            found = objects[i] if i in objects else st.storage.load_objects(a, b)
+            recent = st.storage.load_recent_diasources(a, b, keep, since)
+        cat.put(chunk, found, recent)
+        loaded += len(found)
+    return loaded
 
 
 class LoadStage(Stage):
@@ -104,18 +155,12 @@ class LoadStage(Stage):
         need = np.union1d(owned, np.setdiff1d(margin, strip_of))
         cat.pin(ctx.key, need, float(ctx.events[NEXT_VISIT].body["mjd"]))
         missing = cat.missing(need)
-        loaded = 0
-        keep, since = cat.config.recent_per_object, cat.recent_floor()
-        for chunk in missing:
-            lo, hi = st.partition.chunk_range(int(chunk))
+        with st.storage.reading():
             t_read = time.perf_counter()
-            objects = st.storage.load_objects(int(lo), int(hi))
-            recent = st.storage.load_recent_diasources(int(lo), int(hi), keep, since)
+            loaded = load_chunks(st, missing, cat.config.recent_per_object, cat.recent_floor())
             ctx.board.observe("db_read", time.perf_counter() - t_read)
-            cat.put(int(chunk), objects, recent)
-            loaded += len(objects)
+            n_strip = len(margin_strips(st, owned, strip_of, ctx.board)["ra"])
         visit.owned, visit.held, visit.strip_chunks = owned, need, strip_of
-        n_strip = len(margin_strips(st, owned, strip_of, ctx.board)["ra"])
         stats = cat.stats()
         ctx.board.set(
             catalogue_objects=stats["n_objects"],

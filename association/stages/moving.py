@@ -1,4 +1,4 @@
-"""Moving objects: NightMOPS's predicted ellipses against the flagged DIASources."""
+"""Moving objects first: NightMOPS's predictions against every DIASource of the visit."""
 
 from __future__ import annotations
 
@@ -6,33 +6,59 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from association.matching.ellipse import EllipseConfig, conclusive_matches, ellipse_pairs
-from association.stages.visit import MasterVisit, MovingMatches
-from framework.stage import MasterContext, Stage
+from association.matching.movers import MoverConfig, mover_candidates, mover_matches
+from association.matching.movers import warm_up as movers_warm_up
+from association.stages.visit import Candidates, MasterVisit, MovingMatches
+from framework.stage import MasterContext, RankContext, Stage
 
 
 @dataclass(frozen=True)
 class MovingConfig:
-    """Ellipse scaling: 1-sigma axes times `scale`, clamped to [min, max] arcsec."""
+    """How predictions meet DIASources (`association.matching.movers.MoverConfig`).
+
+    ``scale``: the gate in sigmas (Mahalanobis distance); ``min_axis_arcsec``:
+    least scaled semi-axis, and no largest; ``fallback_sigma_arcsec``: a
+    DIASource's position error where it gives none; ``ambiguity_margin``: how
+    much costlier the best pairing without a match must be for it to count.
+    """
 
     scale: float = 3.0
     min_axis_arcsec: float = 0.5
-    max_axis_arcsec: float = 60.0
+    fallback_sigma_arcsec: float = 0.2
+    ambiguity_margin: float = 1.0
+
+
+def variable_object_cost(sources: np.ndarray, candidates: Candidates) -> np.ndarray:
+    """Per DIASource, its least cost against a known variable Object; inf where none."""
+    out = np.full(len(sources), np.inf)
+    var = candidates.isVariable
+    rows = np.searchsorted(sources["diaSourceId"], candidates.diaSourceId[var])
+    np.minimum.at(out, rows, candidates.cost[var])
+    return out
 
 
 class MovingStage(Stage):
-    """NightMOPS's predictions against the flagged DIASources; conclusive matches are movers.
+    """Movers first: conclusive moving-object matches leave Object association and alerting.
 
-    A match is conclusive when a prediction's scaled ellipse holds exactly one
-    flagged DIASource and that DIASource lies in no other ellipse. Such a
-    DIASource becomes a moving-object match: it neither updates nor creates
-    an Object; it raises an alert only under Rubin's schema, whose
-    ``ssSource`` comes from the prediction kept with the match. The matching
-    is small (hundreds of ellipses against the flagged sources) and runs on
-    the master.
+    Runs on the master, before any DIASource is paired with an Object. Every
+    DIASource is tested against every prediction's error ellipse, with no cap
+    on its size; predictions and DIASources are paired one-to-one by cost
+    (`association.matching.movers`), and a pair counts when it is
+    conclusive. A DIASource that a known variable Object explains at least as
+    well as the prediction stays with the star. A matched DIASource raises no
+    alert and neither updates nor creates an Object; ``MasterVisit.moving``
+    keeps each match with the prediction row it matched.
     """
 
     ConfigClass = MovingConfig
+
+    def setup(self, ctx: RankContext) -> None:
+        c = self.config
+        self._movers = MoverConfig(
+            c.scale, c.min_axis_arcsec, c.fallback_sigma_arcsec, c.ambiguity_margin
+        )
+        if ctx.rank == 0:
+            movers_warm_up()  # the master's first visit does not wait for its kernels
 
     def preprocess(self, ctx: MasterContext) -> None:
         visit: MasterVisit = ctx.state
@@ -40,29 +66,29 @@ class MovingStage(Stage):
         if not len(preds):
             return None
         sources = visit.sources
-        cand = np.flatnonzero(visit.flagged)
-        c = self.config
-        p_idx, s_idx = ellipse_pairs(
+        p, s, cost = mover_candidates(
             preds["ra"],
             preds["dec"],
             preds["semiMajorAxis"],
             preds["semiMinorAxis"],
             preds["positionAngle"],
-            sources["ra"][cand],
-            sources["dec"][cand],
-            EllipseConfig(c.scale, c.min_axis_arcsec, c.max_axis_arcsec),
+            sources["ra"],
+            sources["dec"],
+            sources["raErr"],
+            sources["decErr"],
+            self._movers,
         )
-        p_idx, s_idx = conclusive_matches(p_idx, s_idx, len(preds), len(cand))
-        rows = cand[s_idx]
-        sources["ssObjectId"][rows] = preds["ssObjectId"][p_idx]
-        sources["diaObjectId"][rows] = 0
+        stars = variable_object_cost(sources, visit.candidates)
+        p, s = mover_matches(p, s, cost, stars, self._movers)
+        sources["ssObjectId"][s] = preds["ssObjectId"][p]
+        sources["diaObjectId"][s] = 0
         visit.moving = MovingMatches(
-            preds["ssObjectId"][p_idx], sources["diaSourceId"][rows], preds[p_idx]
+            preds["ssObjectId"][p], sources["diaSourceId"][s], preds[p].copy()
         )
         ctx.log.info(
             "fov %s: %d predictions, %d conclusive moving-object matches",
             ctx.key,
             len(preds),
-            len(rows),
+            len(s),
         )
         return None

@@ -9,11 +9,13 @@ from pathlib import Path
 import numba
 
 from association.catalogue import Catalogue, CatalogueConfig, warm_up
+from association.catalogue.variability import VariabilityConfig
 from association.inputs.roots import DataRoots
 from association.sky.partition import Partition
 from association.stages.rank import AssociationState
 from association.stages.store import passing
 from association.stages.visit import MasterVisit, SliceVisit
+from association.storage import warm_up_reads
 from association.warmup import ensure_compiled
 from events.types import ASSOCIATION_SPECS
 from framework.hooks import PipelineHooks
@@ -43,8 +45,11 @@ class AssociationSettings:
         most `recent_per_object` per Object, in its cross-match's Objects'
         history and its alerts' ``prvDiaSources``. Older ones leave memory
         and the per-visit reads, not the database.
-    variable_min_sources : int
-        An Object is variable once it has this many DIASources.
+    variable_min_detections, variable_min_span_days, variable_min_significance
+        When an Object's flux history makes it variable: in some band at
+        least this many DIASources, spanning (first to last) at least this
+        many days, whose fluxes' chi^2 about their weighted mean is at least
+        this many sigmas significant (`association.catalogue.variability`).
     alerts_dir : str
         Where alert files go, relative to the run directory.
     write_retry_s : float
@@ -63,7 +68,9 @@ class AssociationSettings:
     catalogue_mb: float = 4096.0
     recent_per_object: int = 10
     recent_days: float = 365.0
-    variable_min_sources: int = 2
+    variable_min_detections: int = 3
+    variable_min_span_days: float = 1.0 / 24.0
+    variable_min_significance: float = 5.0
     alerts_dir: str = "alerts"
     write_retry_s: float = 600.0
     data_roots: tuple[str, ...] = ()
@@ -93,13 +100,17 @@ class AssociationPipeline(PipelineHooks):
         if ctx.rank == 0:
             st.create_schema()
         else:
+            variability = VariabilityConfig(
+                s.variable_min_detections, s.variable_min_span_days, s.variable_min_significance
+            )
             config = CatalogueConfig(
-                s.catalogue_mb, s.recent_per_object, s.variable_min_sources, s.recent_days
+                s.catalogue_mb, s.recent_per_object, variability, s.recent_days
             )
             st.catalogue = Catalogue(config, 2 * (s.fine_order - s.chunk_order))
             # The Slices share the cores: each runs its compiled kernels on its share.
             numba.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.n_slices))
             warm_up()
+            warm_up_reads()  # the first visit's loads do not wait for their kernels
         return st
 
     def execution_state(self, ctx: RankContext, key: int) -> MasterVisit | SliceVisit:

@@ -1,4 +1,4 @@
-"""Update: every Slice applies the visit's associations to the chunks it holds."""
+"""Update: the master pairs DIASources with Objects; every Slice applies that to its chunks."""
 
 from __future__ import annotations
 
@@ -6,9 +6,42 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from association.matching.assign import assign, nearest
+from association.matching.assign import warm_up as assign_warm_up
 from association.stages.rank import AssociationState
-from association.stages.visit import MasterVisit, SliceVisit
-from framework.stage import ExecutionContext, MasterContext, Stage
+from association.stages.visit import Candidates, MasterVisit, SliceVisit
+from framework.stage import ExecutionContext, MasterContext, RankContext, Stage
+
+RULES = ("one_to_one", "nearest")
+"""The association rules `UpdateConfig.rule` may name."""
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """How DIASources are paired with Objects.
+
+    ``rule``: ``one_to_one`` (each DIASource at most one Object and each
+    Object at most one DIASource of the visit, as many pairs as possible, then
+    the least total cost) or ``nearest`` (each DIASource its nearest Object,
+    whoever else takes it).
+    """
+
+    rule: str = "one_to_one"
+
+
+def choose_objects(candidates: Candidates, movers: np.ndarray, rule: str) -> Candidates:
+    """The chosen (DIASource, Object) pairs of a visit, movers left out.
+
+    Decided once, on the master, over the candidates of all the Slices:
+    ties go by diaSourceId and diaObjectId, so the pairs do not depend on
+    the Slices or on the order the candidates came in.
+    """
+    cand = candidates.take(~np.isin(candidates.diaSourceId, movers))
+    if rule == "one_to_one":
+        chosen = assign(cand.diaSourceId, cand.diaObjectId, cand.cost)
+    else:
+        chosen = nearest(cand.diaSourceId, cand.diaObjectId, cand.distance_arcsec)
+    return cand.take(chosen)
 
 
 @dataclass
@@ -20,9 +53,12 @@ class Changes:
 
 
 class UpdateStage(Stage):
-    """Matched Objects are updated; unmatched DIASources (not movers) make new Objects.
+    """DIASources are paired with Objects; matched Objects are updated, the rest make new ones.
 
-    The master sends the same update list to every Slice, and each applies it
+    The master decides, after the movers, by `UpdateConfig.rule` over the
+    candidates the cross-match gathered: a DIASource (not a mover) that pairs
+    with no Object makes a new one, whose diaObjectId is its diaSourceId.
+    It sends the same update list to every Slice, and each applies it
     to every copy it holds (owned or margin), with the same arithmetic, so
     the copies stay identical. Each Slice returns the rows of the Objects it
     owns, so every changed Object is stored once. The changes stay in an open
@@ -30,9 +66,20 @@ class UpdateStage(Stage):
     that fails before then is rolled back.
     """
 
+    ConfigClass = UpdateConfig
+
+    def setup(self, ctx: RankContext) -> None:
+        if self.config.rule not in RULES:
+            raise ValueError(f"update.rule must be one of {RULES}, got {self.config.rule!r}")
+        if ctx.rank == 0:
+            assign_warm_up()  # the master's first visit does not wait for its kernels
+
     def preprocess(self, ctx: MasterContext) -> tuple[np.ndarray, np.ndarray]:
         visit: MasterVisit = ctx.state
         sources = visit.sources
+        pairs = choose_objects(visit.candidates, visit.moving.diaSourceId, self.config.rule)
+        rows = np.searchsorted(sources["diaSourceId"], pairs.diaSourceId)
+        sources["diaObjectId"][rows] = pairs.diaObjectId
         moving = sources["ssObjectId"] != 0
         matched = (sources["diaObjectId"] != 0) & ~moving
         new = (sources["diaObjectId"] == 0) & ~moving

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +28,37 @@ class LoadResult:
     objects_held: int
     seconds: float
     rss_mb: float
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every (DIASource, Object) pair within the match radius, sorted by (diaSourceId, diaObjectId).
+
+    ``cost`` is the pair's association cost
+    (`association.matching.assign.position_cost`), ``distance_arcsec`` its
+    separation and ``isVariable`` whether the Object is a known variable.
+    """
+
+    diaSourceId: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    diaObjectId: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    cost: np.ndarray = field(default_factory=lambda: _none(np.float64))
+    distance_arcsec: np.ndarray = field(default_factory=lambda: _none(np.float64))
+    isVariable: np.ndarray = field(default_factory=lambda: _none(bool))
+
+    def __len__(self) -> int:
+        return len(self.diaSourceId)
+
+    def take(self, rows: np.ndarray) -> Candidates:
+        """The candidates at ``rows`` (indices or a mask), in that order."""
+        return Candidates(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @classmethod
+    def gather(cls, parts: list[Candidates]) -> Candidates:
+        """Several Slices' candidates as one, sorted by (diaSourceId, diaObjectId)."""
+        if not parts:
+            return cls()
+        whole = cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+        return whole.take(np.lexsort((whole.diaObjectId, whole.diaSourceId)))
 
 
 @dataclass(frozen=True)
@@ -75,14 +106,15 @@ class MasterVisit:
         load: each Slice's figures.
     sources : ndarray of DIASOURCE_DTYPE
         sources: the visit's DIASources, by diaSourceId; later stages fill
-        in ``diaObjectId`` (the Object each belongs to) and ``ssObjectId``.
+        in ``ssObjectId`` (moving) and ``diaObjectId`` (update: the Object
+        each belongs to, its own id for a new Object, 0 for a mover).
     predictions : ndarray of PREDICTION_DTYPE
         predictions: NightMOPS's predicted positions (none if they never came).
     radius_arcsec : float
         crossmatch: the match radius used, and `radius_from` where it came from.
-    flagged : ndarray of bool
-        crossmatch: per source, True when no known variable Object explains it
-        (a candidate mover).
+    candidates : Candidates
+        crossmatch: every (DIASource, Object) pair within the radius, with
+        its cost, from all the Slices.
     moving : MovingMatches
         moving: the conclusive moving-object matches, each with the
         prediction row that took it (for the alert's ``ssSource``).
@@ -111,7 +143,7 @@ class MasterVisit:
     predictions: np.ndarray = field(default_factory=lambda: _none(PREDICTION_DTYPE))
     radius_arcsec: float = float("nan")
     radius_from: str = ""
-    flagged: np.ndarray = field(default_factory=lambda: _none(bool))
+    candidates: Candidates = field(default_factory=Candidates)
     moving: MovingMatches = field(default_factory=MovingMatches)
     n_new: int = 0
     objects: np.ndarray = field(default_factory=lambda: _none(OBJECT_DTYPE))

@@ -41,6 +41,7 @@ __all__ = [
     "default_url",
     "open_storage",
     "storage_class",
+    "warm_up_reads",
 ]
 
 
@@ -104,3 +105,11 @@ def open_storage(
             Path(run_dir).mkdir(parents=True, exist_ok=True)
         url = default_url(run_dir)
     return storage_class(url, native_access)(url, params, create=create)
+
+
+def warm_up_reads() -> None:
+    """Load (or compile) every backend's read kernels now; no database is touched."""
+    from association.storage.postgres.copy import warm_up as copy_warm_up
+
+    native.warm_up()
+    copy_warm_up()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +195,30 @@ class Storage(AbstractContextManager):
     def load_objects(self, lo: int, hi: int) -> np.ndarray:
         """The Objects with ``lo <= fine < hi`` (OBJECT_DTYPE), ordered by diaObjectId."""
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Many reads in a row, from one thread: a backend may share a connection between them.
+
+        Each read still sees the latest commit, as outside. Nests.
+        """
+        yield
+
+    @abstractmethod
+    def count_objects(self, lo: np.ndarray, hi: np.ndarray, at_most: int) -> np.ndarray:
+        """Objects in each fine-index range ``[lo[i], hi[i])``, counting up to ``at_most``.
+
+        One short index probe per range, a few statements for all: what a
+        field of many empty or sparse chunks costs to size up.
+        """
+
+    @abstractmethod
+    def load_objects_ranges(self, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+        """The Objects of each fine-index range, as `load_objects` gives them, in few statements.
+
+        For many ranges of few Objects (a sparse field); the ranges must not
+        overlap.
+        """
+
     @abstractmethod
     def load_object_columns(
         self, lo: np.ndarray, hi: np.ndarray, names: Sequence[str]
@@ -202,7 +226,7 @@ class Storage(AbstractContextManager):
         """Some plain Object columns over the fine-index ranges ``[lo, hi)``, in no set order.
 
         For the thin strips a Slice reads around its chunks: many small
-        ranges, few columns.
+        ranges, few columns. The ranges must not overlap.
         """
 
     @abstractmethod

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -31,8 +32,11 @@ from association.storage.interface import (
 SQLITE_CACHE_KIB = 65536
 """Page cache of each SQLite connection of an engine, KiB."""
 
-STRIP_RANGES_PER_QUERY = 200
-"""Fine-index ranges per statement of `SqlStorage.load_object_columns`."""
+RANGES_PER_QUERY = 1000
+"""Fine-index ranges per statement of the reads over many ranges."""
+
+_RANGE = "range"
+"""The column that says which range a row of a many-range read came from."""
 
 SINCE_ALWAYS = 1e308
 """``since`` of a recent-DIASource read with no window: every row is later than minus this."""
@@ -267,23 +271,62 @@ class SqlStorage(Storage):
         cols = self.fetch_columns(sql, (int(lo), int(hi)), rows.OBJECT_KINDS)
         return rows.objects_from_columns(cols)
 
+    def count_objects(self, lo: np.ndarray, hi: np.ndarray, at_most: int) -> np.ndarray:
+        lo, hi = _ranges(lo, hi)
+        out = np.zeros(lo.size, np.int64)
+        fine = self._quote("fine")
+        for i in range(0, lo.size, RANGES_PER_QUERY):
+            a, b = lo[i : i + RANGES_PER_QUERY], hi[i : i + RANGES_PER_QUERY]
+            sql = (
+                f"WITH r(k, lo, hi) AS ({_values(a.size, 3)}) SELECT r.k, (SELECT count(*) "
+                f"FROM (SELECT 1 FROM objects o WHERE o.{fine} >= r.lo AND o.{fine} < r.hi "
+                f"LIMIT {int(at_most)}) AS t) FROM r"
+            )
+            params = [int(x) for k in range(a.size) for x in (k, a[k], b[k])]
+            found = self.fetch_columns(sql, params, {"k": "i8", "n": "i8"}, presize=False)
+            out[i + found["k"]] = found["n"]
+        return out
+
+    def load_objects_ranges(self, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+        lo, hi = _ranges(lo, hi)
+        cols = self._ranges_columns(lo, hi, rows.OBJECT_KINDS)
+        k = cols.pop(_RANGE)
+        order = np.lexsort((cols["diaObjectId"], k))
+        objects = rows.objects_from_columns(cols, order)
+        cuts = np.searchsorted(k[order], np.arange(lo.size + 1))
+        return [objects[a:b] for a, b in pairwise(cuts.tolist())]
+
     def load_object_columns(
         self, lo: np.ndarray, hi: np.ndarray, names: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        kinds = {n: rows.OBJECT_KINDS[n] for n in names}
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        fine, step = self._quote("fine"), STRIP_RANGES_PER_QUERY
-        for i in range(0, len(lo), step):
-            a, b = lo[i : i + step], hi[i : i + step]
-            where = " OR ".join([f"({fine} >= ? AND {fine} < ?)"] * len(a))
-            sql = f"SELECT {', '.join(self._quote(n) for n in names)} FROM objects WHERE {where}"
-            params = [int(x) for pair in zip(a, b, strict=True) for x in pair]
+        lo, hi = _ranges(lo, hi)
+        cols = self._ranges_columns(lo, hi, {n: rows.OBJECT_KINDS[n] for n in names})
+        del cols[_RANGE]
+        return cols
+
+    def _ranges_columns(
+        self, lo: np.ndarray, hi: np.ndarray, kinds: Mapping[str, str]
+    ) -> dict[str, np.ndarray]:
+        """Object columns over fine-index ranges, and `_RANGE`: the range of each row."""
+        kinds = {_RANGE: "i8", **kinds}
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in kinds}
+        fine = self._quote("fine")
+        select = ", ".join(f"o.{self._quote(n)}" for n in kinds if n != _RANGE)
+        for i in range(0, lo.size, RANGES_PER_QUERY):
+            a, b = lo[i : i + RANGES_PER_QUERY], hi[i : i + RANGES_PER_QUERY]
+            # The ranges drive: one index range scan each (CROSS JOIN keeps
+            # SQLite from turning the loops round).
+            sql = (
+                f"WITH r(k, lo, hi) AS ({_values(a.size, 3)}) SELECT r.k, {select} FROM r "
+                f"CROSS JOIN objects o WHERE o.{fine} >= r.lo AND o.{fine} < r.hi"
+            )
+            params = [int(x) for k in range(a.size) for x in (i + k, a[k], b[k])]
             cols = self.fetch_columns(sql, params, kinds, presize=False)
-            for n in names:
+            for n in kinds:
                 parts[n].append(cols[n])
         return {
             n: np.concatenate(parts[n]) if parts[n] else np.empty(0, np.dtype(kinds[n]))
-            for n in names
+            for n in kinds
         }
 
     def load_recent_diasources(
@@ -386,6 +429,20 @@ class SqlStorage(Storage):
 
     def _quote(self, name: str) -> str:
         return quote(self.engine, name)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.asarray(lo, dtype=np.int64).ravel()
+    hi = np.asarray(hi, dtype=np.int64).ravel()
+    if lo.shape != hi.shape:
+        raise ValueError(f"lo and hi differ in length: {lo.size} and {hi.size}")
+    return lo, hi
+
+
+def _values(n_rows: int, n_columns: int) -> str:
+    """``VALUES`` of ``n_rows`` rows of BIGINT parameters (``?``), for a CTE."""
+    row = "(" + ", ".join(["CAST(? AS BIGINT)"] * n_columns) + ")"
+    return "VALUES " + ", ".join([row] * n_rows)
 
 
 def chunks(ins: Insert, chunk: int) -> list[slice | np.ndarray]:

@@ -21,10 +21,12 @@ from sqlalchemy import (
 
 from association.columns import BANDS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the tables below; stored in ``schema_version``.
 
 2: the ``parameters`` and ``notes`` tables.
+3: Objects' ``raErr``, ``decErr`` and per band ``psfFluxWMean``,
+``psfFluxMeanErr``, ``psfFluxChi2``.
 """
 
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index.
@@ -69,9 +71,17 @@ visits = Table(
     Column("stored_at", Double, nullable=False),  # Unix time of the Store
 )
 
-OBJECT_BAND_COLUMNS = tuple(
-    f"{b}_{name}" for b in BANDS for name in ("psfFluxNdata", "psfFluxMean", "psfFluxM2")
+OBJECT_BAND_STATS = (
+    "psfFluxNdata",
+    "psfFluxMean",
+    "psfFluxM2",
+    "psfFluxWMean",
+    "psfFluxMeanErr",
+    "psfFluxChi2",
 )
+"""The per-band Object statistics, stored as one column per band, ``{band}_{name}``."""
+
+OBJECT_BAND_COLUMNS = tuple(f"{b}_{name}" for b in BANDS for name in OBJECT_BAND_STATS)
 
 objects = Table(
     "objects",
@@ -80,6 +90,8 @@ objects = Table(
     Column("fine", BigInteger, nullable=False),
     Column("ra", Double, nullable=False),
     Column("dec", Double, nullable=False),
+    Column("raErr", Double),
+    Column("decErr", Double),
     Column("nDiaSources", Integer, nullable=False),
     Column("firstMjd", Double, nullable=False),
     Column("lastMjd", Double, nullable=False),

@@ -1,4 +1,4 @@
-"""Brute-force references for the cross-match and the ellipse match (for tests).
+"""Brute-force references for the cross-match and the prediction ellipses (for tests).
 
 Plain numpy over every (query, object) pair, with formulas independent of the
 kernels': angles from unit vectors as ``atan2(|u x v|, u . v)``, tangent-plane
@@ -8,8 +8,6 @@ coordinates by projecting onto the local east/north vectors.
 from __future__ import annotations
 
 import numpy as np
-
-from association.matching.ellipse import EllipseConfig
 
 _BLOCK = 256  # queries per block, to bound memory
 
@@ -90,6 +88,18 @@ def tangent_plane(
     return np.sum(v * east, axis=-1) / w, np.sum(v * north, axis=-1) / w
 
 
+def offset(ra: float, dec: float, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions at tangent-plane offsets (xi east, eta north; radians) from (ra, dec)."""
+    a0, d0 = np.radians(ra), np.radians(dec)
+    rho = np.hypot(xi, eta)
+    c = np.arctan(rho)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(rho > 0, np.sin(c) / rho, 1.0)
+    d = np.arcsin(np.cos(c) * np.sin(d0) + eta * s * np.cos(d0))
+    a = a0 + np.arctan2(xi * s, np.cos(d0) * np.cos(c) - eta * s * np.sin(d0))
+    return np.degrees(a) % 360.0, np.degrees(d)
+
+
 def ellipse_q(
     pred_ra: np.ndarray,
     pred_dec: np.ndarray,
@@ -98,10 +108,14 @@ def ellipse_q(
     position_angle_deg: np.ndarray,
     src_ra: np.ndarray,
     src_dec: np.ndarray,
-    config: EllipseConfig | None = None,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """(n_pred, n_src) ellipse quadratic form; inside where <= 1 (inf behind the plane)."""
-    a, b = (config or EllipseConfig()).axes(semi_major_arcsec, semi_minor_arcsec)
+    """(n_pred, n_src) quadratic form of the ellipse of axes ``scale * (a, b)``.
+
+    Inside where <= 1 (inf behind the plane).
+    """
+    a = scale * np.asarray(semi_major_arcsec, dtype=np.float64)
+    b = scale * np.asarray(semi_minor_arcsec, dtype=np.float64)
     to_rad = np.pi / (180.0 * 3600.0)
     col = (slice(None), None)
     xi, eta = tangent_plane(
@@ -122,12 +136,12 @@ def brute_force_ellipse_pairs(
     position_angle_deg: np.ndarray,
     src_ra: np.ndarray,
     src_dec: np.ndarray,
-    config: EllipseConfig | None = None,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All (prediction, source) pairs inside the scaled ellipse, sorted."""
     q = ellipse_q(
         pred_ra, pred_dec, semi_major_arcsec, semi_minor_arcsec, position_angle_deg,
-        np.asarray(src_ra, dtype=np.float64), np.asarray(src_dec, dtype=np.float64), config,
+        np.asarray(src_ra, dtype=np.float64), np.asarray(src_dec, dtype=np.float64), scale,
     )  # fmt: skip
     p, s = np.nonzero(q <= 1.0)
     return p.astype(np.int64), s.astype(np.int64)

@@ -127,6 +127,11 @@ def parse_binary_copy(
     return out
 
 
+def warm_up() -> None:
+    """Load (or compile) the COPY parser now, on an empty result."""
+    parse_binary_copy(SIGNATURE + bytes(8) + _TRAILER, {"a": "i8", "b": "f8"})
+
+
 def fetch_columns(
     raw: Any, sql: str, params: Sequence[Any], kinds: Mapping[str, str]
 ) -> dict[str, np.ndarray]:

@@ -630,3 +630,18 @@ def _grow(a: np.ndarray, n: int, cap: int) -> np.ndarray:
 def quote(name: str) -> str:
     """An SQL identifier, double-quoted."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def warm_up() -> None:
+    """Load (or compile) the read kernels now, on an in-memory database, where available.
+
+    A Slice calls it as it starts, so its first visit's loads do not pay for
+    it; no file is touched.
+    """
+    if not available():
+        return
+    with connect(":memory:") as conn:
+        conn.execute("CREATE TABLE t (a INTEGER, b REAL)")
+        conn.execute("INSERT INTO t VALUES (1, 0.5)")
+        conn.fetch("SELECT a, a, a, a, b, b FROM t", (), dict(zip(KINDS, KINDS, strict=True)))
+        conn.fetch_each("SELECT a FROM t WHERE a = ?", np.ones(1, np.int64), {"a": "i8"})
