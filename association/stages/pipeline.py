@@ -104,7 +104,10 @@ class AssociationPipeline(PipelineHooks):
                 s.variable_min_detections, s.variable_min_span_days, s.variable_min_significance
             )
             config = CatalogueConfig(
-                s.catalogue_mb, s.recent_per_object, variability, s.recent_days
+                s.catalogue_mb,
+                s.recent_per_object,
+                recent_days=s.recent_days,
+                variability=variability,
             )
             st.catalogue = Catalogue(config, 2 * (s.fine_order - s.chunk_order))
             # The Slices share the cores: each runs its compiled kernels on its share.
