@@ -181,6 +181,7 @@ class Master:
             keys = ServerKeys.load(rt.curve_keys) if rt.curve_keys else None
             endpoint = Endpoint(rt.endpoint, rt.publish or None, keys=keys)
         self.endpoint = endpoint
+        self.metrics = Metrics(rt.metrics_noun, [s.name for s in self.stages], pipeline=config.name)
         try:
             sources = configured_sources(rt, config.name)
         except Exception:
@@ -198,7 +199,6 @@ class Master:
             sources,
         )
         self.scheduler = Scheduler(config, self.n_slices)
-        self.metrics = Metrics(rt.metrics_noun, [s.name for s in self.stages], pipeline=config.name)
         self._intake_fed = (0, 0, 0)
         self.execs: dict[int, Running] = {}
         self._later: list[tuple[int, Future[Any]]] = []

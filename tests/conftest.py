@@ -19,8 +19,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """SIGTERM ends the run as Ctrl-C does: the fixtures' servers are stopped, not left behind."""
+    """SIGTERM ends the run as Ctrl-C does: the fixtures' servers are stopped, not left behind.
+
+    SIGINT gets Python's own handler even where the run inherited it ignored (a shell's
+    background job): a handled signal is reset to the default in the commands the tests
+    start, so the tests' Ctrl-C reaches them, as a user's would.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

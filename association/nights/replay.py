@@ -484,7 +484,7 @@ class Replayer:
                         self.kafka.create_topics()
                     except KafkaError as exc:
                         raise ReplayError(f"Kafka at {self.kafka.bootstrap}: {exc}") from None
-                    self._record(kafka=self.kafka.describe())
+                    self.record(kafka=self.kafka.describe())
                 address = self.opts.address or self.start_pipeline()
                 progress = Progress(len(self.visits), self.finished()[0], self.out)
                 summary = self.play(address, progress)

@@ -27,11 +27,11 @@ def fov_of(start: Event) -> tuple[float, float, float]:
 
 def fov_resources(start: Event) -> frozenset[Hashable]:
     """The sky cells a visit may read or change, for ordering overlapping visits."""
-    import healpy as hp  # pulls in matplotlib and astropy (~0.8 s): only where it is used
+    from association.sky.healpix import ang2vec, query_disc
 
     ra, dec, radius = fov_of(start)
-    vec = hp.ang2vec(ra, dec, lonlat=True)
-    cells = hp.query_disc(
+    vec = ang2vec(ra, dec, lonlat=True)
+    cells = query_disc(
         1 << RESOURCE_ORDER, vec, np.radians(radius + RESOURCE_PAD_DEG), inclusive=True, nest=True
     )
     return frozenset(int(c) for c in cells)
