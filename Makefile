@@ -20,8 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@# Rubin's alert schemas: only the .avsc files are used, so not its heavy dependencies.
 	$(BIN)/pip install -q --no-deps 'lsst-alert-packet>=30.2026.2700'
-	@# MPI: use the machine's if it has one, else the MPICH wheel from PyPI.
-	@if ! command -v mpiexec >/dev/null 2>&1; then $(BIN)/pip install -q mpich; fi
+	@# MPI: the machine's if mpi4py loads it, else the MPICH wheel from PyPI (an mpiexec
+	@# on the PATH is not enough: it may be another environment's).
+	@if ! $(BIN)/python -c 'from mpi4py import MPI' >/dev/null 2>&1; then $(BIN)/pip install -q mpich; fi
 	@# The numba kernels, compiled once here rather than by every rank on first start.
 	$(BIN)/python -m association.warmup
 	touch $@

@@ -28,6 +28,13 @@ class PostgresStorage(SqlStorage):
         finally:
             raw.close()
 
+    def _bulk(self, ins: Insert, chunk: int) -> None:
+        super()._bulk(ins, chunk)
+        # Planner statistics now, not when autovacuum comes round: without them the
+        # first visits' reads of a freshly loaded table are planned blind.
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"ANALYZE {self._quote(ins.table.name)}")
+
     def _insert_bulk(self, conn: Connection, ins: Insert, chunk: int) -> None:
         copy.copy_in(
             conn.connection.driver_connection,
