@@ -88,28 +88,34 @@ def read_objects(path: str | Path, partition: Partition | None = None) -> np.nda
     partition = partition or Partition()
     cols = _read_checked(path, OBJECT_COLUMNS, "catalogue objects")
     err = _Reporter(path, "catalogue objects")
-    err.positive("diaObjectId", cols["diaObjectId"])
-    err.unique("diaObjectId", cols["diaObjectId"])
+    # Each column is checked, copied into place and let go: a catalogue of tens of
+    # millions of Objects is not held twice.
+    out = np.zeros(len(cols["ra"]), OBJECT_DTYPE)
+    ids = out["diaObjectId"] = cols.pop("diaObjectId")
+    err.positive("diaObjectId", ids)
+    err.unique("diaObjectId", ids)
+    del ids
     err.sky(cols["ra"], cols["dec"])
-    _at_least_int(err, "nDiaSources", cols["nDiaSources"])
-    err.finite("firstMjd", cols["firstMjd"])
-    err.finite("lastMjd", cols["lastMjd"])
+    n_sources = cols.pop("nDiaSources")
+    _at_least_int(err, "nDiaSources", n_sources)
+    out["nDiaSources"] = n_sources
+    del n_sources
+    for name in ("firstMjd", "lastMjd"):
+        err.finite(name, cols[name])
     for name in ("raErr", "decErr"):
         err.at_least(name, cols[name], 0.0, allow_nan=True)
-    out = np.zeros(len(cols["ra"]), OBJECT_DTYPE)
-    for name in ("diaObjectId", "ra", "dec", "nDiaSources", "firstMjd", "lastMjd"):
-        out[name] = cols[name]
-    out["raErr"], out["decErr"] = cols["raErr"], cols["decErr"]
-    out["isVariable"] = cols.get("isVariable", False)
+    for name in ("ra", "dec", "firstMjd", "lastMjd", "raErr", "decErr"):
+        out[name] = cols.pop(name)
+    out["isVariable"] = cols.pop("isVariable", False)
     for i, b in enumerate(BANDS):
-        ndata = cols.get(f"{b}_psfFluxNdata")
+        ndata = cols.pop(f"{b}_psfFluxNdata", None)
         if ndata is not None:
             _at_least_int(err, f"{b}_psfFluxNdata", ndata)
             out["psfFluxNdata"][:, i] = ndata
         for name in ("psfFluxMeanErr", "psfFluxChi2"):
             err.at_least(f"{b}_{name}", cols[f"{b}_{name}"], 0.0, allow_nan=True)
         for name in _BAND_FLOATS:
-            out[name][:, i] = cols[f"{b}_{name}"]
+            out[name][:, i] = cols.pop(f"{b}_{name}")
     fine = partition.fine_index(out["ra"], out["dec"]) if len(out) else np.empty(0, np.int64)
     if "fine" in cols:
         _check_object_fine(err, partition, cols["fine"], out["ra"], out["dec"])

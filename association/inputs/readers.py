@@ -13,7 +13,7 @@ position angle in degrees east of north.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,19 +296,24 @@ def _read_checked(path: str | Path, spec: tuple[_Col, ...], kind: str) -> dict[s
     if fmt is None:
         err.fail(None, None, f"unknown suffix, expected one of {_SUFFIX_HELP}")
     try:
-        raw = _read_parquet(path, spec) if fmt == "parquet" else _read_astropy(path, fmt)
+        raw = _ParquetColumns(path, spec) if fmt == "parquet" else _read_astropy(path, fmt)
     except Exception as exc:  # every reader has its own exceptions for a bad file
         err.fail(None, None, f"cannot read as {fmt}: {type(exc).__name__}: {exc}")
     n = None
     out = {}
+    present = ", ".join(raw) or "no columns"
     for col in spec:
         if col.name not in raw:
             if col.required:
-                err.fail(col.name, None, f"missing (has: {', '.join(raw) or 'no columns'})")
+                err.fail(col.name, None, f"missing (has: {present})")
             continue
-        values, mask = raw[col.name]
+        try:
+            values, mask = raw.pop(col.name)  # the raw column goes as its converted one comes
+        except Exception as exc:  # a Parquet column is read only now
+            err.fail(col.name, None, f"cannot read as {fmt}: {type(exc).__name__}: {exc}")
         n = len(values)
         out[col.name] = _convert(err, col, values, mask)
+        del values, mask
     if n is None:
         n = _row_count(raw)
     for col in spec:
@@ -317,22 +322,47 @@ def _read_checked(path: str | Path, spec: tuple[_Col, ...], kind: str) -> dict[s
     return out
 
 
-def _row_count(raw: dict) -> int:
+def _row_count(raw: dict | _ParquetColumns) -> int:
     """Rows of a table whose wanted columns are all absent: those of any column."""
+    if isinstance(raw, _ParquetColumns):
+        return raw.rows()
     return len(next(iter(raw.values()))[0]) if raw else 0
 
 
-def _read_parquet(path: Path, spec: tuple[_Col, ...]) -> dict:
-    """Parquet columns as (numpy values, null mask or None)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+class _ParquetColumns:
+    """A Parquet file's wanted columns, each read when taken (`pop`).
 
-    names = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[c.name for c in spec if c.name in names])
-    out = {}
-    for name in table.column_names:
-        col = table.column(name)
+    Parquet stores columns apart, so one column at a time is read and decoded:
+    a catalogue of tens of millions of rows is never in memory whole.
+    """
+
+    def __init__(self, path: Path, spec: tuple[_Col, ...]) -> None:
+        import pyarrow.parquet as pq
+
+        self._file = pq.ParquetFile(path)
+        have = set(self._file.schema_arrow.names)
+        self._names = [c.name for c in spec if c.name in have]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def rows(self) -> int:
+        """Rows of the file."""
+        return int(self._file.metadata.num_rows)
+
+    def pop(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """One column as (numpy values, null mask or None)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self._names.remove(name)
+        col = self._file.read(columns=[name], use_threads=True).column(0)
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         mask = pc.is_null(col).to_numpy(zero_copy_only=False) if col.null_count else None
@@ -340,15 +370,12 @@ def _read_parquet(path: Path, spec: tuple[_Col, ...]) -> dict:
             # Few distinct strings (bands): decode those, then index.
             enc = col.fill_null("").combine_chunks().dictionary_encode()
             words = np.array(enc.dictionary.to_pylist(), dtype=str)
-            values = words[enc.indices.to_numpy(zero_copy_only=False)]
-        elif mask is not None and pa.types.is_integer(col.type):
-            values = col.fill_null(0).to_numpy(zero_copy_only=False)
-        elif mask is not None and pa.types.is_boolean(col.type):
-            values = col.fill_null(False).to_numpy(zero_copy_only=False)
-        else:
-            values = col.to_numpy(zero_copy_only=False)
-        out[name] = (values, mask)
-    return out
+            return words[enc.indices.to_numpy(zero_copy_only=False)], mask
+        if mask is not None and pa.types.is_integer(col.type):
+            return col.fill_null(0).to_numpy(zero_copy_only=False), mask
+        if mask is not None and pa.types.is_boolean(col.type):
+            return col.fill_null(False).to_numpy(zero_copy_only=False), mask
+        return col.to_numpy(zero_copy_only=False), mask
 
 
 def _read_astropy(path: Path, fmt: str) -> dict:
