@@ -95,7 +95,7 @@ def run_mode(mode: str, tmp: Path) -> dict:
         while not (run / "endpoint.json").exists():
             time.sleep(0.05)
         info = json.loads((run / "endpoint.json").read_text())
-        sub = Subscriber(info["publish"], ["association.visit_done"])
+        sub = Subscriber(info["publish"], ["bench.execution_done"])  # the default outcome name
         inj = Injector(info["address"])
         time.sleep(0.5)  # let the subscription settle
         stage_ms = []

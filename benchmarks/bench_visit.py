@@ -76,6 +76,7 @@ def make_sources(objects: np.ndarray, n: int, visit: int, part: Partition) -> np
     src["psfFluxErr"] = 20.0
     src["raErr"] = src["decErr"] = np.nan
     src["snr"] = 50.0
+    src["fine"] = part.fine_index(src["ra"], src["dec"])  # a supplied fine must be right
     return src
 
 
@@ -167,12 +168,12 @@ def main() -> None:
                     write_table(run / f"p{fov}.parquet", make_predictions(src, 100))
                     nv = {"mjd": 60200.0, "ra": RA0, "dec": DEC0, "filter": "r", "radius": RADIUS}
                     inj.send(Event.new("telescope.next_visit", fov, nv))
-                    # wait until the load is done: the execution then waits for detection
+                    # wait until the load is done: the execution then waits for detection (sources)
                     wait_for(
                         lambda f=fov: (
                             True
                             if any(
-                                e["key"] == f and e["stage"] == "crossmatch"
+                                e["key"] == f and e["stage"] == "sources"
                                 for e in json.loads((run / "status.json").read_text())["executions"]
                             )
                             else None
