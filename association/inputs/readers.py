@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -333,8 +334,12 @@ class _ParquetColumns:
     """A Parquet file's wanted columns, each read when taken (`pop`).
 
     Parquet stores columns apart, so one column at a time is read and decoded:
-    a catalogue of tens of millions of rows is never in memory whole.
+    a catalogue of tens of millions of rows is never in memory whole. A small
+    file (a visit's) is read in one call, which costs less than one per column.
     """
+
+    WHOLE_ROWS = 1 << 20
+    """Files of at most this many rows are read in one call (a visit's files)."""
 
     def __init__(self, path: Path, spec: tuple[_Col, ...]) -> None:
         import pyarrow.parquet as pq
@@ -342,6 +347,10 @@ class _ParquetColumns:
         self._file = pq.ParquetFile(path)
         have = set(self._file.schema_arrow.names)
         self._names = [c.name for c in spec if c.name in have]
+        self._read: dict[str, Any] = {}
+        if self.rows() <= self.WHOLE_ROWS:
+            table = self._file.read(columns=self._names, use_threads=False)
+            self._read = dict(zip(self._names, table.columns, strict=True))
 
     def __contains__(self, name: object) -> bool:
         return name in self._names
@@ -362,7 +371,9 @@ class _ParquetColumns:
         import pyarrow.compute as pc
 
         self._names.remove(name)
-        col = self._file.read(columns=[name], use_threads=True).column(0)
+        col = self._read.pop(name, None)
+        if col is None:
+            col = self._file.read(columns=[name], use_threads=True).column(0)
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         mask = pc.is_null(col).to_numpy(zero_copy_only=False) if col.null_count else None

@@ -99,6 +99,9 @@ class AssociationPipeline(PipelineHooks):
         )
         if ctx.rank == 0:
             st.create_schema()
+            # The master's kernels run on one visit's rows, too few to be worth
+            # a second thread on cores the Slices and the writer share.
+            numba.set_num_threads(1)
         else:
             variability = VariabilityConfig(
                 s.variable_min_detections, s.variable_min_span_days, s.variable_min_significance

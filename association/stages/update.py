@@ -110,13 +110,18 @@ class UpdateStage(Stage):
         sources = visit.sources
         new = (sources["diaObjectId"] == 0) & (sources["ssObjectId"] == 0)
         sources["diaObjectId"][new] = sources["diaSourceId"][new]
-        missing = np.setdiff1d(sources["diaObjectId"][sources["ssObjectId"] == 0], ids)
+        wanted = sources["diaObjectId"][sources["ssObjectId"] == 0]
+        at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+        missing = wanted if not len(ids) else wanted[ids[at] != wanted]
         if missing.size:
+            missing = np.unique(missing)
             raise RuntimeError(
                 f"fov {ctx.key}: {missing.size} Object(s) not held by any Slice, e.g. {missing[0]}"
             )
         visit.objects = objects
-        visit.recent = recent[np.lexsort((recent["midpointMjdTai"], recent["diaObjectId"]))]
+        # Each Slice's part is in (diaObjectId, time) order and holds Objects no
+        # other part holds: a stable sort by diaObjectId alone keeps each in time order.
+        visit.recent = recent[np.argsort(recent["diaObjectId"], kind="stable")]
 
     def finish(self, ctx: ExecutionContext, ok: bool) -> None:
         """A visit that ends before its changes are decided (share) leaves no trace."""

@@ -132,7 +132,6 @@ diasources = Table(
     PrimaryKeyConstraint("diaObjectId", "midpointMjdTai", "diaSourceId", name="pk_diasources"),
     Index("ux_diasources_diaSourceId", "diaSourceId", unique=True),
     Index("ix_diasources_visit", "visit"),
-    Index("ix_diasources_fine", "fine"),
     sqlite_with_rowid=False,
 )
 

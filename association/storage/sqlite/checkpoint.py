@@ -25,18 +25,42 @@ class WalCheckpointer:
     own connection (PASSIVE: it never blocks a writer or a reader). SQLite
     releases the GIL while it works.
 
+    A PASSIVE checkpoint never starts the WAL over: under a steady stream of
+    Stores and reads some reader always holds a snapshot in it, so it would
+    grow all night (4.5 GB in a full-density night), and every page read and
+    written slows down with it, as SQLite looks a page up in the WAL's index
+    block by block. Once the WAL holds ``restart_frames`` frames, a RESTART
+    checkpoint waits up to ``restart_wait_s`` for the readers to leave the WAL
+    (holding off the writer meanwhile) so that the next Store writes it from
+    its start again.
+
     Parameters
     ----------
     path : Path
         The SQLite database file.
     interval_s : float
         Seconds between checkpoints.
+    restart_frames : int
+        WAL frames (pages) past which the WAL is started over.
+    restart_wait_s : float
+        How long a RESTART waits for readers and the writer.
     """
 
-    def __init__(self, path: str | Path, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        interval_s: float = 0.5,
+        restart_frames: int = 1 << 16,
+        restart_wait_s: float = 2.0,
+    ) -> None:
         self.path = Path(path)
         self.interval_s = interval_s
+        self.restart_frames = restart_frames
+        self.restart_wait_s = restart_wait_s
         self.checkpoints = 0
+        self.restarts = 0
+        self.most_frames = 0
+        """The most frames a checkpoint found in the WAL."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
@@ -68,17 +92,29 @@ class WalCheckpointer:
             conn.close()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=2.0)
+        conn = sqlite3.connect(self.path, timeout=self.restart_wait_s)
         try:
+            at = self.restart_frames
             while not self._stop.wait(self.interval_s):
-                self._checkpoint(conn, "PASSIVE")
+                frames = self._checkpoint(conn, "PASSIVE")
+                if frames < at:
+                    continue
+                if self._checkpoint(conn, "RESTART") == 0:
+                    self.restarts += 1
+                    at = self.restart_frames
+                else:  # a reader held on: not again before as many more frames
+                    at = frames + self.restart_frames
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> int:
+        """Checkpoint in ``mode``; the frames the WAL holds after it (0 once started over)."""
         try:
-            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
-            self.checkpoints += 1
+            busy, frames, _done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error as exc:
             # The next round tries again; the WAL only grows meanwhile.
             _log.warning("%s: WAL checkpoint (%s) failed: %s", self.path, mode, exc)
+            return -1
+        self.checkpoints += 1
+        self.most_frames = max(self.most_frames, frames)
+        return frames if busy or mode != "RESTART" else 0
