@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,11 @@ def preload(
 ) -> int:
     """Load a starting catalogue into the database; returns the Objects loaded.
 
-    Both files are read and checked first (`association.inputs.catalogue`;
-    a bad file raises `BadInputError` and loads nothing), and ``fine`` is
-    derived from ``ra``/``dec`` with ``partition``'s fine order. Only when
+    Both files are read and checked (`association.inputs.catalogue`; a bad
+    file raises `BadInputError` and loads nothing: the DIASources file is
+    read while the Objects go in, and they are cleared again if it fails),
+    and ``fine`` is derived from ``ra``/``dec`` with ``partition``'s fine
+    order. Only when
     both are in is the preload noted as complete (as ``note``). A resumed
     replay skips a complete preload; one cut short (a kill, a full disk) is
     cleared and done again, never skipped.
@@ -81,12 +84,24 @@ def preload(
         say("a starting catalogue cut short by an earlier run was found: loading it again")
         storage.clear_catalogue()
     objects = read_objects(objects_path, partition)
-    history = None
-    if diasources_path is not None:
-        history = read_diasources(diasources_path, objects["diaObjectId"], partition)
-    # An increment cut short is done again from the first file not in (one transaction each).
-    if len(objects) and not (increment and _has(storage, db.objects.c.diaObjectId, objects)):
-        storage.bulk_load_objects(objects)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The DIASources file is read while the Objects go in (the other core).
+        reading = None
+        if diasources_path is not None:
+            reading = pool.submit(
+                read_diasources, diasources_path, objects["diaObjectId"], partition
+            )
+        if increment and reading is not None:
+            reading.result()  # beside stored visits nothing goes in before both files pass
+        # An increment cut short is done again from the first file not in (one transaction each).
+        if len(objects) and not (increment and _has(storage, db.objects.c.diaObjectId, objects)):
+            storage.bulk_load_objects(objects)
+        try:
+            history = None if reading is None else reading.result()
+        except BaseException:
+            if not increment:  # a bad file loads nothing: the Objects go again
+                storage.clear_catalogue()
+            raise
     history_in = history is None or not len(history)
     if not (history_in or (increment and _has(storage, db.diasources.c.diaSourceId, history))):
         storage.bulk_load_diasources(history)
