@@ -61,10 +61,9 @@ def preload(
     file raises `BadInputError` and loads nothing: the DIASources file is
     read while the Objects go in, and they are cleared again if it fails),
     and ``fine`` is derived from ``ra``/``dec`` with ``partition``'s fine
-    order. Only when
-    both are in is the preload noted as complete (as ``note``). A resumed
-    replay skips a complete preload; one cut short (a kill, a full disk) is
-    cleared and done again, never skipped.
+    order. Only when both are in is the preload noted as complete (as
+    ``note``). A resumed replay skips a complete preload; one cut short (a
+    kill, a full disk) is cleared and done again, never skipped.
 
     With a ``note`` other than `DONE`, the catalogue is a survey's increment:
     it goes in beside what is there (each file in one transaction, so one

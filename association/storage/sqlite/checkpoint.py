@@ -59,8 +59,6 @@ class WalCheckpointer:
         self.restart_wait_s = restart_wait_s
         self.checkpoints = 0
         self.restarts = 0
-        self.most_frames = 0
-        """The most frames a checkpoint found in the WAL."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
@@ -116,5 +114,4 @@ class WalCheckpointer:
             _log.warning("%s: WAL checkpoint (%s) failed: %s", self.path, mode, exc)
             return -1
         self.checkpoints += 1
-        self.most_frames = max(self.most_frames, frames)
         return frames if busy or mode != "RESTART" else 0
