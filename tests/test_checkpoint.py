@@ -11,7 +11,6 @@ from sqlalchemy import create_engine
 
 from association.storage.sqlite.checkpoint import WalCheckpointer
 
-PAGE = 4096
 COMMITS = 240
 ROWS_PER_COMMIT = 20  # a 3 KiB blob each: about a page per row
 
