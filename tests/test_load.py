@@ -37,10 +37,6 @@ class CountingStorage(SqliteStorage):
         CountingStorage.statements += 1 + presize
         return super()._fetch_columns(sql, params, kinds, presize)
 
-    def _load_recent(self, lo, hi, per_object, since):
-        CountingStorage.statements += 2
-        return super()._load_recent(lo, hi, per_object, since)
-
 
 def sky(tmp_path: Path, per_deg2: float) -> Path:
     """A database of Objects (one past DIASource each) over the big field and its margin."""

@@ -103,7 +103,7 @@ def preload(
             raise
     history_in = history is None or not len(history)
     if not (history_in or (increment and _has(storage, db.diasources.c.diaSourceId, history))):
-        storage.bulk_load_diasources(history)
+        storage.bulk_load_diasources(history, objects)
     n_history = 0 if history is None else len(history)
     value = {"objects": len(objects), "diasources": n_history, "from": str(objects_path)}
     storage.note(note, json.dumps(value | {"at": time.time()}))

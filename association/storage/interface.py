@@ -66,6 +66,11 @@ class FrozenParameters:
     chunk_order: int
     fine_order: int
 
+    @property
+    def chunk_shift(self) -> int:
+        """``fine >> chunk_shift`` is the chunk of a fine index."""
+        return 2 * (self.fine_order - self.chunk_order)
+
     def as_strings(self) -> dict[str, str]:
         """Name -> value as text, as the ``parameters`` table holds them."""
         return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -251,8 +256,18 @@ class Storage(AbstractContextManager):
         """
 
     @abstractmethod
-    def bulk_load_diasources(self, diasources: np.ndarray, *, chunk: int = BULK_CHUNK) -> None:
-        """Insert past DIASources (new ids only) in one transaction; see `bulk_load_objects`."""
+    def bulk_load_diasources(
+        self,
+        diasources: np.ndarray,
+        objects: np.ndarray | None = None,
+        *,
+        chunk: int = BULK_CHUNK,
+    ) -> None:
+        """Insert past DIASources (new ids only) in one transaction; see `bulk_load_objects`.
+
+        ``objects`` (``diaObjectId`` and ``fine``) holds their Objects, or
+        some; those not in it are looked up in the database.
+        """
 
     @abstractmethod
     def fetch_columns(

@@ -56,9 +56,51 @@ def object_columns(objects: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def diasource_columns(diasources: np.ndarray) -> dict[str, np.ndarray]:
-    """The ``diasources`` table's columns as views into DIASOURCE_DTYPE records."""
-    return {c.name: diasources[c.name] for c in tables.diasources.columns}
+def diasource_columns(diasources: np.ndarray, chunk: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``diasources`` table's columns: views into DIASOURCE_DTYPE records, and ``chunk``.
+
+    ``chunk`` is each DIASource's (`diasource_chunks`).
+    """
+    return {
+        c.name: chunk if c.name == "chunk" else diasources[c.name]
+        for c in tables.diasources.columns
+    }
+
+
+def diasource_chunks(
+    diasources: np.ndarray,
+    object_ids: np.ndarray,
+    object_fine: np.ndarray,
+    chunk_shift: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk each DIASource is stored under: its Object's, by ``object_fine``.
+
+    Parameters
+    ----------
+    diasources : ndarray of DIASOURCE_DTYPE
+        The DIASources.
+    object_ids, object_fine : ndarray
+        Objects' diaObjectId and fine index, in any order.
+    chunk_shift : int
+        ``fine >> chunk_shift`` is a chunk.
+
+    Returns
+    -------
+    chunk : ndarray of int64
+        Each DIASource's chunk; where it has no Object (``diaObjectId`` 0),
+        the chunk of its own position.
+    unknown : ndarray of int64
+        The Object ids among the DIASources' not in ``object_ids``; their
+        DIASources' chunk is left as their own until the caller finds them.
+    """
+    order = np.argsort(object_ids, kind="stable")
+    ids, fine = object_ids[order], object_fine[order]
+    wanted = diasources["diaObjectId"]
+    at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+    found = (wanted != 0) & (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), bool)
+    chunk = np.where(found, fine[at] if len(ids) else 0, diasources["fine"]) >> chunk_shift
+    unknown = np.unique(wanted[~found & (wanted != 0)])
+    return chunk.astype(np.int64), unknown
 
 
 def objects_from_columns(
@@ -93,16 +135,26 @@ def diasources_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
+def latest_per_object(diasources: np.ndarray, per_object: int) -> np.ndarray:
+    """Each Object's latest ``per_object`` DIASources, by (diaObjectId, midpointMjdTai, diaSourceId)."""
+    out = diasources[
+        np.lexsort(
+            (diasources["diaSourceId"], diasources["midpointMjdTai"], diasources["diaObjectId"])
+        )
+    ]
+    ids = out["diaObjectId"]
+    group_end = np.searchsorted(ids, ids, side="right")
+    return out[group_end - np.arange(len(ids)) <= per_object]
+
+
 def object_order(objects: np.ndarray) -> np.ndarray | None:
     """Objects in primary-key order, (fine, diaObjectId) (see `key_order`)."""
     return key_order(objects["fine"], objects["diaObjectId"])
 
 
-def diasource_order(diasources: np.ndarray) -> np.ndarray | None:
-    """DIASources in primary-key order (see `key_order`)."""
-    return key_order(
-        diasources["diaObjectId"], diasources["midpointMjdTai"], diasources["diaSourceId"]
-    )
+def diasource_order(diasources: np.ndarray, chunk: np.ndarray) -> np.ndarray | None:
+    """DIASources of chunks ``chunk`` in primary-key order (see `key_order`)."""
+    return key_order(chunk, diasources["midpointMjdTai"], diasources["diaSourceId"])
 
 
 def key_order(*keys: np.ndarray) -> np.ndarray | None:
@@ -189,12 +241,6 @@ def tuples(
 def object_rows(objects: np.ndarray) -> list[tuple]:
     """Objects as tuples in the column order of the ``objects`` table."""
     return tuples(object_columns(objects))
-
-
-def diasource_rows(diasources: np.ndarray) -> list[tuple]:
-    """DIASources as tuples in the column order of the ``diasources`` table."""
-    check_bands(diasources["band"])
-    return tuples(diasource_columns(diasources), texts={"band": BANDS})
 
 
 def _pylist(values: np.ndarray) -> list:

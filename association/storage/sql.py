@@ -206,12 +206,13 @@ class SqlStorage(Storage):
         rows.check_visit(diasources["visit"], visit, "diasources")
         rows.check_visit(moving["visit"], visit, "moving")
         rows.check_bands(diasources["band"])
+        chunk = self._diasource_chunks(diasources, objects)
         # In primary-key order, the B-tree pages are visited once each, in order.
         inserts = [
             Insert(
                 tables.diasources,
-                rows.diasource_columns(diasources),
-                rows.diasource_order(diasources),
+                rows.diasource_columns(diasources, chunk),
+                rows.diasource_order(diasources, chunk),
                 {"band": BANDS},
             ),
             Insert(
@@ -255,6 +256,32 @@ class SqlStorage(Storage):
             conn.execute(tables.visits.insert().values(**visit_row))
             if before_commit is not None:
                 before_commit()  # an exception here rolls the visit back
+
+    def _diasource_chunks(self, diasources: np.ndarray, objects: np.ndarray | None) -> np.ndarray:
+        """Each DIASource's chunk: its Object's, from ``objects`` or else the database."""
+        shift = self.params.chunk_shift
+        none = np.empty(0, np.int64)
+        have = (none, none) if objects is None else (objects["diaObjectId"], objects["fine"])
+        chunk, unknown = rows.diasource_chunks(diasources, *have, shift)
+        if unknown.size:
+            ids, fine = self._object_fine(unknown)
+            chunk, unknown = rows.diasource_chunks(
+                diasources, np.concatenate([have[0], ids]), np.concatenate([have[1], fine]), shift
+            )
+        return chunk
+
+    def _object_fine(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The diaObjectId and fine index of the stored Objects among ``ids``."""
+        oid, fine = self._quote("diaObjectId"), self._quote("fine")
+        parts = []
+        for i in range(0, ids.size, RANGES_PER_QUERY):
+            some = ids[i : i + RANGES_PER_QUERY]
+            sql = f"SELECT {oid}, {fine} FROM objects WHERE {oid} IN ({', '.join('?' * some.size)})"
+            parts.append(self.fetch_columns(sql, some.tolist(), {"id": "i8", "fine": "i8"}))
+        return (
+            np.concatenate([p["id"] for p in parts]),
+            np.concatenate([p["fine"] for p in parts]),
+        )
 
     def visit_record(self, visit: int) -> VisitRecord | None:
         v = tables.visits
@@ -343,28 +370,31 @@ class SqlStorage(Storage):
         return self._load_recent(int(lo), int(hi), int(per_object), since)
 
     def _load_recent(self, lo: int, hi: int, per_object: int, since: float) -> np.ndarray:
-        """`load_recent_diasources` for ``per_object > 0`` and a finite ``since``."""
+        """`load_recent_diasources` for ``per_object > 0`` and a finite ``since``.
+
+        One range read of the chunks the fine range ``[lo, hi)`` lies in, over
+        the window; the rows of Objects outside the range are dropped, and
+        each Object's latest ``per_object`` kept.
+        """
         q = self._quote
-        oid, mjd, fine = q("diaObjectId"), q("midpointMjdTai"), q("fine")
-        # Per Object, the time of its per_object-th latest DIASource: a short walk
-        # down the (diaObjectId, midpointMjdTai, ...) key, no sort of all rows.
-        nth = (
-            f"SELECT d2.{mjd} FROM diasources d2 WHERE d2.{oid} = o.{oid} "
-            f"ORDER BY d2.{mjd} DESC LIMIT 1 OFFSET ?"
-        )
+        oid, mjd, fine, chunk = q("diaObjectId"), q("midpointMjdTai"), q("fine"), q("chunk")
+        shift = self.params.chunk_shift
+        first, last = lo >> shift, (hi - 1) >> shift
+        chunks: tuple[int, ...] = (first, last)
+        if last - first < RANGES_PER_QUERY:
+            # Each chunk's own (chunk, midpointMjdTai) range: older rows are not read.
+            chunks = tuple(range(first, last + 1))
+            where = f"d.{chunk} IN ({', '.join('?' * len(chunks))})"
+        else:
+            where = f"d.{chunk} >= ? AND d.{chunk} <= ?"
         sql = (
-            f"SELECT {self._recent_select_list()} FROM objects o "
-            f"JOIN diasources d ON d.{oid} = o.{oid} "
-            f"WHERE o.{fine} >= ? AND o.{fine} < ? AND d.{mjd} >= ? "
-            f"AND d.{mjd} >= COALESCE(({nth}), -1e308)"
+            f"SELECT {self._recent_select_list()} FROM diasources d "
+            f"WHERE {where} AND d.{mjd} >= ? AND d.{oid} IN "
+            f"(SELECT o.{oid} FROM objects o WHERE o.{fine} >= ? AND o.{fine} < ?)"
         )
-        params = (lo, hi, since, per_object - 1)
-        out = rows.diasources_from_columns(self.fetch_columns(sql, params, rows.DIASOURCE_KINDS))
-        out = out[np.lexsort((out["diaSourceId"], out["midpointMjdTai"], out["diaObjectId"]))]
-        # Ties at the cut may let in a few more: keep the last per_object of each.
-        ids = out["diaObjectId"]
-        group_end = np.searchsorted(ids, ids, side="right")
-        return out[group_end - np.arange(len(ids)) <= per_object]
+        params = (*chunks, since, lo, hi)
+        found = self.fetch_columns(sql, params, rows.DIASOURCE_KINDS, presize=False)
+        return rows.latest_per_object(rows.diasources_from_columns(found), per_object)
 
     def _recent_select_list(self) -> str:
         """The DIASOURCE_DTYPE fields of ``diasources d``, the band as its index."""
@@ -409,9 +439,17 @@ class SqlStorage(Storage):
             Insert(tables.objects, rows.object_columns(objects), rows.object_order(objects)), chunk
         )
 
-    def bulk_load_diasources(self, diasources: np.ndarray, *, chunk: int = BULK_CHUNK) -> None:
+    def bulk_load_diasources(
+        self,
+        diasources: np.ndarray,
+        objects: np.ndarray | None = None,
+        *,
+        chunk: int = BULK_CHUNK,
+    ) -> None:
         rows.check_bands(diasources["band"])
-        columns, order = rows.diasource_columns(diasources), rows.diasource_order(diasources)
+        chunks = self._diasource_chunks(diasources, objects)
+        columns = rows.diasource_columns(diasources, chunks)
+        order = rows.diasource_order(diasources, chunks)
         self._bulk(Insert(tables.diasources, columns, order, {"band": BANDS}), chunk)
 
     def _bulk(self, ins: Insert, chunk: int) -> None:

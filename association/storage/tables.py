@@ -21,12 +21,13 @@ from sqlalchemy import (
 
 from association.columns import BANDS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the tables below; stored in ``schema_version``.
 
 2: the ``parameters`` and ``notes`` tables.
 3: Objects' ``raErr``, ``decErr`` and per band ``psfFluxWMean``,
 ``psfFluxMeanErr``, ``psfFluxChi2``.
+4: DIASources clustered by their Object's chunk and time (``chunk``), not by Object.
 """
 
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index.
@@ -117,6 +118,8 @@ diasources = Table(
     Column("visit", BigInteger, nullable=False),
     Column("diaObjectId", BigInteger, nullable=False),
     Column("ssObjectId", BigInteger, nullable=False),
+    # The chunk of its Object (of itself where it has none): what a Slice loads by.
+    Column("chunk", BigInteger, nullable=False),
     Column("fine", BigInteger, nullable=False),
     Column("ra", Double, nullable=False),
     Column("dec", Double, nullable=False),
@@ -127,9 +130,11 @@ diasources = Table(
     Column("psfFlux", Double, nullable=False),
     Column("psfFluxErr", Double, nullable=False),
     Column("snr", Double),
-    # Clustered by Object and time, so an Object's latest DIASources are one
-    # short range; diaSourceId stays the identity through its unique index.
-    PrimaryKeyConstraint("diaObjectId", "midpointMjdTai", "diaSourceId", name="pk_diasources"),
+    # Clustered by chunk and time, as Rubin's APDB partitions them: a chunk's
+    # recent history is one range read, and a visit's rows go in at the end of
+    # each chunk's range instead of beside every Object's earlier ones.
+    # diaSourceId stays the identity through its unique index.
+    PrimaryKeyConstraint("chunk", "midpointMjdTai", "diaSourceId", name="pk_diasources"),
     Index("ux_diasources_diaSourceId", "diaSourceId", unique=True),
     Index("ix_diasources_visit", "visit"),
     sqlite_with_rowid=False,

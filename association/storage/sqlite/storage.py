@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import make_url
 
-from association.storage import rows, tables
+from association.storage import tables
 from association.storage.interface import FrozenParameters, StorageError
 from association.storage.sql import VISIT_TABLES, Insert, SqlStorage
 from association.storage.sqlite import native
@@ -187,32 +187,6 @@ class SqliteStorage(SqlStorage):
                 conn.execute("BEGIN")
                 expected = conn.count(sql, params)
             return conn.fetch(sql, params, kinds, expected=expected)
-
-    def _load_recent(self, lo: int, hi: int, per_object: int, since: float) -> np.ndarray:
-        """A compiled loop walks down each Object's end of the diasources primary key."""
-        q = self._quote
-        oid, mjd, sid, fine = q("diaObjectId"), q("midpointMjdTai"), q("diaSourceId"), q("fine")
-        with self._read_connection() as conn:
-            conn.execute("BEGIN")  # the Objects and their DIASources from one snapshot
-            ids = conn.fetch(
-                f"SELECT {oid} FROM objects WHERE {fine} >= ? AND {fine} < ?",
-                (lo, hi),
-                {"id": "i8"},
-            )["id"]
-            ids.sort()
-            # Latest first, straight down the (diaObjectId, midpointMjdTai,
-            # diaSourceId) key from each Object's end; then each turned round.
-            found = conn.fetch_each(
-                f"SELECT {self._recent_select_list()} FROM diasources d WHERE d.{oid} = ? "
-                f"AND d.{mjd} >= ? ORDER BY d.{mjd} DESC, d.{sid} DESC LIMIT ?",
-                ids,
-                rows.DIASOURCE_KINDS,
-                (since, per_object),
-                # Room for them all at once: pages never written cost nothing.
-                expected=min(len(ids) * per_object, 1 << 26),
-                reverse_each=True,
-            )
-        return rows.diasources_from_columns(found)
 
     # -- bulk loads ------------------------------------------------------------------
 
