@@ -673,3 +673,44 @@ def test_native_store_equals_driver_store(tmp_path):
     finally:
         for st in storages:
             st.close()
+
+
+def test_diasources_go_by_their_objects_chunk(storage, reference):
+    """A DIASource is stored under, and loaded with, its Object's chunk, wherever it lies."""
+    rng = np.random.default_rng(11)
+    shift = PARAMS.chunk_shift
+    chunk_a, chunk_b = 7, 8
+    fine = np.concatenate([(chunk_a << shift) + np.arange(20), (chunk_b << shift) + np.arange(20)])
+    objects = make_objects(rng, np.arange(1, 41), fine)
+    storage.bulk_load_objects(objects)
+    owner = np.repeat(objects["diaObjectId"], 3)
+    sources = make_sources(rng, np.arange(1, owner.size + 1), 1, owner)
+    # each DIASource's own position in the other chunk: only its Object's counts
+    own = np.where(owner <= 20, chunk_b, chunk_a)
+    sources["fine"] = (own << shift) + rng.integers(0, 1 << shift, owner.size)
+    storage.bulk_load_diasources(sources)
+    # a visit: one DIASource of an Object it does not pass (looked up in the
+    # database), one of a moving object (no Object: its own chunk)
+    later = make_sources(rng, np.array([1001, 1002]), 5, np.array([3, 0]))
+    later["ssObjectId"] = [0, 77]
+    later["fine"] = [chunk_b << shift, (chunk_b << shift) + 5]
+    later["midpointMjdTai"] = 60010.0
+    storage.store_visit(VisitRecord(5, 60010.0, 0, 0, "r", 2, 0, 0, 1), later, objects[:0])
+    d = db.diasources
+    with storage.engine.connect() as conn:
+        stored = dict(conn.execute(select(d.c.diaSourceId, d.c.chunk)).all())
+    assert stored[1001] == chunk_a and stored[1002] == chunk_b
+    assert all(
+        stored[i] == (chunk_a if o <= 20 else chunk_b)
+        for i, o in zip(sources["diaSourceId"].tolist(), owner.tolist(), strict=True)
+    )
+    for st in (storage, reference):
+        for chunk, ids in ((chunk_a, range(1, 21)), (chunk_b, range(21, 41))):
+            lo, hi = chunk << shift, (chunk + 1) << shift
+            got = st.load_recent_diasources(lo, hi, per_object=10)
+            assert set(got["diaObjectId"].tolist()) == set(ids)
+            assert (1001 in got["diaSourceId"]) == (chunk == chunk_a)
+            assert 1002 not in got["diaSourceId"]  # a mover's is no Object's history
+            # a fine range inside the chunk: only its Objects
+            part = st.load_recent_diasources(lo, lo + 10, per_object=10)
+            assert set(part["diaObjectId"].tolist()) == set(list(ids)[:10])

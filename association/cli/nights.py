@@ -239,6 +239,53 @@ def add_replay(sub: Any) -> None:
     p.add_argument("--kafka-prefix", default="", metavar="P", help="put P before every topic name")
 
 
+def add_prepare(sub: Any) -> None:
+    """``nightpipe prepare``."""
+    p = sub.add_parser(
+        "prepare",
+        help="load a night archive's starting catalogue once, for all its replays",
+        description="Load the archive's starting catalogue into a SQLite database kept in "
+        "ARCHIVE/prepared/. A replay into a new run directory on SQLite then copies it "
+        "instead of loading the catalogue again, while it matches the archive's catalogue "
+        "files, the schema and the partition.",
+    )
+    p.add_argument("archive", metavar="ARCHIVE", help="night archive directory")
+    p.add_argument("--config", default="association", help="pipeline config (its partition)")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare an archive's starting database."""
+    import tempfile
+
+    from association.nights.prepared import prepare
+    from association.nights.replay import Replayer, ReplayError, ReplayOptions
+    from events.archive import ArchiveError
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="nightpipe-prepare-") as tmp:
+            opts = ReplayOptions(Path(args.archive), Path(tmp), config=args.config, sets=args.set)
+            replayer = Replayer(opts)
+            if replayer.survey is not None and replayer.survey["night_index"] > 0:
+                raise UsageError(
+                    f"{args.archive}: a later night of a survey starts from the database "
+                    "of the nights before it; only a survey's first night can be prepared"
+                )
+            params = replayer.frozen_parameters()
+
+            def load(run_dir: Path) -> int:
+                replayer.run_dir = run_dir.resolve()
+                return replayer.preload()
+
+            prepare(replayer.archive, params, load, say=replayer.say)
+    except ArchiveError as exc:
+        raise UsageError(str(exc)) from None
+    except (ReplayError, ValueError) as exc:
+        print(f"nightpipe prepare: failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _ranks(text: str) -> int:
     value = positive_int(text)
     if value < 2:
@@ -543,6 +590,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 COMMANDS = {
     "simulate": (add_simulate, cmd_simulate),
     "replay": (add_replay, cmd_replay),
+    "prepare": (add_prepare, cmd_prepare),
     "demo": (add_demo, cmd_demo),
     "report": (add_report, cmd_report),
     "serve": (add_serve, cmd_serve),

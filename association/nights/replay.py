@@ -22,10 +22,11 @@ from typing import Any, TextIO
 
 from association.nights.channels import Channel, KafkaNight, ZmqChannel
 from association.nights.job import Job, sigterm_raises
+from association.nights.prepared import copy_prepared, find_prepared
 from association.nights.survey import survey_of
 from association.nights.topiccheck import AlertTopicCheck, check_alert_topic
 from association.rundir import NightRunDir
-from association.storage import FrozenParameters, open_storage
+from association.storage import SQLITE_NAME, FrozenParameters, open_storage
 from events.archive import Archive
 from events.client import Injector
 from events.envelope import Event
@@ -242,6 +243,8 @@ class Replayer:
             )
         where = self.opts.db_url or f"SQLite in {self.run_dir}"
         later = self.survey is not None and self.survey["night_index"] > 0
+        if not (self.opts.db_url or later or (self.run_dir / SQLITE_NAME).exists()):
+            self._copy_prepared(params)
         what = "catalogue of the sky new to the survey" if later else "starting catalogue"
         self.say(f"loading the archive's {what} into {where}")
         t0 = time.monotonic()
@@ -272,6 +275,17 @@ class Replayer:
         took = time.monotonic() - t0
         self.say(f"loaded {n} Objects in {took:.1f} s" if n else "the catalogue was already loaded")
         return n
+
+    def _copy_prepared(self, params: FrozenParameters) -> None:
+        """Start from the archive's prepared database (`association.nights.prepared`), if any."""
+        source = find_prepared(self.archive, params)
+        if source is None:
+            return
+        size = source.stat().st_size
+        self.say(f"copying the archive's prepared starting database ({size / 1e9:.1f} GB)")
+        t0 = time.monotonic()
+        copy_prepared(source, self.run_dir)
+        self.say(f"copied in {time.monotonic() - t0:.1f} s")
 
     def command(self) -> list[str]:
         """The ``mpiexec -n RANKS nightpipe run ...`` that starts the pipeline.
