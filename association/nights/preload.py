@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 
 from association.inputs.catalogue import read_diasources, read_objects
 from association.sky.partition import Partition
-from association.storage import Storage
+from association.storage import Storage, rows
 from association.storage import tables as db
 
 DONE = "preload"
@@ -87,9 +88,8 @@ def preload(
         # The DIASources file is read while the Objects go in (the other core).
         reading = None
         if diasources_path is not None:
-            reading = pool.submit(
-                read_diasources, diasources_path, objects["diaObjectId"], partition
-            )
+            shift = storage.params.chunk_shift
+            reading = pool.submit(_read_history, diasources_path, objects, partition, shift)
         if increment and reading is not None:
             reading.result()  # beside stored visits nothing goes in before both files pass
         # An increment cut short is done again from the first file not in (one transaction each).
@@ -110,10 +110,24 @@ def preload(
     return len(objects)
 
 
-def _has(storage: Storage, key: Any, rows: Any) -> bool:
-    """Whether the table of id column ``key`` holds the first of ``rows`` (by its id)."""
+def _read_history(
+    path: str | Path, objects: np.ndarray, partition: Partition | None, chunk_shift: int
+) -> np.ndarray:
+    """The DIASources file, read, checked and put in the table's key order.
+
+    The sort is done here, beside the Objects' load, so that the load of
+    these rows finds them in order.
+    """
+    history = read_diasources(path, objects["diaObjectId"], partition)
+    chunk, _ = rows.diasource_chunks(history, objects["diaObjectId"], objects["fine"], chunk_shift)
+    order = rows.diasource_order(history, chunk)
+    return history if order is None else history[order]
+
+
+def _has(storage: Storage, key: Any, records: Any) -> bool:
+    """Whether the table of id column ``key`` holds the first of ``records`` (by its id)."""
     with storage.engine.connect() as conn:
-        found = conn.execute(select(key).where(key == int(rows[0][key.name])))
+        found = conn.execute(select(key).where(key == int(records[0][key.name])))
         return found.first() is not None
 
 

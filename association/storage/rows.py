@@ -136,12 +136,11 @@ def diasources_from_columns(cols: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def latest_per_object(diasources: np.ndarray, per_object: int) -> np.ndarray:
-    """Each Object's latest ``per_object`` DIASources, by (diaObjectId, midpointMjdTai, diaSourceId)."""
-    out = diasources[
-        np.lexsort(
-            (diasources["diaSourceId"], diasources["midpointMjdTai"], diasources["diaObjectId"])
-        )
-    ]
+    """Each Object's latest ``per_object`` DIASources, by (diaObjectId, midpointMjdTai, diaSourceId).
+
+    Each Object's DIASources must come in (midpointMjdTai, diaSourceId) order.
+    """
+    out = diasources[np.argsort(diasources["diaObjectId"], kind="stable")]
     ids = out["diaObjectId"]
     group_end = np.searchsorted(ids, ids, side="right")
     return out[group_end - np.arange(len(ids)) <= per_object]
@@ -158,21 +157,26 @@ def diasource_order(diasources: np.ndarray, chunk: np.ndarray) -> np.ndarray | N
 
 
 def key_order(*keys: np.ndarray) -> np.ndarray | None:
-    """The order sorting rows by ``keys`` (most significant first); None if sorted."""
+    """The order sorting rows by ``keys`` (most significant first); None if sorted.
+
+    One stable sort per key, the least significant first, as a radix sort
+    does: a key already in order (often the unique id) costs one pass, small
+    integers sort by radix, and rows equal in every key keep their order.
+    """
     n = len(keys[0])
     if n < 2 or _sorted_by(keys):
         return None
-    # The last key (a unique id) only decides between rows equal in all the
-    # others, which is rare: sort by those first, and by all only if needed.
-    head = keys[:-1] or keys
-    order = np.lexsort(head[::-1]) if len(head) > 1 else np.argsort(head[0], kind="stable")
-    if len(keys) > 1:
-        tie = np.ones(n - 1, dtype=bool)
-        for key in head:
-            ranked = key[order]
-            tie &= ranked[1:] == ranked[:-1]
-        if tie.any():
-            order = np.lexsort(keys[::-1])
+    order = np.argsort(keys[-1], kind="stable")
+    for key in keys[-2::-1]:
+        ranked = key[order]
+        if (
+            ranked.dtype.kind in "iu"
+            and ranked.size
+            and ranked.min() >= 0
+            and ranked.max() < 1 << 16
+        ):
+            ranked = ranked.astype(np.uint16)  # numpy sorts 16-bit integers by radix
+        order = order[np.argsort(ranked, kind="stable")]
     return order
 
 

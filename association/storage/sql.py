@@ -387,12 +387,20 @@ class SqlStorage(Storage):
             where = f"d.{chunk} IN ({', '.join('?' * len(chunks))})"
         else:
             where = f"d.{chunk} >= ? AND d.{chunk} <= ?"
+        if lo == first << shift and hi == (last + 1) << shift:
+            # Whole chunks: every DIASource of them with an Object has its Object in range.
+            objects, bounds = f"d.{oid} <> 0", ()
+        else:
+            objects = (
+                f"d.{oid} IN (SELECT o.{oid} FROM objects o WHERE o.{fine} >= ? AND o.{fine} < ?)"
+            )
+            bounds = (lo, hi)
         sql = (
             f"SELECT {self._recent_select_list()} FROM diasources d "
-            f"WHERE {where} AND d.{mjd} >= ? AND d.{oid} IN "
-            f"(SELECT o.{oid} FROM objects o WHERE o.{fine} >= ? AND o.{fine} < ?)"
+            f"WHERE {where} AND d.{mjd} >= ? AND {objects} "
+            f"ORDER BY d.{chunk}, d.{mjd}, d.{q('diaSourceId')}"
         )
-        params = (*chunks, since, lo, hi)
+        params = (*chunks, since, *bounds)
         found = self.fetch_columns(sql, params, rows.DIASOURCE_KINDS, presize=False)
         return rows.latest_per_object(rows.diasources_from_columns(found), per_object)
 
