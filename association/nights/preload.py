@@ -96,14 +96,14 @@ def preload(
         if len(objects) and not (increment and _has(storage, db.objects.c.diaObjectId, objects)):
             storage.bulk_load_objects(objects)
         try:
-            history = None if reading is None else reading.result()
+            history, chunks = (None, None) if reading is None else reading.result()
         except BaseException:
             if not increment:  # a bad file loads nothing: the Objects go again
                 storage.clear_catalogue()
             raise
     history_in = history is None or not len(history)
     if not (history_in or (increment and _has(storage, db.diasources.c.diaSourceId, history))):
-        storage.bulk_load_diasources(history, objects)
+        storage.bulk_load_diasources(history, object_chunks=chunks)
     n_history = 0 if history is None else len(history)
     value = {"objects": len(objects), "diasources": n_history, "from": str(objects_path)}
     storage.note(note, json.dumps(value | {"at": time.time()}))
@@ -112,8 +112,8 @@ def preload(
 
 def _read_history(
     path: str | Path, objects: np.ndarray, partition: Partition | None, chunk_shift: int
-) -> np.ndarray:
-    """The DIASources file, read, checked and put in the table's key order.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The DIASources file, read, checked and put in the table's key order; their chunks.
 
     The sort is done here, beside the Objects' load, so that the load of
     these rows finds them in order.
@@ -121,7 +121,7 @@ def _read_history(
     history = read_diasources(path, objects["diaObjectId"], partition)
     chunk, _ = rows.diasource_chunks(history, objects["diaObjectId"], objects["fine"], chunk_shift)
     order = rows.diasource_order(history, chunk)
-    return history if order is None else history[order]
+    return (history, chunk) if order is None else (history[order], chunk[order])
 
 
 def _has(storage: Storage, key: Any, records: Any) -> bool:

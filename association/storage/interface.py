@@ -261,12 +261,14 @@ class Storage(AbstractContextManager):
         diasources: np.ndarray,
         objects: np.ndarray | None = None,
         *,
+        object_chunks: np.ndarray | None = None,
         chunk: int = BULK_CHUNK,
     ) -> None:
         """Insert past DIASources (new ids only) in one transaction; see `bulk_load_objects`.
 
         ``objects`` (``diaObjectId`` and ``fine``) holds their Objects, or
-        some; those not in it are looked up in the database.
+        some; those not in it are looked up in the database. Or
+        ``object_chunks`` gives each DIASource's chunk (`rows.diasource_chunks`).
         """
 
     @abstractmethod

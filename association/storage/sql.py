@@ -452,10 +452,13 @@ class SqlStorage(Storage):
         diasources: np.ndarray,
         objects: np.ndarray | None = None,
         *,
+        object_chunks: np.ndarray | None = None,
         chunk: int = BULK_CHUNK,
     ) -> None:
         rows.check_bands(diasources["band"])
-        chunks = self._diasource_chunks(diasources, objects)
+        chunks = object_chunks
+        if chunks is None:
+            chunks = self._diasource_chunks(diasources, objects)
         columns = rows.diasource_columns(diasources, chunks)
         order = rows.diasource_order(diasources, chunks)
         self._bulk(Insert(tables.diasources, columns, order, {"band": BANDS}), chunk)
