@@ -265,7 +265,8 @@ class SqlStorage(Storage):
         chunk, unknown = rows.diasource_chunks(diasources, *have, shift)
         if unknown.size:
             ids, fine = self._object_fine(unknown)
-            chunk, unknown = rows.diasource_chunks(
+            # Any still unknown (no such Object) keep their own position's chunk.
+            chunk, _ = rows.diasource_chunks(
                 diasources, np.concatenate([have[0], ids]), np.concatenate([have[1], fine]), shift
             )
         return chunk
