@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 class Liveness:
     """Per Slice, the work in hand and when it last answered (monotonic seconds).
 
-    A Slice runs its work items one at a time, in order, so the time since it
-    last answered (or since the oldest unanswered item was sent, if later) is
-    how long its current item has taken. No clock is read here.
+    A Slice answers its work items one at a time (background work aside, in
+    order), so the time since it last answered (or since the oldest
+    unanswered item was sent, if later) is how long it has gone without
+    finishing anything. No clock is read here.
 
     Parameters
     ----------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,30 @@ class Later:
     """
 
     future: Future[Any]
+
+
+@dataclass(frozen=True)
+class Background:
+    """A `process` result whose slow part runs beside the Slice's other work.
+
+    ``work()`` runs on the Slice's background thread (one per Slice: works run
+    one at a time, in the order they were returned, retried as `process` is)
+    while the Slice goes on with other executions' items; then ``then(result)``
+    runs on the Slice's own thread, in the same order, and what it returns is
+    the Slice's result. An exception in either fails the item as one in
+    `process` would. ``work`` must not touch what other hooks use (read from a
+    database, say, into new arrays); ``then`` may.
+
+    Parameters
+    ----------
+    work : callable
+        ``work() -> T``, safe to run again after it raised.
+    then : callable
+        ``then(T) -> result``.
+    """
+
+    work: Callable[[], Any]
+    then: Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -141,7 +166,7 @@ class Stage:
         return None
 
     def process(self, ctx: ExecutionContext, payload: Any) -> Any:
-        """On every Slice, in parallel. Returns this Slice's result."""
+        """On every Slice, in parallel. Returns this Slice's result, or a `Background`."""
         return None
 
     def postprocess(self, ctx: MasterContext, results: list[Any]) -> None:

@@ -85,7 +85,8 @@ def load(run: Path, n_slices: int, storage_class=SqliteStorage):
         ctx = ExecutionContext(i + 1, n_slices, run, log, Board(i + 1), st, key=1)
         ctx.state, ctx.events = SliceVisit(), {start.type: start}
         t = time.perf_counter()
-        stage.process(ctx, payload)
+        background = stage.process(ctx, payload)
+        background.then(background.work())  # as the Slice would, in its two threads
         out.append((st, ctx.state, time.perf_counter() - t))
     return master.state, out
 

@@ -192,6 +192,37 @@ def test_later_preprocess_leaves_the_master_free(start, fail):
     assert r.stop() == 0
 
 
+@pytest.mark.parametrize("fail", ["", "work", "then"])
+def test_background_process_leaves_the_slice_free(start, fail):
+    """A process that returns `Background` is answered later; the Slice serves others meanwhile."""
+    config = {"background_fov": 1, "background_s": 1.0, "background_fail": fail}
+    r = start([{"name": "a"}, {"name": "b", "config": config}])
+    r.send(NV, 1)
+    time.sleep(0.2)
+    for fov in (2, 3):
+        r.send(NV, fov)
+    assert r.wait([2, 3]) == {2: "done", 3: "done"}
+    assert 1 not in r.outcomes()  # its work still under way on both Slices
+    assert r.wait([1])[1] == ("failed" if fail else "done")
+    trace = read_trace(r.run_dir)
+    for rank in (1, 2):
+        mine = [d for d in trace if d["rank"] == rank and d["stage"] == "b"]
+        began = next(d["t"] for d in mine if d["fov"] == 1 and d["what"] == "start")
+        others = [d["t"] for d in mine if d["fov"] in (2, 3) and d["what"] == "end"]
+        assert len(others) == 2 and all(t > began for t in others)
+    if fail:
+        body = r.failed_event(1)
+        assert body["stage"] == "b" and body["hook"] == "process" and body["rank"] in (1, 2)
+        assert f"injected failure in b background {fail}" in body["error"]
+        assert "Traceback" in body["traceback"]
+    else:
+        ends = [d for d in trace if d["fov"] == 1 and d["stage"] == "b" and d["what"] == "end"]
+        assert len(ends) == 2  # `then` ran on both Slices; postprocess checked their arrays
+    r.send(NV, 4)  # the Slices stayed up
+    assert r.wait([4])[4] == "done"
+    assert r.stop() == 0
+
+
 def test_duplicates_ignored_and_cap_respected(start):
     r = start([{"name": "a", "config": {"sleep": 0.05}}], max_in_flight=2)
     first = r.send(NV, 1, id="visit-1")

@@ -89,3 +89,37 @@ def test_patch_leaves_other_chunks_alone():
     np.testing.assert_array_equal(got["diaObjectId"], [5, 7, 9])
     np.testing.assert_array_equal(got["ra"], [1.0, 0.0, 0.0])
     np.testing.assert_array_equal(got["isVariable"], [False, False, False])
+
+
+def test_a_read_older_than_a_write_still_gets_the_visits_objects():
+    """A strip read in another thread from a snapshot before a visit's write, put after it."""
+    lo, hi = PART.strip_ranges(np.array([CHUNK]), np.array(OWNED))
+    before_write = {
+        "diaObjectId": np.array([5, 9]),
+        "ra": np.array([1.0, 2.0]),
+        "dec": np.array([3.0, 4.0]),
+        "isVariable": np.array([False, False]),
+    }
+    fine = np.array([lo[0], lo[-1]])
+    decided = {
+        "diaObjectId": np.array([7, 9]),
+        "ra": np.array([5.0, 6.0]),
+        "dec": np.array([7.0, 8.0]),
+        "isVariable": np.array([True, True]),
+    }
+    for threaded in (True, False):
+        cache = StripCache()
+        cache.decided(1, fine >> SHIFT, fine, decided)
+        if threaded:
+            cache.read_started()  # the read's snapshot is taken before the write ...
+        cache.written(1)
+        got = cache.put(CHUNK, OWNED, lo, hi, before_write).columns  # ... and put after it
+        if threaded:
+            cache.read_ended()
+            np.testing.assert_array_equal(got["diaObjectId"], [5, 7, 9])
+            np.testing.assert_array_equal(got["ra"], [1.0, 5.0, 6.0])
+        else:  # an unannounced stale read is not patched: what read_started is for
+            np.testing.assert_array_equal(got["ra"], [1.0, 2.0])
+        # once no read is under way, the written visit is no longer kept
+        again = cache.put(CHUNK, OWNED, lo, hi, before_write).columns
+        np.testing.assert_array_equal(again["ra"], [1.0, 2.0])

@@ -53,8 +53,11 @@ class StripCache:
     Every visit's decided Objects are applied to the strips they fall in
     (`decided`), so what is cached always equals the catalogue. Until the
     visit is written (`written`) they are also kept aside and applied to any
-    strip read from the database meanwhile, which does not have them yet. At
-    most `max_entries` strips are kept, the least recently used going first.
+    strip read from the database meanwhile, which does not have them yet;
+    while a read from another thread is under way (`read_started`, to
+    `read_ended`) they are kept even once written, as its snapshot may be
+    older than the write. At most `max_entries` strips are kept, the least
+    recently used going first.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -62,6 +65,8 @@ class StripCache:
         self._strips: OrderedDict[tuple[int, tuple[int, ...]], Strip] = OrderedDict()
         self._unwritten: OrderedDict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
         self._unwritten = OrderedDict()
+        self._reads = 0
+        self._written: list[int] = []
 
     def __len__(self) -> int:
         return len(self._strips)
@@ -121,7 +126,22 @@ class StripCache:
 
     def written(self, visit: int) -> None:
         """The visit is in the database: strips read from now on have its Objects."""
-        self._unwritten.pop(visit, None)
+        if self._reads:
+            self._written.append(visit)
+        else:
+            self._unwritten.pop(visit, None)
+
+    def read_started(self) -> None:
+        """A read of strips from the database begins elsewhere; `put` its strips, then `read_ended`."""
+        self._reads += 1
+
+    def read_ended(self) -> None:
+        """A read begun with `read_started` is over (its strips put, or failed)."""
+        self._reads -= 1
+        if not self._reads:
+            for visit in self._written:
+                self._unwritten.pop(visit, None)
+            self._written.clear()
 
     def patch(
         self, chunk_of_row: np.ndarray, fine: np.ndarray, rows: Mapping[str, np.ndarray]

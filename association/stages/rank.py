@@ -23,6 +23,8 @@ class AssociationState:
     roots: DataRoots
     catalogue: Catalogue | None = None
     strips: StripCache = field(default_factory=StripCache)
+    loading: set[int] = field(default_factory=set)
+    """On Slices: chunks a Load reads in the background, not yet in the catalogue."""
     behind: int | None = None
     """On the master: the first visit decided but not written; no later one is written."""
     _storage: Storage | None = field(default=None, repr=False)

@@ -167,6 +167,10 @@ class SliceVisit:
         chunks the Slice holds whole).
     strip_chunks : ndarray of int64
         load: margin chunks it does not hold, of which it reads thin strips.
+    reading : ndarray of int64
+        load: the chunks its background read brings in, until they are held.
+    reading_strips : bool
+        load: whether its background read of strips is under way.
     sources : ndarray of DIASOURCE_DTYPE
         sources: the visit's DIASources in the chunks this Slice owns.
     txn : Transaction or None
@@ -177,5 +181,7 @@ class SliceVisit:
     owned: np.ndarray = field(default_factory=lambda: _none(np.int64))
     held: np.ndarray = field(default_factory=lambda: _none(np.int64))
     strip_chunks: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    reading: np.ndarray = field(default_factory=lambda: _none(np.int64))
+    reading_strips: bool = False
     sources: np.ndarray = field(default_factory=lambda: _none(DIASOURCE_DTYPE))
     txn: Transaction | None = None

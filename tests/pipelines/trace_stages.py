@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framework.stage import Later, Stage
+from framework.stage import Background, Later, Stage
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class TraceConfig:
     later_fov: int = -1  # this fov's preprocess runs in a thread, `later_s` long
     later_s: float = 0.0
     observe: str = ""  # process reports its sleep as a duration of this name (Board.observe)
+    background_fov: int = -1  # this fov's process returns a `Background` of `background_s`
+    background_s: float = 0.0
+    background_fail: str = ""  # "work" or "then": that part raises
 
 
 class Trace(Stage):
@@ -66,6 +69,8 @@ class Trace(Stage):
         return {"stage": self.name, "fov": ctx.key}
 
     def process(self, ctx, payload):
+        if ctx.key == self.config.background_fov:
+            return self._background(ctx, payload)
         self._rec(ctx, "start")
         assert payload["fov"] == ctx.key, payload
         ctx.clipboard.setdefault("stages", []).append(self.name)
@@ -82,6 +87,24 @@ class Trace(Stage):
             "arr": arr,
             "seen": list(ctx.clipboard["stages"]),
         }
+
+    def _background(self, ctx, payload) -> Background:
+        self._rec(ctx, "start", background=True)
+        c = self.config
+
+        def work() -> np.ndarray:
+            time.sleep(c.background_s)
+            if c.background_fail == "work":
+                raise RuntimeError(f"injected failure in {self.name} background work")
+            return np.arange(c.array_size, dtype="f8") * ctx.slice_index
+
+        def then(arr: np.ndarray) -> dict:
+            if c.background_fail == "then":
+                raise RuntimeError(f"injected failure in {self.name} background then")
+            self._rec(ctx, "end", background=True)
+            return {"slice": ctx.slice_index, "fov": ctx.key, "arr": arr, "seen": []}
+
+        return Background(work, then)
 
     def postprocess(self, ctx, results):
         self._maybe_fail(ctx, "postprocess")
