@@ -144,3 +144,46 @@ def test_a_big_field_loads_what_chunk_by_chunk_reads_give(tmp_path, monkeypatch,
                     assert got == set(near.tolist())
                 else:
                     assert set(near.tolist()) <= got <= set(whole["diaObjectId"].tolist())
+
+
+@pytest.mark.parametrize("first_fails", [False, True])
+def test_two_visits_loading_at_once_read_a_chunk_once(tmp_path, first_fails):
+    """Visit 2's load starts while visit 1's background read is under way on the same Slice.
+
+    Visit 2 does not read the chunks visit 1 is reading; they are held once
+    visit 1's `then` has run, before visit 2's. If visit 1's read fails,
+    visit 2's `then` reads them itself.
+    """
+    run = sky(tmp_path, 20.0)
+    stage, log = LoadStage("load", None), logging.getLogger("test")
+    st = state(run, CountingStorage)
+    background = []
+    for key, ra in ((1, CENTRE[0]), (2, CENTRE[0] + 0.5)):
+        body = {"mjd": 60218.0, "ra": ra, "dec": CENTRE[1], "filter": "r", "radius": 1.75}
+        start = Event.new("telescope.next_visit", key, body)
+        master = MasterContext(0, 1, run, log, Board(0), state(run), key=key)
+        master.state, master.events = MasterVisit(), {start.type: start}
+        (payload,) = stage.preprocess(master).items
+        ctx = ExecutionContext(1, 1, run, log, Board(1), st, key=key)
+        ctx.state, ctx.events = SliceVisit(), {start.type: start}
+        background.append((stage.process(ctx, payload), ctx.state))
+    (first, v1), (second, v2) = background
+    shared = np.intersect1d(v1.reading, v2.held)
+    assert len(shared) > 10 and not np.isin(v2.reading, v1.reading).any()
+    assert st.loading == set(v1.reading.tolist()) | set(v2.reading.tolist())
+    if first_fails:
+        stage._reads_over(st, v1)  # what `finish` does for the failed visit
+    else:
+        first.then(first.work())
+    done = second.work()
+    CountingStorage.statements = 0
+    second.then(done)
+    # its own chunks and strips came from `work`; the first visit's, from its `then` ...
+    assert (CountingStorage.statements > 0) == first_fails  # ... or, failed, read now
+    assert st.loading == set()
+    assert set(st.catalogue.held().tolist()) >= set(v2.held.tolist())
+    with open_storage(None, run, PARAMS) as storage:
+        for chunk in shared.tolist():
+            lo, hi = PARTITION.chunk_range(chunk)
+            want = storage.load_objects(int(lo), int(hi))
+            assert st.catalogue.chunk(chunk).objects.tobytes() == want.tobytes()

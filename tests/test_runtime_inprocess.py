@@ -166,6 +166,16 @@ def test_failure_isolation(start, hook):
     assert r.stop() == 0
 
 
+def slow_one_then_two(r: Running) -> None:
+    """Send visit 1, then 2 and 3; check that these end while 1 has not."""
+    r.send(NV, 1)
+    time.sleep(0.2)
+    for fov in (2, 3):
+        r.send(NV, fov)
+    assert r.wait([2, 3]) == {2: "done", 3: "done"}
+    assert 1 not in r.outcomes()
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_later_preprocess_leaves_the_master_free(start, fail):
     """A preprocess that returns `Later` finishes in its thread while other visits go on."""
@@ -173,12 +183,7 @@ def test_later_preprocess_leaves_the_master_free(start, fail):
     if fail:
         config |= {"fail_fov": 1, "fail_hook": "preprocess"}
     r = start([{"name": "a"}, {"name": "b", "config": config}])
-    r.send(NV, 1)
-    time.sleep(0.1)
-    for fov in (2, 3):
-        r.send(NV, fov)
-    assert r.wait([2, 3]) == {2: "done", 3: "done"}
-    assert 1 not in r.outcomes()  # still in b's preprocess, in its thread
+    slow_one_then_two(r)  # 1 still in b's preprocess, in its thread
     assert r.wait([1])[1] == ("failed" if fail else "done")
     trace = read_trace(r.run_dir)
     if fail:
@@ -197,12 +202,7 @@ def test_background_process_leaves_the_slice_free(start, fail):
     """A process that returns `Background` is answered later; the Slice serves others meanwhile."""
     config = {"background_fov": 1, "background_s": 1.0, "background_fail": fail}
     r = start([{"name": "a"}, {"name": "b", "config": config}])
-    r.send(NV, 1)
-    time.sleep(0.2)
-    for fov in (2, 3):
-        r.send(NV, fov)
-    assert r.wait([2, 3]) == {2: "done", 3: "done"}
-    assert 1 not in r.outcomes()  # its work still under way on both Slices
+    slow_one_then_two(r)  # 1's work still under way on both Slices
     assert r.wait([1])[1] == ("failed" if fail else "done")
     trace = read_trace(r.run_dir)
     for rank in (1, 2):
