@@ -6,6 +6,7 @@ import signal
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ class _InBackground:
     work: Work
     stage: Stage
     ctx: ExecutionContext
-    then: Any
+    then: Callable[[Any], Any]
     future: Future[Any]
     t0: float
 

@@ -106,9 +106,9 @@ def margin_strips(
         t0 = time.perf_counter()
         cached.update(keep_strips(st, key, read_strips(st.storage, st.partition, owned, lacking)))
         board.observe("db_read", time.perf_counter() - t0)
-    strips = [cached[c] for c in chunks.tolist()]
+    strips = [cached[c] for c in chunks.tolist()]  # every one is cached by now
     return {
-        k: np.concatenate([s.columns[k] for s in strips if s is not None])
+        k: np.concatenate([s.columns[k] for s in strips])
         if strips
         else np.empty(0, OBJECT_DTYPE[k])
         for k in MATCH_COLUMNS
