@@ -8,7 +8,10 @@ speed (3 ranks), and prints, per night, the p50 and p95 of each visit's load
 and store stage times and of its processing latency (from the journal), with
 the catalogue's size and the night's quality. The reference in the same run is
 night 1: per-visit load and store p95 on night 5 must be at most
-`LIMIT` times night 1's; the benchmark prints both ratios and whether they hold.
+`LIMIT` times night 1's. At full speed the store stage includes each visit's
+wait behind the visits decided before it (one writer), so the database write
+alone (the transaction) is given too; the benchmark prints the three ratios and
+whether they hold.
 
 The full-density survey (``--density 10000``, the default, as the README's
 full night) takes hours and tens of GB; ``--density 500 --visits 40`` checks
@@ -34,8 +37,11 @@ sys.path.insert(0, str(ROOT))
 NIGHTS = (60217.5, 60218.5, 60219.5, 60220.5, 60221.5)
 """The nights of the bundled OpSim file."""
 LIMIT = 1.25
-"""Night 5's per-visit load and store p95, at most this times night 1's."""
-FIGURES = ("load", "store", "processing")
+"""Night 5's per-visit load, store and write p95, at most this times night 1's."""
+FIGURES = ("load", "store", "write", "processing")
+RATIOS = ("load", "store", "write")
+"""Figures whose night 5 / night 1 p95 must be within `LIMIT`: ``store`` is the stage
+(the write and its wait behind earlier visits), ``write`` the transaction alone."""
 
 
 def simulate_survey(base: Path, density: float, variable_fraction: float, visits: int | None):
@@ -90,15 +96,15 @@ def night_table(nights: list[dict[str, Any]]) -> list[str]:
 
 
 def ratios(nights: list[dict[str, Any]]) -> dict[str, Any]:
-    """Night 5's per-visit load and store p95 over night 1's, and whether each is within LIMIT."""
+    """Night 5's per-visit `RATIOS` p95 over night 1's, and whether each is within LIMIT."""
     first, last = nights[0], nights[-1]
     out: dict[str, Any] = {"limit": LIMIT, "nights": [first["night_mjd"], last["night_mjd"]]}
-    for name in ("load", "store"):
+    for name in RATIOS:
         a, b = first[name]["p95"], last[name]["p95"]
         ratio = b / a if a and b is not None else None
         out[name] = {"first_p95": a, "last_p95": b, "ratio": ratio}
         out[name]["holds"] = ratio is not None and ratio <= LIMIT
-    out["holds"] = out["load"]["holds"] and out["store"]["holds"]
+    out["holds"] = all(out[name]["holds"] for name in RATIOS)
     return out
 
 
@@ -131,7 +137,7 @@ def main() -> None:
     for line in night_table(nights):
         print(line, file=sys.stderr)
     result = ratios(nights)
-    for name in ("load", "store"):
+    for name in RATIOS:
         r = result[name]
         verdict = "holds" if r["holds"] else "does NOT hold"
         print(

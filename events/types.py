@@ -158,6 +158,7 @@ ASSOCIATION_SPECS: Mapping[str, tuple[FieldSpec, ...]] = {
         FieldSpec("n_moving", "int"),
         FieldSpec("topic", "str", required=False),  # the Kafka alert topic, when streamed
         FieldSpec("offsets", "dict", required=False),  # {"partition": [first, last]}
+        FieldSpec("write_s", "float", required=False),  # the database transaction's seconds
     ),
 }
 """Body fields of the events the association pipeline sends out; it registers them."""

@@ -36,6 +36,8 @@ TIMINGS = {
     2: {"load": 1.0, "sources": 0.2, "crossmatch": 0.4, "moving": 0.3, "update": 0.1, "store": 0.6}
     | {"total": 5.0},
 }
+# fov -> the database transaction's seconds (in the store stage's, beside its wait)
+WRITE_S = {1: 0.25, 2: 0.45}
 # fov -> (mjd, ra, dec) of the visit
 FIELDS = {1: (60218.01, 10.0, -30.0), 2: (60218.02, 12.0, -31.0), 3: (60218.03, 359.0, -29.0)}
 FIELDS[4] = (60218.04, 1.0, -30.5)
@@ -161,6 +163,7 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                 "n_sources": len(rows),
                 "n_new_objects": n_new,
                 "n_moving": n_moving,
+                "write_s": WRITE_S[fov],
             }
             at(clock, start + 10 + (3.0 if fov == 1 else 5.0))
             j.record_out(Event.new(ALERTS_READY, fov, counts))
@@ -248,6 +251,11 @@ def test_figures(run_dir: Path):
     assert by_fov[2]["timings"] == TIMINGS[2]
     assert [by_fov[f]["stored"] for f in (1, 2, 3, 4)] == [True, True, False, False]
     assert r["database"]["visits_stored"] == 2
+    assert [by_fov[f]["write_s"] for f in (1, 2, 3, 4)] == [0.25, 0.45, None, None]
+    (night,) = r["nights"]
+    assert (night["store"]["p50"], night["store"]["max"]) == (pytest.approx(0.45), 0.6)
+    assert (night["write"]["n"], night["write"]["p50"]) == (2, pytest.approx(0.35))
+    assert night["write"]["max"] == 0.45
 
 
 def test_quality_from_the_replayed_archive(run_dir: Path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -38,6 +39,10 @@ from framework.rundir import RunDirBusy
 
 STARTUP_QUIET_S = 60.0
 """While starting, a pipeline may show no sign of life for at least this long."""
+
+TICK_ROOM = 0.25
+"""A progress line after a send when the next is due at least this many seconds later
+(or when the line is a whole interval late), so that it does not hold up that send."""
 
 PLAY_BATCH = 200
 """Events sent at once into Kafka at full speed (each batch acknowledged before the next)."""
@@ -165,6 +170,10 @@ class Progress:
     def due(self) -> bool:
         """Whether it is time for a line."""
         return time.monotonic() >= self._next
+
+    def overdue(self) -> bool:
+        """Whether a line is late by a whole interval."""
+        return time.monotonic() >= self._next + self.every
 
     def show(self, sent: int, n_events: int, failed: int, force: bool = False) -> None:
         """Print the line if it is time to."""
@@ -411,11 +420,19 @@ class Replayer:
                 now = time.time()
                 rejected += channel.send([dataclasses.replace(ev, time=now) for ev in group])
                 sent += len(group)
+                acked = time.perf_counter() - t0  # journaled by the master, or the broker has them
                 for ev in group:
-                    log.write(json.dumps({"id": ev.id, "due": due, "sent": actual}) + "\n")
+                    line = {"id": ev.id, "due": due, "sent": actual, "acked": acked}
+                    log.write(json.dumps(line) + "\n")
                 log.flush()
-                if progress.due():
-                    tick()
+                later = todo[i + batch : i + batch + 1]
+                room = (
+                    math.inf
+                    if speed is None or not later
+                    else (t0 + (later[0].time - base) / speed - time.perf_counter())
+                )
+                if progress.due() and (room > TICK_ROOM or progress.overdue()):
+                    tick()  # else while waiting for a later send, not in the way of one
         finished, failed = self._wait_for_visits(progress, sent)
         progress.show(sent, n, failed, force=True)
         return {

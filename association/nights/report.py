@@ -176,6 +176,7 @@ def _visit_row(fov: int, events: list[dict[str, Any]], outcome: str | None) -> d
         ),
         "end_to_end_s": alerts["received"] - det["received"] if det and alerts else None,
         **{k: counts.get(k) for k in ("n_sources", "n_alerts", "n_new_objects", "n_moving")},
+        "write_s": counts.get("write_s"),
         "timings": timings,
         "stored": None,
         "catalogue_objects": None,
@@ -473,6 +474,7 @@ def build_report(
 NIGHT_FIGURES = {
     "load": "load stage (s)",
     "store": "store stage (s)",
+    "write": "database write (s)",
     "processing": "processing latency (s)",
 }
 """The per-visit figures `per_night` gives p50 and p95 of."""
@@ -497,6 +499,7 @@ def per_night(
         figures = {
             "load": [(v["timings"] or {}).get("load") for v in rows],
             "store": [(v["timings"] or {}).get("store") for v in rows],
+            "write": [v["write_s"] for v in rows],
             "processing": [v["processing_s"] for v in rows],
         }
         sizes = [v["catalogue_objects"] for v in rows if v["catalogue_objects"] is not None]
@@ -990,39 +993,52 @@ def _stages_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+_STORE_PANELS = (
+    ("write", "database write (s)", "write: the visit's transaction, once the writer takes it"),
+    ("store", "store stage (s)", "store stage: the write and the wait behind earlier visits"),
+    ("load", "load stage (s)", "load: the field's chunks into the Slices' memory"),
+)
+"""The panels of the store plot: figure, axis label, title."""
+
+
+def _figure(v: dict[str, Any], name: str) -> float | None:
+    """One visit's ``write`` seconds or the time of one of its stages; None if unknown."""
+    return v["write_s"] if name == "write" else (v["timings"] or {}).get(name)
+
+
 def _store_plot(report: dict[str, Any], path: Path) -> None:
-    """Each visit's store and load times against the Objects in the database, night by night."""
+    """Each visit's write, store and load times against the Objects in the database, by night."""
     import matplotlib.pyplot as plt
 
-    rows = [v for v in report["per_visit"] if v["timings"] and v["catalogue_objects"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    rows = [v for v in report["per_visit"] if v["catalogue_objects"] is not None]
+    fig, axes = plt.subplots(1, len(_STORE_PANELS), figsize=(18, 5), sharex=True)
     nights = sorted({float(night_start(v["mjd"])) for v in rows if v["mjd"] is not None})
     cmap = plt.get_cmap("viridis")
-    for ax, stage in zip(axes, ("store", "load"), strict=True):
-        shown = [v for v in rows if stage in v["timings"]]
+    for ax, (name, label, title) in zip(axes, _STORE_PANELS, strict=True):
+        shown = [v for v in rows if _figure(v, name) is not None and v["mjd"] is not None]
         if not shown:
-            _no_data(ax, f"{stage} times with a catalogue size")
+            _no_data(ax, f"{name} times with a catalogue size")
         for i, night in enumerate(nights):
-            mine = [v for v in shown if v["mjd"] is not None and night_start(v["mjd"]) == night]
+            mine = [v for v in shown if night_start(v["mjd"]) == night]
             if mine:
+                ys = [_figure(v, name) for v in mine]
                 ax.plot(
                     [v["catalogue_objects"] for v in mine],
-                    [v["timings"][stage] for v in mine],
+                    ys,
                     "o",
                     ms=3,
                     alpha=0.7,
                     color=cmap(i / max(len(nights) - 1, 1)),
-                    label=f"night {night:g} (p95 {np.percentile([v['timings'][stage] for v in mine], 95):.3g} s)",
+                    label=f"night {night:g} (p95 {np.percentile(ys, 95):.3g} s)",
                 )
         ax.set_xlabel("Objects in the database when the visit was stored")
-        ax.set_ylabel(f"{stage} stage (s)")
+        ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=10)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0].set_title("store: the visit's database write (after the ordered section)", fontsize=10)
-    axes[1].set_title("load: the field's chunks into the Slices' memory", fontsize=10)
-    fig.suptitle(f"Store and load time against the catalogue's size: {_names(report)}")
+    fig.suptitle(f"Write, store and load time against the catalogue's size: {_names(report)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

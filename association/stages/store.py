@@ -137,7 +137,8 @@ class StoreStage(Stage):
             done = sending.result()
             visit.alerts_path = done.path or ""
             visit.alerts_stream = {} if done.stream is None else done.stream.event_fields()
-            ctx.board.observe("db_write", time.perf_counter() - t0)  # the transaction, to commit
+            visit.write_s = time.perf_counter() - t0  # the transaction, to commit
+            ctx.board.observe("db_write", visit.write_s)
 
         def retry(attempt: int, delay: float, exc: BaseException) -> None:
             ctx.log.warning(
@@ -176,7 +177,8 @@ class StoreStage(Stage):
         visit: MasterVisit = ctx.state
         c = visit.counts
         assert c is not None
-        ctx.emit(ALERTS_READY, {"path": visit.alerts_path, **visit.alerts_stream, **asdict(c)})
+        body = {"path": visit.alerts_path, **visit.alerts_stream, **asdict(c)}
+        ctx.emit(ALERTS_READY, body | {"write_s": round(visit.write_s, 6)})
         for name, n in (
             ("diasources", c.n_sources),
             ("alerts", c.n_alerts),

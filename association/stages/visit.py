@@ -134,6 +134,9 @@ class MasterVisit:
         offset) of the visit's alerts on the Kafka stream; empty without one.
     counts : VisitCounts or None
         store: the visit's figures once stored.
+    write_s : float
+        store: seconds of the visit's transaction, from the writer taking it
+        to its commit (not the wait behind earlier visits).
     """
 
     chunks: np.ndarray = field(default_factory=lambda: _none(np.int64))
@@ -152,6 +155,7 @@ class MasterVisit:
     alerts_path: str = ""
     alerts_stream: dict[str, Any] = field(default_factory=dict)
     counts: VisitCounts | None = None
+    write_s: float = float("nan")
 
 
 @dataclass
