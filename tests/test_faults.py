@@ -300,7 +300,7 @@ def test_a_visit_whose_detections_never_come_holds_back_no_overlapping_visit(
     (arch / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in keep))
     from association.cli.main import PIPELINES
 
-    wait = 25.0
+    wait = 15.0
     cfg = tmp_path / "short_wait.toml"
     text = (PIPELINES / "association.toml").read_text()
     cfg.write_text(text.replace("timeout = 600.0", f"timeout = {wait}"))
@@ -330,7 +330,7 @@ def test_a_clock_step_mid_night_changes_nothing(pole_archive, pole_reference, tm
     stamp.write_text("+0\n")
     env = faketime_env(stamp)
     run = tmp_path / "run"
-    slow = f"{_span(pole_archive) / 15:g}"
+    slow = f"{_span(pole_archive) / 8:g}"  # the night in about 8 s
     proc = _replay(pole_archive, run, "--speed", slow, env=env)
     _wait_outcomes(run, 4, proc)
     stamp.write_text(f"{step}\n")

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import healpy as hp
 import numpy as np
 
 from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE, band_index
 from association.inputs.readers import _Col, _read_checked, _Reporter, derive_fine
+from association.sky import healpix as hp
 from association.sky.partition import Partition
 
 OBJECT_FINE_TOLERANCE_ARCSEC = 5.0

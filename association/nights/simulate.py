@@ -39,7 +39,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import healpy as hp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +46,7 @@ import pyarrow.parquet as pq
 from association.columns import BANDS, DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
 from association.nights.opsim import CadenceError, Region, nights, read_cadence
 from association.nights.survey import SurveyError, SurveyState, read_state, survey_id, write_state
+from association.sky import healpix as hp
 from association.sky.fov import DEFAULT_FOV_RADIUS_DEG
 from association.sky.partition import DEFAULT_FINE_ORDER
 from events.archive import ArchiveWriter

@@ -48,7 +48,19 @@ _disc = importlib.import_module("healpy._query_disc")
 ang2pix = _pixel.ang2pix
 ang2vec = _pixel.ang2vec
 get_all_neighbours = _pixel.get_all_neighbours
+max_pixrad = _pixel.max_pixrad
+nside2pixarea = _pixel.nside2pixarea
 nside2resol = _pixel.nside2resol
+pix2ang = _pixel.pix2ang
 query_disc = _disc.query_disc
 
-__all__ = ["ang2pix", "ang2vec", "get_all_neighbours", "nside2resol", "query_disc"]
+__all__ = [
+    "ang2pix",
+    "ang2vec",
+    "get_all_neighbours",
+    "max_pixrad",
+    "nside2pixarea",
+    "nside2resol",
+    "pix2ang",
+    "query_disc",
+]
