@@ -53,11 +53,19 @@ def find_prepared(archive: Archive, params: FrozenParameters) -> Path | None:
     return path if key == prepared_key(archive, params) and path.is_file() else None
 
 
+COPY_STEP = 1 << 28
+"""Bytes copied at a time; the source's pages are let go after each step."""
+
+
 def copy_prepared(source: Path, run_dir: Path) -> int:
     """Copy a prepared database into ``run_dir`` (which must not hold one); its bytes.
 
     Copied under a temporary name and renamed, so a copy cut short leaves no
-    database behind.
+    database behind. The copy is made in the kernel (``sendfile``), and the
+    source's pages leave the page cache as it goes: the copy's pages, which
+    the pipeline then reads, stay there instead. (A 15 GB database copied
+    plainly on a 24 GB machine kept 12 GB of the source cached and 6 GB of
+    the copy; copied this way, none of the source and 14 GB of the copy.)
     """
     target = run_dir / SQLITE_NAME
     if target.exists():
@@ -65,7 +73,16 @@ def copy_prepared(source: Path, run_dir: Path) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".{SQLITE_NAME}.copying"
     try:
-        shutil.copyfile(source, tmp)  # os.sendfile: in the kernel
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            size, done = os.fstat(src.fileno()).st_size, 0
+            while done < size:
+                n = os.sendfile(dst.fileno(), src.fileno(), done, min(COPY_STEP, size - done))
+                if n == 0:
+                    raise OSError(f"{source}: ended at byte {done} of {size} while copying")
+                os.posix_fadvise(src.fileno(), done, n, os.POSIX_FADV_DONTNEED)
+                done += n
+            # Pages a step still held (read ahead, or just used) go now.
+            os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
