@@ -105,12 +105,11 @@ def test_night_end_to_end(archive, reference):
     # the outbound events: alerts_ready per visit, with its counts
     with Journal(run / "journal.sqlite") as j:
         ready = [e.event for e in j.entries(type="association.alerts_ready")]
+        done = {e.event.fov_id: e.event.body for e in j.entries("out", "association.visit_done")}
     assert sorted(e.fov_id for e in ready) == visits
     body = ready[0].body
     assert Path(body["path"]).exists()
     # the transaction's own time, within the store stage's (which adds the wait behind others)
-    with Journal(run / "journal.sqlite") as j:
-        done = {e.event.fov_id: e.event.body for e in j.entries("out", "association.visit_done")}
     for e in ready:
         assert 0 < e.body["write_s"] <= done[e.fov_id]["timings"]["store"]
 

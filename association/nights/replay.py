@@ -408,12 +408,16 @@ class Replayer:
             progress.show(sent, n, failed)
             self._check_alive()
 
+        def due_at(ev: Event) -> float:
+            """When `ev` is due, seconds from the first send (0 at full speed)."""
+            return 0.0 if speed is None else (ev.time - base) / speed
+
         with self._channel(address) as channel, self.dir.sends.open("a") as log:
             t0 = time.perf_counter() + 0.05
             progress.first_event()
             for i in range(0, len(todo), batch):
                 group = todo[i : i + batch]
-                due = 0.0 if speed is None else (group[0].time - base) / speed
+                due = due_at(group[0])
                 if speed is not None:
                     _sleep_until(t0 + due, tick)
                 actual = time.perf_counter() - t0
@@ -429,7 +433,7 @@ class Replayer:
                 room = (
                     math.inf
                     if speed is None or not later
-                    else (t0 + (later[0].time - base) / speed - time.perf_counter())
+                    else t0 + due_at(later[0]) - time.perf_counter()
                 )
                 if progress.due() and (room > TICK_ROOM or progress.overdue()):
                     tick()  # else while waiting for a later send, not in the way of one

@@ -480,6 +480,11 @@ NIGHT_FIGURES = {
 """The per-visit figures `per_night` gives p50 and p95 of."""
 
 
+def _figure(v: dict[str, Any], name: str) -> float | None:
+    """One visit's ``write`` or ``processing`` seconds, or its time in stage `name`; None if unknown."""
+    return v[f"{name}_s"] if name in ("write", "processing") else (v["timings"] or {}).get(name)
+
+
 def per_night(
     visits: list[dict[str, Any]], qual: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -496,12 +501,7 @@ def per_night(
     quality_of = {q["night_mjd"]: q for q in (qual or {}).get("nights", [])}
     out = []
     for night, rows in sorted(by_night.items()):
-        figures = {
-            "load": [(v["timings"] or {}).get("load") for v in rows],
-            "store": [(v["timings"] or {}).get("store") for v in rows],
-            "write": [v["write_s"] for v in rows],
-            "processing": [v["processing_s"] for v in rows],
-        }
+        figures = {k: [_figure(v, k) for v in rows] for k in NIGHT_FIGURES}
         sizes = [v["catalogue_objects"] for v in rows if v["catalogue_objects"] is not None]
         out.append(
             {
@@ -999,11 +999,6 @@ _STORE_PANELS = (
     ("load", "load stage (s)", "load: the field's chunks into the Slices' memory"),
 )
 """The panels of the store plot: figure, axis label, title."""
-
-
-def _figure(v: dict[str, Any], name: str) -> float | None:
-    """One visit's ``write`` seconds or the time of one of its stages; None if unknown."""
-    return v["write_s"] if name == "write" else (v["timings"] or {}).get(name)
 
 
 def _store_plot(report: dict[str, Any], path: Path) -> None:
