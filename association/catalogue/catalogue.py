@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Container, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +129,15 @@ class Catalogue:
         Object's ``fine`` must lie in the chunk and every recent DIASource must
         belong to one of its Objects.
         """
+        return self.put_all([(chunk, objects, recent)])[0]
+
+    def put_all(self, reads: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> list[Chunk]:
+        """`put` each ``(chunk, objects, recent)`` of ``reads``, then evict once."""
+        held = [self._hold(*read) for read in reads]
+        self._evict(protect={ch.chunk for ch in held})
+        return held
+
+    def _hold(self, chunk: int, objects: np.ndarray, recent: np.ndarray) -> Chunk:
         chunk = int(chunk)
         if not 0 <= chunk <= _MAX_CHUNK:
             raise ValueError(f"chunk id {chunk} out of range")
@@ -139,8 +148,10 @@ class Catalogue:
             raise TypeError(f"objects: expected OBJECT_DTYPE, got {objects.dtype}")
         if recent.dtype != DIASOURCE_DTYPE:
             raise TypeError(f"recent: expected DIASOURCE_DTYPE, got {recent.dtype}")
-        objects = rec.take(objects, np.argsort(objects["diaObjectId"], kind="stable"))
         ids = np.ascontiguousarray(objects["diaObjectId"])
+        if not rec.is_sorted(ids):
+            objects = rec.take(objects, np.argsort(ids, kind="stable"))
+            ids = np.ascontiguousarray(objects["diaObjectId"])
         if np.any(ids[1:] == ids[:-1]):
             raise ValueError(f"chunk {chunk}: duplicate diaObjectId")
         if np.any(objects["fine"] >> self.chunk_shift != chunk):
@@ -152,14 +163,15 @@ class Catalogue:
         pos = np.minimum(np.searchsorted(ids, rid), max(len(ids) - 1, 0))
         if len(rid) and (not len(ids) or np.any(ids[pos] != rid)):
             raise ValueError(f"chunk {chunk}: a recent DIASource has no Object in the chunk")
-        recent = rec.trim(rec.take(recent, rec.canonical(recent)), self.config.recent_per_object)
+        if not rec.is_canonical(recent):
+            recent = rec.take(recent, rec.canonical(recent))
+        recent = rec.trim(recent, self.config.recent_per_object)
 
         if chunk in self._chunks:
             self._index.remove(self._chunks.pop(chunk).ids())
         held = Chunk(chunk, objects, recent, self.config.recent_per_object)
         self._chunks[chunk] = held
         self._index.add(ids, chunk)
-        self._evict(protect=chunk)
         return held
 
     # pinning and eviction
@@ -221,13 +233,13 @@ class Catalogue:
                 ch.expire(floor)
         self._expired_before = floor
 
-    def _evict(self, protect: int | None = None) -> None:
+    def _evict(self, protect: Container[int] = ()) -> None:
         excess = self.nbytes - self.config.max_megabytes * 1e6
         victims = []
         for c, ch in self._chunks.items():
             if excess <= 0:
                 break
-            if c == protect or c in self._pin_count or c in self._claims:
+            if c in protect or c in self._pin_count or c in self._claims:
                 continue
             victims.append(c)
             excess -= ch.nbytes + ch.n_objects * 12
@@ -299,7 +311,8 @@ class Catalogue:
         if not parts:
             return np.empty(0, DIASOURCE_DTYPE)
         out = rec.concat(parts, DIASOURCE_DTYPE)
-        out = rec.take(out, rec.canonical(out))
+        # Each Object's rows are in one part, in order: ordering by id is enough.
+        out = rec.take(out, np.argsort(out["diaObjectId"], kind="stable"))
         if since > -math.inf:
             out = rec.take(out, out["midpointMjdTai"] >= since)
         return out

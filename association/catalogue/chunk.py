@@ -131,8 +131,14 @@ class Chunk:
     @property
     def nbytes(self) -> int:
         """Bytes allocated, spare capacity included."""
-        arrays = (self._buf, self._ids, self._base, self._base_ids, self._pend, self._pend_ids)
-        return sum(a.nbytes for a in arrays)
+        return (
+            self._buf.nbytes
+            + self._ids.nbytes
+            + self._base.nbytes
+            + self._base_ids.nbytes
+            + self._pend.nbytes
+            + self._pend_ids.nbytes
+        )
 
     @property
     def object_nbytes(self) -> int:

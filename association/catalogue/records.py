@@ -58,6 +58,21 @@ def readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def is_sorted(keys: np.ndarray) -> bool:
+    """Whether ``keys`` are in non-decreasing order."""
+    return bool(np.all(keys[1:] >= keys[:-1]))
+
+
+def is_canonical(sources: np.ndarray) -> bool:
+    """Whether DIASources are in `canonical` order already (one pass, no sort)."""
+    oid, mjd, sid = sources["diaObjectId"], sources["midpointMjdTai"], sources["diaSourceId"]
+    same_oid, same_mjd = oid[1:] == oid[:-1], mjd[1:] == mjd[:-1]
+    ahead = (oid[1:] > oid[:-1]) | same_oid & (
+        (mjd[1:] > mjd[:-1]) | same_mjd & (sid[1:] >= sid[:-1])
+    )
+    return bool(np.all(ahead))
+
+
 def canonical(sources: np.ndarray) -> np.ndarray:
     """Order of DIASources by (diaObjectId, midpointMjdTai, diaSourceId)."""
     return np.lexsort((sources["diaSourceId"], sources["midpointMjdTai"], sources["diaObjectId"]))

@@ -240,8 +240,7 @@ class LoadStage(Stage):
             return LoadRead(chunks, strips, time.perf_counter() - t_read)
 
         def then(done: LoadRead) -> LoadResult:
-            for chunk, objects, recent in done.chunks:
-                cat.put(chunk, objects, recent)
+            cat.put_all(done.chunks)
             keep_strips(st, key, done.strips)
             self._reads_over(st, visit)
             ctx.board.observe("db_read", done.seconds)
@@ -249,11 +248,9 @@ class LoadStage(Stage):
             late = cat.missing(need)  # an earlier visit's load that was to read them failed
             if len(late):
                 with storage.reading():
-                    for chunk, objects, recent in read_chunks(
-                        storage, partition, late, keep, since
-                    ):
-                        cat.put(chunk, objects, recent)
-                        loaded += len(objects)
+                    reads = read_chunks(storage, partition, late, keep, since)
+                cat.put_all(reads)
+                loaded += sum(len(objects) for _, objects, _ in reads)
             n_strip = len(margin_strips(st, owned, strip_of, ctx.board)["ra"])
             stats = cat.stats()
             ctx.board.set(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from association.catalogue import records as rec
 from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
 from association.storage import tables
 from association.storage.interface import COLUMN_KINDS
@@ -140,10 +141,8 @@ def latest_per_object(diasources: np.ndarray, per_object: int) -> np.ndarray:
 
     Each Object's DIASources must come in (midpointMjdTai, diaSourceId) order.
     """
-    out = diasources[np.argsort(diasources["diaObjectId"], kind="stable")]
-    ids = out["diaObjectId"]
-    group_end = np.searchsorted(ids, ids, side="right")
-    return out[group_end - np.arange(len(ids)) <= per_object]
+    out = rec.take(diasources, np.argsort(diasources["diaObjectId"], kind="stable"))
+    return rec.trim(out, per_object)
 
 
 def object_order(objects: np.ndarray) -> np.ndarray | None:
