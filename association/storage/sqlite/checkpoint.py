@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from sqlalchemy import Engine, event
 _log = logging.getLogger(__name__)
 
 NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
+LONG_RESTART_S = 0.25
+"""A WAL restart this long or longer is logged: the Store waited behind it."""
 
 
 class WalCheckpointer:
@@ -59,6 +62,7 @@ class WalCheckpointer:
         self.restart_wait_s = restart_wait_s
         self.checkpoints = 0
         self.restarts = 0
+        self.longest_restart_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
 
@@ -97,13 +101,28 @@ class WalCheckpointer:
                 frames = self._checkpoint(conn, "PASSIVE")
                 if frames < at:
                     continue
-                if self._checkpoint(conn, "RESTART") == 0:
+                t0 = time.perf_counter()
+                left = self._checkpoint(conn, "RESTART")
+                self._restart_took(time.perf_counter() - t0, frames, left)
+                if left == 0:
                     self.restarts += 1
                     at = self.restart_frames
                 else:  # a reader held on: not again before as many more frames
                     at = frames + self.restart_frames
         finally:
             conn.close()
+
+    def _restart_took(self, seconds: float, frames: int, left: int) -> None:
+        """Note a RESTART's duration: the Store waits for as long."""
+        self.longest_restart_s = max(self.longest_restart_s, seconds)
+        if seconds >= LONG_RESTART_S:
+            _log.info(
+                "%s: WAL restart of %d frames held the writer off %.2f s (%s)",
+                self.path.name,
+                frames,
+                seconds,
+                "started over" if left == 0 else "readers held on",
+            )
 
     def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> int:
         """Checkpoint in ``mode``; the frames the WAL holds after it (0 once started over)."""
