@@ -85,3 +85,32 @@ def test_the_wal_is_started_over_while_readers_keep_coming(tmp_path: Path) -> No
     assert most < grown / 2, (most, grown)
     with sqlite3.connect(tmp_path / "a.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == total
+
+
+def test_a_restart_that_holds_the_store_off_is_warned_of(tmp_path: Path, caplog) -> None:
+    """A reader keeps its snapshot 0.6 s: the RESTART waits for it, and says so."""
+    path = tmp_path / "c.sqlite"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("PRAGMA journal_mode=wal")
+    setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    engine = create_engine(f"sqlite:///{path}")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.executemany("INSERT INTO t VALUES (?, ?)", [(i, b"x" * 3000) for i in range(40)])
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot in the WAL
+    checkpointer = WalCheckpointer(path, interval_s=0.05, restart_frames=10)
+    try:
+        with caplog.at_level("WARNING", logger="association.storage.sqlite.checkpoint"):
+            checkpointer.attach(engine, writer)
+            time.sleep(0.6)
+            reader.execute("COMMIT")
+            time.sleep(0.3)
+    finally:
+        reader.close()
+        writer.close()
+        checkpointer.close()
+        engine.dispose()
+        setup.close()
+    assert checkpointer.longest_restart_s >= 0.25
+    assert any("held the writer off" in r.getMessage() for r in caplog.records)

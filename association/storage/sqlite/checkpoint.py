@@ -15,7 +15,7 @@ _log = logging.getLogger(__name__)
 
 NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
 LONG_RESTART_S = 0.25
-"""A WAL restart this long or longer is logged: the Store waited behind it."""
+"""A WAL restart this long or longer is warned of: the Store waited behind it."""
 
 
 class WalCheckpointer:
@@ -116,7 +116,7 @@ class WalCheckpointer:
         """Note a RESTART's duration: the Store waits for as long."""
         self.longest_restart_s = max(self.longest_restart_s, seconds)
         if seconds >= LONG_RESTART_S:
-            _log.info(
+            _log.warning(
                 "%s: WAL restart of %d frames held the writer off %.2f s (%s)",
                 self.path.name,
                 frames,
