@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from association.catalogue import records as rec
+from association import records as rec
 from association.catalogue.chunk import Chunk
 from association.catalogue.ids import IdIndex
-from association.catalogue.records import I8
 from association.catalogue.transaction import ChunkConflict, Transaction
 from association.catalogue.variability import VariabilityConfig
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.records import I8
 
 _MAX_CHUNK = 2**31 - 1
 

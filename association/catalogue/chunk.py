@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from association.catalogue import records as rec
-from association.catalogue.records import I8
+from association import records as rec
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
+from association.records import I8
 
 _PENDING_MIN = 4096
 _STATE = ("_buf", "_ids", "_n", "_base", "_base_ids", "_pend", "_pend_ids", "_pn")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from association.catalogue.records import I8
+from association.records import I8
 
 _DELTA_MIN = 65536
 _DELTA_FRACTION = 32

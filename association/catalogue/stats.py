@@ -9,9 +9,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from association.catalogue.records import I8
 from association.catalogue.variability import VariabilityConfig, is_variable, west_step
 from association.columns import DIASOURCE_DTYPE, NBANDS, OBJECT_DTYPE
+from association.records import I8
 
 
 @numba.njit(cache=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from association.catalogue import records as rec
+from association import records as rec
 from association.catalogue.stats import apply_detections, new_objects
 from association.columns import DIASOURCE_DTYPE, OBJECT_DTYPE
 

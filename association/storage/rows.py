@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from association.catalogue import records as rec
+from association import records as rec
 from association.columns import BANDS, DIASOURCE_DTYPE, OBJECT_DTYPE
 from association.storage import tables
 from association.storage.interface import COLUMN_KINDS
