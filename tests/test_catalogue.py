@@ -448,6 +448,19 @@ def test_put_gather_lookup():
     assert list(cat.locate([100, 200])) == [-1, 7]
 
 
+def test_put_keeps_its_own_copy_of_rows_already_in_order():
+    cat = Catalogue(CatalogueConfig(), SHIFT)
+    objects = chunk_rows(5, 3, 50)
+    recent = np.zeros(3, DIASOURCE_DTYPE)
+    recent["diaObjectId"], recent["diaSourceId"] = [50, 51, 52], [50, 51, 52]
+    recent["midpointMjdTai"] = 60000.0
+    cat.put(5, objects, recent)  # both already sorted: nothing to sort, still copied
+    objects["ra"], recent["psfFlux"] = -1.0, -1.0
+    assert recent.flags.writeable
+    ch = cat.chunk(5)
+    assert not np.any(ch.objects["ra"] == -1.0) and not np.any(ch.recent["psfFlux"] == -1.0)
+
+
 def test_lru_eviction_spares_pinned_chunks():
     per_chunk = len(chunk_rows(0, 1000, 0).tobytes()) * 1.2
     cat = Catalogue(CatalogueConfig(max_megabytes=3.5 * per_chunk / 1e6), SHIFT)

@@ -163,8 +163,9 @@ class Catalogue:
         pos = np.minimum(np.searchsorted(ids, rid), max(len(ids) - 1, 0))
         if len(rid) and (not len(ids) or np.any(ids[pos] != rid)):
             raise ValueError(f"chunk {chunk}: a recent DIASource has no Object in the chunk")
-        if not rec.is_canonical(recent):
-            recent = rec.take(recent, rec.canonical(recent))
+        # The chunk keeps its own copy: sorted if need be, else copied as it is.
+        order = None if rec.is_canonical(recent) else rec.canonical(recent)
+        recent = rec.copy(recent) if order is None else rec.take(recent, order)
         recent = rec.trim(recent, self.config.recent_per_object)
 
         if chunk in self._chunks:
