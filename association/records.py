@@ -1,8 +1,9 @@
-"""Row helpers on the catalogue's record arrays: fast moves, canonical order, grouping.
+"""Row helpers on the packed record arrays of `association.columns`: fast moves, canonical order, grouping.
 
 Row copies of the packed record dtypes go field by field in numpy, ten times
 slower than moving the same bytes as opaque records; every bulk row move of
-the catalogue goes through `take`, `assign`, `concat`, `insert`, `delete`.
+the catalogue and of the storage's reads goes through `take`, `assign`,
+`concat`, `insert`, `delete`.
 """
 
 from __future__ import annotations

@@ -93,11 +93,8 @@ class IdIndex:
         """Chunk of each id, -1 where not held."""
         out = np.full(len(ids), -1, I8)
         for keys, vals in (self._main, self._delta):
-            if len(keys) == 0:
-                continue
-            pos = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-            hit = keys[pos] == ids
-            out[hit] = vals[pos[hit]]
+            pos, hit = _find(keys, ids)
+            out[hit] = vals[pos[hit]]  # -1 for the dead
         return out
 
     def __len__(self) -> int:
