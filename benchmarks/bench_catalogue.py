@@ -29,15 +29,16 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from against import against, code_root  # noqa: E402
+
 CHUNK_SHIFT = 28  # order-6 chunks of an order-20 fine index
 MATCH = ("diaObjectId", "ra", "dec", "isVariable")
 
@@ -104,29 +105,6 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def against(rev: str, argv: list[str]) -> dict:
-    """`run` on a git worktree of ``rev``, in a new process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        git = ["git", "-C", str(ROOT)]
-        subprocess.run([*git, "worktree", "add", "-q", "--detach", str(tree), rev], check=True)
-        try:
-            env = {**os.environ, "BENCH_CODE": str(tree)}
-            out = subprocess.run(
-                [sys.executable, __file__, *argv, "--one-side"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-        finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=True)
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", rev], check=True, capture_output=True, text=True
-        )
-    return {"commit": commit.stdout.strip(), **json.loads(out.stdout)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--against", default="HEAD", help="git revision to compare with")
@@ -140,13 +118,13 @@ def main() -> None:
     p.add_argument("--budget-mb", type=float, default=4096.0, help="as the pipeline's")
     p.add_argument("--one-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    sys.path.insert(0, os.environ.get("BENCH_CODE", str(ROOT)))
+    sys.path.insert(0, code_root())
     if args.one_side:
         print(json.dumps(run(args)))
         return
     argv = [a for a in sys.argv[1:] if a != "--one-side"]
     mine = run(args)
-    ref = against(args.against, argv)
+    ref = against(__file__, args.against, argv)
     result = {
         "benchmark": "catalogue",
         "load_average": os.getloadavg()[0],

@@ -39,19 +39,46 @@ def object_field(column: str) -> tuple[str, int | None]:
     return field, BANDS.index(band)
 
 
+REPEATED_FROM = 2
+"""An Object with this many DIASources or more is stored as ``repeated``."""
+
 OBJECT_KINDS = {
-    c.name: kind_of(OBJECT_DTYPE[object_field(c.name)[0]].base) for c in tables.objects.columns
+    c.name: kind_of(OBJECT_DTYPE[object_field(c.name)[0]].base)
+    for c in tables.objects.columns
+    if c.name != "repeated"
 }
-"""The ``objects`` table's columns and the kinds they are read as."""
+"""The ``objects`` table's columns read into OBJECT_DTYPE and the kinds they are read as."""
 
 DIASOURCE_KINDS = {name: kind_of(DIASOURCE_DTYPE[name]) for name in DIASOURCE_DTYPE.names}
 """DIASOURCE_DTYPE's fields and the kinds they are read as."""
 
 
+def repeated(objects: np.ndarray) -> np.ndarray:
+    """The ``repeated`` column of OBJECT_DTYPE records: 1 from `REPEATED_FROM` DIASources."""
+    return (objects["nDiaSources"] >= REPEATED_FROM).astype(np.int8)
+
+
+def newly_repeated(objects: np.ndarray, diasources: np.ndarray) -> np.ndarray:
+    """diaObjectId of the ``objects`` that became repeated with a visit's ``diasources``.
+
+    Their stored rows, from before the visit, are among the once-seen ones.
+    """
+    ids, counts = np.unique(diasources["diaObjectId"], return_counts=True)
+    at = np.searchsorted(ids, objects["diaObjectId"]).clip(0, max(len(ids) - 1, 0))
+    found = (ids[at] == objects["diaObjectId"]) if len(ids) else np.zeros(len(objects), bool)
+    before = objects["nDiaSources"] - np.where(found, counts[at] if len(ids) else 0, 0)
+    return objects["diaObjectId"][
+        (objects["nDiaSources"] >= REPEATED_FROM) & (before < REPEATED_FROM)
+    ]
+
+
 def object_columns(objects: np.ndarray) -> dict[str, np.ndarray]:
-    """The ``objects`` table's columns as views into OBJECT_DTYPE records."""
+    """The ``objects`` table's columns: views into OBJECT_DTYPE records, and ``repeated``."""
     out = {}
     for c in tables.objects.columns:
+        if c.name == "repeated":
+            out[c.name] = repeated(objects)
+            continue
         field, band = object_field(c.name)
         out[c.name] = objects[field] if band is None else objects[field][:, band]
     return out
@@ -146,8 +173,8 @@ def latest_per_object(diasources: np.ndarray, per_object: int) -> np.ndarray:
 
 
 def object_order(objects: np.ndarray) -> np.ndarray | None:
-    """Objects in primary-key order, (fine, diaObjectId) (see `key_order`)."""
-    return key_order(objects["fine"], objects["diaObjectId"])
+    """Objects in primary-key order, (repeated, fine, diaObjectId) (see `key_order`)."""
+    return key_order(repeated(objects), objects["fine"], objects["diaObjectId"])
 
 
 def diasource_order(diasources: np.ndarray, chunk: np.ndarray) -> np.ndarray | None:

@@ -88,6 +88,8 @@ class Insert(NamedTuple):
     order: np.ndarray | None = None
     texts: dict[str, Sequence[str]] | None = None
     suffix: str = ""
+    first: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Statements (``?`` marks) and their parameters, run before the rows go in."""
 
 
 class SqlStorage(Storage):
@@ -220,6 +222,7 @@ class SqlStorage(Storage):
                 rows.object_columns(objects),
                 rows.object_order(objects),
                 suffix=upsert_objects_suffix(self._quote),
+                first=self._unrepeated_deletes(rows.newly_repeated(objects, diasources)),
             ),
             Insert(
                 tables.moving_matches, {c.name: moving[c.name] for c in tables.moving_matches.c}
@@ -235,6 +238,23 @@ class SqlStorage(Storage):
         visit_row = {**dataclasses.asdict(record), "stored_at": time.time()}
         self._write_visit(visit, inserts, visit_row, before_commit)
 
+    def _unrepeated_deletes(self, ids: np.ndarray) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Deletes of the once-seen rows of Objects ``ids``, now repeated.
+
+        The upsert then puts them in among the repeated ones; it leaves
+        ``repeated`` out of its update, which keeps every other row in place.
+        """
+        q = self._quote
+        out = []
+        for i in range(0, ids.size, RANGES_PER_QUERY):
+            part = ids[i : i + RANGES_PER_QUERY]
+            marks = ", ".join("?" * part.size)
+            sql = (
+                f"DELETE FROM objects WHERE {q('repeated')} = 0 AND {q('diaObjectId')} IN ({marks})"
+            )
+            out.append((sql, tuple(part.tolist())))
+        return tuple(out)
+
     def _write_visit(
         self,
         visit: int,
@@ -247,6 +267,8 @@ class SqlStorage(Storage):
             for table in VISIT_TABLES:
                 conn.execute(table.delete().where(table.c.visit == visit))
             for ins in inserts:
+                for sql, params in ins.first:
+                    conn.exec_driver_sql(self._driver_sql(sql), params)
                 take = slice(None) if ins.order is None else ins.order
                 _executemany(
                     conn,
@@ -297,8 +319,8 @@ class SqlStorage(Storage):
     def load_objects(self, lo: int, hi: int) -> np.ndarray:
         q = self._quote
         sql = (
-            f"SELECT {', '.join(q(n) for n in rows.OBJECT_KINDS)} FROM objects "
-            f"WHERE {q('fine')} >= ? AND {q('fine')} < ?"
+            f"SELECT {', '.join(q(n) for n in rows.OBJECT_KINDS)} FROM objects o "
+            f"WHERE {self._fine_range('o', '?', '?')}"
         )
         cols = self.fetch_columns(sql, (int(lo), int(hi)), rows.OBJECT_KINDS)
         return rows.objects_from_columns(cols)
@@ -306,12 +328,11 @@ class SqlStorage(Storage):
     def count_objects(self, lo: np.ndarray, hi: np.ndarray, at_most: int) -> np.ndarray:
         lo, hi = _ranges(lo, hi)
         out = np.zeros(lo.size, np.int64)
-        fine = self._quote("fine")
         for i in range(0, lo.size, RANGES_PER_QUERY):
             a, b = lo[i : i + RANGES_PER_QUERY], hi[i : i + RANGES_PER_QUERY]
             sql = (
                 f"WITH r(k, lo, hi) AS ({_values(a.size, 3)}) SELECT r.k, (SELECT count(*) "
-                f"FROM (SELECT 1 FROM objects o WHERE o.{fine} >= r.lo AND o.{fine} < r.hi "
+                f"FROM (SELECT 1 FROM objects o WHERE {self._fine_range('o', 'r.lo', 'r.hi')} "
                 f"LIMIT {int(at_most)}) AS t) FROM r"
             )
             params = [int(x) for k in range(a.size) for x in (k, a[k], b[k])]
@@ -342,7 +363,6 @@ class SqlStorage(Storage):
         """Object columns over fine-index ranges, and `_RANGE`: the range of each row."""
         kinds = {_RANGE: "i8", **kinds}
         parts: dict[str, list[np.ndarray]] = {n: [] for n in kinds}
-        fine = self._quote("fine")
         select = ", ".join(f"o.{self._quote(n)}" for n in kinds if n != _RANGE)
         for i in range(0, lo.size, RANGES_PER_QUERY):
             a, b = lo[i : i + RANGES_PER_QUERY], hi[i : i + RANGES_PER_QUERY]
@@ -350,7 +370,7 @@ class SqlStorage(Storage):
             # SQLite from turning the loops round).
             sql = (
                 f"WITH r(k, lo, hi) AS ({_values(a.size, 3)}) SELECT r.k, {select} FROM r "
-                f"CROSS JOIN objects o WHERE o.{fine} >= r.lo AND o.{fine} < r.hi"
+                f"CROSS JOIN objects o WHERE {self._fine_range('o', 'r.lo', 'r.hi')}"
             )
             params = [int(x) for k in range(a.size) for x in (i + k, a[k], b[k])]
             cols = self.fetch_columns(sql, params, kinds, presize=False)
@@ -378,7 +398,7 @@ class SqlStorage(Storage):
         each Object's latest ``per_object`` kept.
         """
         q = self._quote
-        oid, mjd, fine, chunk = q("diaObjectId"), q("midpointMjdTai"), q("fine"), q("chunk")
+        oid, mjd, chunk = q("diaObjectId"), q("midpointMjdTai"), q("chunk")
         shift = self.params.chunk_shift
         first, last = lo >> shift, (hi - 1) >> shift
         chunks: tuple[int, ...] = (first, last)
@@ -392,9 +412,7 @@ class SqlStorage(Storage):
             # Whole chunks: every DIASource of them with an Object has its Object in range.
             objects, bounds = f"d.{oid} <> 0", ()
         else:
-            objects = (
-                f"d.{oid} IN (SELECT o.{oid} FROM objects o WHERE o.{fine} >= ? AND o.{fine} < ?)"
-            )
+            objects = f"d.{oid} IN (SELECT o.{oid} FROM objects o WHERE {self._fine_range('o', '?', '?')})"
             bounds = (lo, hi)
         sql = (
             f"SELECT {self._recent_select_list()} FROM diasources d "
@@ -404,6 +422,15 @@ class SqlStorage(Storage):
         params = (*chunks, since, *bounds)
         found = self.fetch_columns(sql, params, rows.DIASOURCE_KINDS, presize=False)
         return rows.latest_per_object(rows.diasources_from_columns(found), per_object)
+
+    def _fine_range(self, o: str, lo: str, hi: str) -> str:
+        """The condition on Objects ``o`` of a fine range ``[lo, hi)``, on the primary key.
+
+        Naming both values of ``repeated``, the key's first column, makes it one
+        index range scan for each.
+        """
+        fine = f"{o}.{self._quote('fine')}"
+        return f"{o}.{self._quote('repeated')} IN (0, 1) AND {fine} >= {lo} AND {fine} < {hi}"
 
     def _recent_select_list(self) -> str:
         """The DIASOURCE_DTYPE fields of ``diasources d``, the band as its index."""
@@ -422,9 +449,11 @@ class SqlStorage(Storage):
         presize: bool = True,
     ) -> dict[str, np.ndarray]:
         kinds = rows.column_kinds(dict(kinds))
-        if self.engine.dialect.paramstyle != "qmark":
-            sql = sql.replace("?", "%s")
-        return self._fetch_columns(sql, params, kinds, presize)
+        return self._fetch_columns(self._driver_sql(sql), params, kinds, presize)
+
+    def _driver_sql(self, sql: str) -> str:
+        """``sql`` (``?`` marks) in the driver's parameter marks."""
+        return sql if self.engine.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
 
     def _fetch_columns(
         self, sql: str, params: Sequence[int | float], kinds: dict[str, str], presize: bool
@@ -523,12 +552,13 @@ def insert_sql(conn: Connection, table: Table) -> str:
 def upsert_objects_suffix(quote_name: Callable[[str], str]) -> str:
     """The ``ON CONFLICT`` clause that makes an insert of Objects an upsert."""
     key = "diaObjectId"
-    # An Object's fine index never changes: leaving the primary key (fine,
-    # diaObjectId) out of the SET list makes the update one in place.
+    # Leaving the primary key out of the SET list keeps the update in place: an
+    # Object's fine index never changes, and one that has just become repeated
+    # was deleted first (`SqlStorage._unrepeated_deletes`).
     sets = ", ".join(
         f"{quote_name(c.name)} = excluded.{quote_name(c.name)}"
         for c in tables.objects.columns
-        if c.name not in (key, "fine")
+        if c.name not in (key, "fine", "repeated")
     )
     return f" ON CONFLICT ({quote_name(key)}) DO UPDATE SET {sets}"
 

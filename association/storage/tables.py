@@ -21,13 +21,14 @@ from sqlalchemy import (
 
 from association.columns import BANDS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version of the tables below; stored in ``schema_version``.
 
 2: the ``parameters`` and ``notes`` tables.
 3: Objects' ``raErr``, ``decErr`` and per band ``psfFluxWMean``,
 ``psfFluxMeanErr``, ``psfFluxChi2``.
 4: DIASources clustered by their Object's chunk and time (``chunk``), not by Object.
+5: Objects clustered by ``repeated`` first: those seen twice or more apart from the rest.
 """
 
 # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index.
@@ -104,9 +105,13 @@ objects = Table(
         for name in OBJECT_BAND_COLUMNS
     ),
     Column("isVariable", Boolean, nullable=False),
-    # Clustered by (fine, diaObjectId) so a chunk is one sequential range scan;
-    # diaObjectId stays the identity through its unique index.
-    PrimaryKeyConstraint("fine", "diaObjectId", name="pk_objects"),
+    # 1 once the Object has two DIASources or more (`association.storage.rows.REPEATED_FROM`).
+    Column("repeated", SmallInteger, nullable=False),
+    # Clustered by (repeated, fine, diaObjectId). The Objects a visit updates are
+    # nearly all repeated ones, so its update rewrites their pages, not those of
+    # every Object in its field. A fine range is two sequential range scans, one
+    # per value of ``repeated``; diaObjectId stays the identity through its unique index.
+    PrimaryKeyConstraint("repeated", "fine", "diaObjectId", name="pk_objects"),
     Index("ux_objects_diaObjectId", "diaObjectId", unique=True),
     sqlite_with_rowid=False,
 )

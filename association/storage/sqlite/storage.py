@@ -105,6 +105,8 @@ class SqliteStorage(SqlStorage):
                 for table in VISIT_TABLES:
                     conn.execute(f"DELETE FROM {table.name} WHERE visit = ?", (visit,))
                 for ins in inserts:
+                    for sql, params in ins.first:
+                        conn.execute(sql, params)
                     conn.insert_rows(
                         ins.table.name,
                         ins.columns,
