@@ -162,7 +162,7 @@ class PgServer:
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / tool), *args]
         if self.run_as:
-            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+            cmd = [_runuser() or "runuser", "-u", self.run_as, "--", *cmd]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
         if check and done.returncode != 0:
             log = ""
@@ -188,6 +188,13 @@ class PgServer:
                 "`postgres` system user: install the server with `apt-get install postgresql`, "
                 "which creates it"
             ) from None
-        if shutil.which("runuser") is None:
+        if _runuser() is None:
             raise PgServerError("running as root and `runuser` is missing (util-linux)")
         return "postgres"
+
+
+def _runuser() -> str | None:
+    """``runuser``: on the PATH, or in the sbin folders a root shell has and ``env -i`` drops."""
+    return shutil.which(
+        "runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    )
