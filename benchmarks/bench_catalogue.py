@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
 import statistics
 import sys
 import time
@@ -37,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from against import against, code_root  # noqa: E402
+from against import add_arguments, compare  # noqa: E402
 
 CHUNK_SHIFT = 28  # order-6 chunks of an order-20 fine index
 MATCH = ("diaObjectId", "ra", "dec", "isVariable")
@@ -107,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--against", default="HEAD", help="git revision to compare with")
+    add_arguments(p)
     p.add_argument("--visits", type=int, default=500)
     p.add_argument("--field", type=int, default=40, help="chunks per visit")
     p.add_argument("--step", type=int, default=6, help="new chunks per visit")
@@ -116,27 +114,16 @@ def main() -> None:
     p.add_argument("--history", type=int, default=3, help="mean DIASources per Object")
     p.add_argument("--matched", type=int, default=5000, help="Objects matched per visit")
     p.add_argument("--budget-mb", type=float, default=4096.0, help="as the pipeline's")
-    p.add_argument("--one-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    sys.path.insert(0, code_root())
-    if args.one_side:
-        print(json.dumps(run(args)))
-        return
-    argv = [a for a in sys.argv[1:] if a != "--one-side"]
-    mine = run(args)
-    ref = against(__file__, args.against, argv)
-    result = {
-        "benchmark": "catalogue",
-        "load_average": os.getloadavg()[0],
-        "this_tree": mine,
-        "against": ref,
-        "visit_p50_ratio": mine["visit_p50_s"] / ref["visit_p50_s"],
-        "total_ratio": mine["total_s"] / ref["total_s"],
-        "same_reads": mine["checksum"] == ref["checksum"],
-    }
-    print(json.dumps(result, indent=2))
-    if not result["same_reads"]:
-        sys.exit("bench_catalogue: the two trees read different catalogues")
+    compare(
+        __file__,
+        "catalogue",
+        args,
+        run,
+        {"visit_p50_ratio": "visit_p50_s", "total_ratio": "total_s"},
+        "same_reads",
+        "bench_catalogue: the two trees read different catalogues",
+    )
 
 
 if __name__ == "__main__":

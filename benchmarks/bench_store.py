@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from against import against, code_root  # noqa: E402
+from against import add_arguments, compare  # noqa: E402
 
 CHUNK_SHIFT = 28  # order-6 chunks of an order-20 fine index
 UPDATE_FRACTION = 0.10
@@ -143,32 +141,21 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--against", default="HEAD", help="git revision to compare with")
+    add_arguments(p)
     p.add_argument("--visits", type=int, default=60)
     p.add_argument("--objects", type=int, default=180_000, help="Objects in the field")
     p.add_argument("--chunks", type=int, default=22, help="chunks the field covers")
     p.add_argument("--repeated", type=float, default=0.14, help="fraction seen twice or more")
-    p.add_argument("--one-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    sys.path.insert(0, code_root())
-    if args.one_side:
-        print(json.dumps(run(args)))
-        return
-    argv = [a for a in sys.argv[1:] if a != "--one-side"]
-    mine = run(args)
-    ref = against(__file__, args.against, argv)
-    result = {
-        "benchmark": "store",
-        "load_average": os.getloadavg()[0],
-        "this_tree": mine,
-        "against": ref,
-        "written_ratio": mine["written_mb_per_visit"] / ref["written_mb_per_visit"],
-        "store_p50_ratio": mine["store_p50_s"] / ref["store_p50_s"],
-        "same_objects": mine["checksum"] == ref["checksum"],
-    }
-    print(json.dumps(result, indent=2))
-    if not result["same_objects"]:
-        sys.exit("bench_store: the two trees stored different Objects")
+    compare(
+        __file__,
+        "store",
+        args,
+        run,
+        {"written_ratio": "written_mb_per_visit", "store_p50_ratio": "store_p50_s"},
+        "same_objects",
+        "bench_store: the two trees stored different Objects",
+    )
 
 
 if __name__ == "__main__":
